@@ -1,0 +1,131 @@
+"""`picluster`: the command line. Parses arguments, calls the pipeline, turns UserError into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from builder import __version__, state
+from builder.config_file import load_cluster
+from builder.errors import UserError
+from builder.model import Cluster, warnings
+from builder.pki import ClusterSecrets
+from builder.render import render_cluster
+from builder.tree import write_tree
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        command: Callable[[argparse.Namespace], int] = args.command
+        return command(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(error.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are intact, unfinished ones were discarded", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=Path("cluster.yaml"),
+        metavar="PATH",
+        help="the cluster description (default: ./cluster.yaml)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    parser = argparse.ArgumentParser(
+        prog="picluster",
+        description="Build one ready-to-flash SD card image per Raspberry Pi from cluster.yaml.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"picluster {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="check cluster.yaml and report every problem",
+        description="Check cluster.yaml; print every problem with its line and how to fix it.",
+    )
+    validate.set_defaults(command=_validate)
+
+    render = commands.add_parser(
+        "render",
+        parents=[common],
+        help="write each node's files to a folder to read",
+        description="Write every file that differs between nodes, as it will land on each "
+        "card: OUT/<node>/boot/ (the FAT boot partition) and OUT/<node>/root/ (the root "
+        "filesystem). Creates the cluster's secrets in .picluster/ on first use.",
+    )
+    render.add_argument(
+        "-o", "--out", type=Path, default=Path("out"), metavar="OUT", help="output folder (default: ./out)"
+    )
+    render.set_defaults(command=_render)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Cluster:
+    cluster = load_cluster(args.file)
+    for warning in warnings(cluster):
+        print(f"warning: {warning.path}: {warning.message}\n  hint: {warning.hint}", file=sys.stderr)
+    return cluster
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    planes = len(cluster.control_planes)
+    workers = len(cluster.nodes) - planes
+    print(
+        f"{args.file}: ok: cluster {cluster.cluster.name}, Kubernetes {cluster.cluster.kubernetes}, "
+        f"{len(cluster.nodes)} nodes ({planes} control plane{'s' if planes != 1 else ''}, "
+        f"{workers} worker{'s' if workers != 1 else ''})"
+    )
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    secrets = _secrets(args.file)
+    mtime = _source_date_epoch()
+    for plan in render_cluster(cluster, secrets):
+        folder = write_tree(plan, args.out, mtime)
+        print(f"{plan.node}: {len(plan.files)} files in {folder}")
+    return 0
+
+
+def _secrets(cluster_file: Path) -> ClusterSecrets:
+    state_dir = state.state_dir_for(cluster_file)
+    if not state_dir.exists():
+        print(
+            f"created the cluster's CA and bootstrap token in {state_dir} "
+            "(keep it: nodes built later need it to join)",
+            file=sys.stderr,
+        )
+    return state.load_or_create(state_dir)
+
+
+def _source_date_epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise UserError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+            "set it to a Unix time such as $(git log -1 --format=%ct), or unset it",
+        )
+    return int(value)

@@ -1,0 +1,52 @@
+"""The one error path for user mistakes: a message that names the problem and a hint that fixes it.
+
+The CLI prints these and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        text = f"error: {self.message}"
+        if self.hint:
+            text += f"\n  fix: {self.hint}"
+        return text
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in cluster.yaml, located by its field path and, when known, its line."""
+
+    path: str
+    message: str
+    hint: str = ""
+    line: int | None = None
+
+
+class ConfigError(UserError):
+    """Every problem found in one cluster.yaml, reported together."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path))
+        count = len(self.problems)
+        super().__init__(f"{source} has {count} problem{'s' if count != 1 else ''}")
+
+    def render(self) -> str:
+        lines = [f"error: {self.message}:"]
+        for problem in self.problems:
+            where = f"{self.source}:{problem.line}" if problem.line else self.source
+            lines.append(f"  {where}: {problem.path}: {problem.message}")
+            if problem.hint:
+                lines.append(f"      fix: {problem.hint}")
+        return "\n".join(lines)

@@ -1,0 +1,387 @@
+"""The validated, frozen shape of cluster.yaml.
+
+Field-level rules live on the fields (each field's description doubles as the hint printed when
+its value is wrong); rules that span several fields are in `cross_field_problems`, which reports
+every violation it finds rather than stopping at the first.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from builder.boards import Arch, boards
+from builder.errors import Problem
+
+SUPPORTED_KUBERNETES = (31, 37)
+"""Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders."""
+
+FLANNEL_VERSION = "v0.10.0"
+NODE_CIDR_PREFIX = 24
+"""flannel's kube-subnet-mgr uses the controller manager's default node mask: one /24 per node."""
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DNS_LABEL = re.compile(rf"^{_LABEL}$")
+DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+INTERFACE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+KUBERNETES_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
+ENDPOINT = re.compile(r"^(?P<host>[a-z0-9.-]+):(?P<port>\d{1,5})$")
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_kubernetes(value: str) -> str:
+    low, high = SUPPORTED_KUBERNETES
+    match = KUBERNETES_VERSION.match(value)
+    if not match:
+        raise ValueError(f'{value!r} is not a Kubernetes release like "1.34.2"')
+    if not low <= int(match[1]) <= high:
+        raise ValueError(f"Kubernetes {value} is outside the supported range 1.{low} to 1.{high}")
+    return value
+
+
+def _check_flannel(value: str) -> str:
+    if value != FLANNEL_VERSION:
+        raise ValueError(f"flannel {value} is not bundled; picluster pins {FLANNEL_VERSION}")
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known time zone") from None
+    return value
+
+
+def _check_psk(value: str) -> str:
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value) or 8 <= len(value) <= 63:
+        return value
+    raise ValueError("a WPA passphrase has 8 to 63 characters (or is 64 hex digits)")
+
+
+def _check_board(value: str) -> str:
+    if value not in boards():
+        raise ValueError(f"{value!r} is not a supported model ({', '.join(boards())})")
+    return value
+
+
+Hostname = Annotated[str, _matches(DNS_LABEL, "a lower-case RFC 1123 host name")]
+DnsName = Annotated[str, _matches(DNS_NAME, "a lower-case DNS name")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSettings(Strict):
+    name: Hostname = Field(description="a short lower-case name, e.g. homelab")
+    kubernetes: Annotated[str, AfterValidator(_check_kubernetes)] = Field(
+        description=f"a Kubernetes release from 1.{SUPPORTED_KUBERNETES[0]}.0 to "
+        f'1.{SUPPORTED_KUBERNETES[1]}.x, quoted, e.g. "1.34.2"'
+    )
+    pod_subnet: IPv4Network = Field(description="an IPv4 network such as 10.244.0.0/16")
+    service_subnet: IPv4Network = Field(
+        IPv4Network("10.96.0.0/12"), description="an IPv4 network such as 10.96.0.0/12"
+    )
+    domain: DnsName = Field("cluster.local", description="the cluster DNS domain")
+    packages: Literal["firstboot", "image"] = Field(
+        "firstboot",
+        description="firstboot (the node installs kubeadm, kubelet and kubectl) or image "
+        "(they are baked into the image)",
+    )
+    control_plane_endpoint: (
+        Annotated[str, _matches(ENDPOINT, "host:port (an address or DNS name and a port)")] | None
+    ) = Field(
+        None,
+        description="host:port of a load balancer or virtual IP in front of the control planes; "
+        "required with more than one control-plane node",
+    )
+
+
+class Flannel(Strict):
+    version: Annotated[str, AfterValidator(_check_flannel)] = Field(
+        FLANNEL_VERSION, description=f"{FLANNEL_VERSION} (the only version bundled)"
+    )
+    backend: Literal["vxlan", "host-gw", "udp"] = Field("vxlan", description="vxlan, host-gw or udp")
+    iface: Annotated[str, _matches(INTERFACE, "a network interface name")] = Field(
+        "eth0", description="the wired interface that carries cluster traffic, e.g. eth0"
+    )
+
+
+class Wifi(Strict):
+    ssid: str = Field(min_length=1, max_length=32, description="the network name (1 to 32 characters)")
+    psk: Annotated[str, AfterValidator(_check_psk)] = Field(
+        description="the WPA passphrase, 8 to 63 characters"
+    )
+    country: Annotated[str, _matches(re.compile(r"^[A-Z]{2}$"), "a two-letter country code")] = Field(
+        description="the regulatory country, two capital letters, e.g. DE"
+    )
+
+
+class Network(Strict):
+    gateway: IPv4Address = Field(description="the LAN router's address, e.g. 192.168.50.1")
+    dns: list[IPv4Address] = Field(min_length=1, description="one or more DNS server addresses")
+    ntp: list[DnsName | IPv4Address] = Field(
+        [], description="NTP servers (names or addresses); empty uses Debian's pool"
+    )
+    wifi: Wifi | None = Field(None, description="optional Wi-Fi uplink; never used for cluster traffic")
+
+
+class ImageSource(Strict):
+    url: Annotated[str, _matches(re.compile(r"^https?://\S+$"), "an http(s) URL")] = Field(
+        description="where to download the .img or .img.xz"
+    )
+    sha256: Annotated[str, _matches(re.compile(r"^[0-9a-f]{64}$"), "64 lower-case hex digits")] = Field(
+        description="the SHA-256 of the file at url, 64 lower-case hex digits"
+    )
+
+
+class Base(Strict):
+    suite: Literal["bookworm", "trixie"] = Field("trixie", description="bookworm or trixie")
+    arch: Arch = Field("arm64", description="arm64 (64-bit) or armhf (32-bit)")
+    packages: list[Annotated[str, _matches(DEBIAN_PACKAGE, "a Debian package name")]] = Field(
+        [], description="extra Debian packages to install"
+    )
+    image: ImageSource | None = Field(
+        None, description="start from a downloaded image instead of building Debian"
+    )
+
+
+class Access(Strict):
+    user: Annotated[str, _matches(UNIX_USER, "a Unix user name")] = Field(
+        "pi", description="the login user, a lower-case Unix name other than root"
+    )
+    ssh_authorized_keys: list[Annotated[str, _matches(SSH_KEY, "an SSH public key")]] = Field(
+        min_length=1,
+        description="at least one SSH public key, the line from ~/.ssh/id_ed25519.pub; "
+        "password login is disabled, so without a key nobody can log in",
+    )
+
+
+class Node(Strict):
+    name: Hostname = Field(description="the node's host name, lower-case letters, digits and '-'")
+    role: Literal["control-plane", "worker"] = Field(description="control-plane or worker")
+    model: Annotated[str, AfterValidator(_check_board)] = Field(
+        description=f"the Raspberry Pi model: {', '.join(boards())}"
+    )
+    address: IPv4Interface = Field(description="the static address with prefix, e.g. 192.168.50.10/24")
+
+
+class Cluster(Strict):
+    cluster: ClusterSettings
+    flannel: Flannel = Flannel()
+    network: Network
+    base: Base = Base()
+    access: Access
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = Field(
+        "Etc/UTC", description="a tz database name such as Europe/Berlin"
+    )
+    nodes: list[Node] = Field(min_length=1, description="the Raspberry Pis, at least one")
+
+    @property
+    def control_planes(self) -> list[Node]:
+        return [node for node in self.nodes if node.role == "control-plane"]
+
+    @property
+    def init_node(self) -> Node:
+        """The control plane that runs `kubeadm init`; the others join it."""
+        return self.control_planes[0]
+
+    @property
+    def api_endpoint(self) -> str:
+        if self.cluster.control_plane_endpoint:
+            return self.cluster.control_plane_endpoint
+        return f"{self.init_node.address.ip}:6443"
+
+    @property
+    def kubernetes_minor(self) -> int:
+        return int(self.cluster.kubernetes.split(".")[1])
+
+
+def cross_field_problems(cluster: Cluster) -> list[Problem]:
+    """Rules that relate several fields; every violation is returned."""
+    return [
+        *_node_identity_problems(cluster),
+        *_address_problems(cluster),
+        *_subnet_problems(cluster),
+        *_role_problems(cluster),
+        *_board_problems(cluster),
+        *_interface_problems(cluster),
+    ]
+
+
+def warnings(cluster: Cluster) -> list[Problem]:
+    """Things that build but probably not as the user hopes."""
+    found = []
+    if cluster.base.image is None:
+        for i, node in enumerate(cluster.nodes):
+            if not boards()[node.model].debian_kernel:
+                found.append(
+                    Problem(
+                        f"nodes[{i}].model",
+                        f"{node.model}: Debian's kernel support for this model is incomplete; "
+                        "the card may not boot",
+                        "set base.image to a Raspberry Pi OS Lite arm64 image (url and sha256)",
+                    )
+                )
+    return found
+
+
+def _node_identity_problems(cluster: Cluster) -> list[Problem]:
+    found = []
+    seen_names: dict[str, int] = {}
+    seen_addresses: dict[IPv4Address, int] = {}
+    for i, node in enumerate(cluster.nodes):
+        if node.name in seen_names:
+            found.append(
+                Problem(
+                    f"nodes[{i}].name",
+                    f"{node.name} is already the name of nodes[{seen_names[node.name]}]",
+                    "give every node its own name",
+                )
+            )
+        seen_names.setdefault(node.name, i)
+        ip = node.address.ip
+        if ip in seen_addresses:
+            found.append(
+                Problem(
+                    f"nodes[{i}].address",
+                    f"{ip} is already the address of nodes[{seen_addresses[ip]}]",
+                    "give every node its own address",
+                )
+            )
+        seen_addresses.setdefault(ip, i)
+    return found
+
+
+def _address_problems(cluster: Cluster) -> list[Problem]:
+    found = []
+    gateway = cluster.network.gateway
+    lan = cluster.nodes[0].address.network
+    for i, node in enumerate(cluster.nodes):
+        path, ip, network = f"nodes[{i}].address", node.address.ip, node.address.network
+        if gateway not in network:
+            gateway_lan = IPv4Interface(f"{gateway}/{network.prefixlen}").network
+            found.append(
+                Problem(
+                    path,
+                    f"{ip} is outside {gateway_lan} (gateway {gateway})",
+                    f"use an address in {gateway_lan} or correct network.gateway",
+                )
+            )
+        elif network != lan:
+            found.append(
+                Problem(
+                    path,
+                    f"{node.address} is in {network}, nodes[0] is in {lan}",
+                    f"use the same prefix for every node, /{lan.prefixlen}",
+                )
+            )
+        for special, what in (
+            (network.network_address, "the network address"),
+            (network.broadcast_address, "the broadcast address"),
+            (gateway, "the gateway's address"),
+        ):
+            if ip == special:
+                found.append(Problem(path, f"{ip} is {what} of {network}", "pick a free host address"))
+    return found
+
+
+def _subnet_problems(cluster: Cluster) -> list[Problem]:
+    found = []
+    pods, services = cluster.cluster.pod_subnet, cluster.cluster.service_subnet
+    lan = cluster.nodes[0].address.network
+    if pods.overlaps(services):
+        found.append(
+            Problem(
+                "cluster.service_subnet",
+                f"{services} overlaps pod_subnet {pods}",
+                "use separate ranges, e.g. pod_subnet 10.244.0.0/16 and service_subnet 10.96.0.0/12",
+            )
+        )
+    for field, subnet in (("pod_subnet", pods), ("service_subnet", services)):
+        if subnet.overlaps(lan):
+            found.append(
+                Problem(
+                    f"cluster.{field}",
+                    f"{subnet} overlaps the node LAN {lan}",
+                    "pick a range the LAN does not use",
+                )
+            )
+    node_ranges = 2 ** max(0, NODE_CIDR_PREFIX - pods.prefixlen) if pods.prefixlen <= 24 else 0
+    if node_ranges < len(cluster.nodes):
+        found.append(
+            Problem(
+                "cluster.pod_subnet",
+                f"{pods} holds {node_ranges} node /{NODE_CIDR_PREFIX} ranges "
+                f"but the cluster has {len(cluster.nodes)} nodes",
+                "use a larger pod subnet such as 10.244.0.0/16",
+            )
+        )
+    return found
+
+
+def _role_problems(cluster: Cluster) -> list[Problem]:
+    count = len(cluster.control_planes)
+    if count == 0:
+        return [
+            Problem(
+                "nodes",
+                "no node has role control-plane",
+                "make one node `role: control-plane`",
+            )
+        ]
+    if count > 1 and cluster.cluster.control_plane_endpoint is None:
+        return [
+            Problem(
+                "cluster.control_plane_endpoint",
+                f"{count} control-plane nodes but no control_plane_endpoint",
+                "set cluster.control_plane_endpoint to a load balancer or virtual IP "
+                "(host:6443), or keep one control plane",
+            )
+        ]
+    return []
+
+
+def _board_problems(cluster: Cluster) -> list[Problem]:
+    arch = cluster.base.arch
+    return [
+        Problem(
+            f"nodes[{i}].model",
+            f"{node.model} cannot boot base.arch {arch}",
+            f"use base.arch {' or '.join(boards()[node.model].arches)}, or another model",
+        )
+        for i, node in enumerate(cluster.nodes)
+        if arch not in boards()[node.model].arches
+    ]
+
+
+def _interface_problems(cluster: Cluster) -> list[Problem]:
+    iface = cluster.flannel.iface
+    if iface in ("lo", "wlan0"):
+        return [
+            Problem(
+                "flannel.iface",
+                f"{iface} cannot carry cluster traffic",
+                "use the wired interface, eth0",
+            )
+        ]
+    return []

@@ -1,0 +1,39 @@
+"""What one node's card carries beyond the shared base: files with partition, path, mode and bytes.
+
+Rendering produces a `NodePlan`; writers (the render tree, the image stamper) only carry it out.
+Every file is owned by root; directories that do not exist yet are created 0755.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+Partition = Literal["boot", "root"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    partition: Partition
+    path: PurePosixPath
+    """Relative to the partition's top, e.g. etc/hostname or cmdline.txt."""
+    data: bytes = b""
+    mode: int = 0o644
+    link: str | None = None
+    """A symlink's target; data and mode are then unused."""
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: str
+    files: tuple[FileEntry, ...]
+
+    def digest(self) -> str:
+        """A hash of everything the plan would write, to tell whether a node's card changed."""
+        hasher = hashlib.sha256()
+        for entry in self.files:
+            hasher.update(f"{entry.partition}\0{entry.path}\0{entry.mode:o}\0{entry.link}\0".encode())
+            hasher.update(hashlib.sha256(entry.data).digest())
+        return hasher.hexdigest()

@@ -1,0 +1,218 @@
+"""cluster.yaml's model + the cluster's secrets -> one NodePlan per node. Pure: reads templates only.
+
+A node's files come from overlay layers (common, its role, wifi when configured; a later layer
+wins on the same path), the firmware templates for its boot partition, and a few generated files
+(the PKI, the agent's config, the time zone link).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+import yaml
+
+from builder.boards import FIRMWARE_DIR, OVERLAYS_DIR, ROOT, boards, kubernetes_arch
+from builder.errors import UserError
+from builder.model import Cluster, Node
+from builder.pki import ClusterSecrets
+from builder.plan import FileEntry, NodePlan
+
+KERNEL_CGROUP_ARGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
+"""The Pi kernels disable the memory cgroup by default; kubelet needs it."""
+
+FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+"""Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
+
+PAUSE_VERSIONS = {31: "3.10", 32: "3.10", 33: "3.10"}
+PAUSE_VERSION_LATEST = "3.10.1"
+"""The pause image kubeadm pins per minor release (constants.PauseVersion); newer minors use
+the latest known. kubeadm only warns on a mismatch, and the agent checks against
+`kubeadm config images list` on the node."""
+
+AGENT_CONFIG = PurePosixPath("etc/picluster/node.json")
+CLUSTER_CA = PurePosixPath("etc/picluster/cluster-ca.crt")
+PKI_DIR = PurePosixPath("etc/kubernetes/pki")
+
+
+def render_cluster(cluster: Cluster, secrets: ClusterSecrets) -> list[NodePlan]:
+    return [render_node(cluster, node, secrets) for node in cluster.nodes]
+
+
+def render_node(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> NodePlan:
+    context = _context(cluster, node, secrets)
+    files: dict[tuple[str, PurePosixPath], FileEntry] = {}
+    for entry in [
+        *_firmware_files(context),
+        *_overlay_files(overlay_layers(cluster, node), context),
+        *_generated_files(cluster, node, secrets),
+    ]:
+        files[entry.partition, entry.path] = entry
+    return NodePlan(node.name, tuple(files[key] for key in sorted(files, key=str)))
+
+
+def overlay_layers(cluster: Cluster, node: Node) -> list[str]:
+    layers = ["common", node.role]
+    if cluster.network.wifi:
+        layers.append("wifi")
+    return layers
+
+
+def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str, Any]:
+    minor = cluster.kubernetes_minor
+    wifi = cluster.network.wifi
+    return {
+        "cluster": cluster,
+        "node": node,
+        "board": boards()[node.model],
+        "arch": cluster.base.arch,
+        "kernel_args": KERNEL_CGROUP_ARGS,
+        "kube_minor": f"1.{minor}",
+        "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
+        "flannel_arches": sorted({kubernetes_arch(cluster.base.arch)}),
+        "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
+        "bootstrap_token": secrets.bootstrap_token,
+        "ca_cert_hash": secrets.ca_cert_hash,
+        "wifi": {
+            "ssid_hex": wifi.ssid.encode().hex(),
+            "psk_hex": _wpa_psk(wifi.ssid, wifi.psk),
+        }
+        if wifi
+        else None,
+    }
+
+
+def _wpa_psk(ssid: str, passphrase: str) -> str:
+    """The 256-bit key wpa_passphrase derives, so the passphrase itself is not on the card."""
+    if len(passphrase) == 64:
+        return passphrase.lower()
+    return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
+
+
+def _firmware_files(context: dict[str, Any]) -> Iterator[FileEntry]:
+    for name in ("config.txt", "cmdline.txt"):
+        text = _render_template(FIRMWARE_DIR / f"{name}.j2", context)
+        yield FileEntry("boot", PurePosixPath(name), text.encode())
+
+
+def _overlay_files(layers: list[str], context: dict[str, Any]) -> Iterator[FileEntry]:
+    modes = _permissions()
+    for layer in layers:
+        top = OVERLAYS_DIR / layer
+        for source in sorted(_walk(top)):
+            relative = PurePosixPath(source.relative_to(top).as_posix())
+            if source.is_symlink():
+                yield FileEntry("root", relative, mode=0o777, link=os.readlink(source))
+                continue
+            if source.suffix == ".j2":
+                relative = relative.with_suffix("")
+                data = _render_template(source, context).encode()
+            else:
+                data = source.read_bytes()
+            default = 0o755 if os.access(source, os.X_OK) else 0o644
+            yield FileEntry("root", relative, data, modes.get(str(relative), default))
+
+
+def _walk(top: Path) -> Iterator[Path]:
+    for folder, _, names in os.walk(top):
+        for name in names:
+            yield Path(folder) / name
+
+
+def _generated_files(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> Iterator[FileEntry]:
+    yield FileEntry("root", AGENT_CONFIG, agent_config(cluster, node, secrets))
+    yield FileEntry("root", CLUSTER_CA, secrets.ca.public_pem)
+    yield FileEntry(
+        "root",
+        PurePosixPath("etc/localtime"),
+        mode=0o777,
+        link=f"/usr/share/zoneinfo/{cluster.timezone}",
+    )
+    if node.role == "control-plane":
+        for name, data in secrets.pki_files().items():
+            mode = 0o600 if name.endswith(".key") else 0o644
+            yield FileEntry("root", PKI_DIR / name, data, mode)
+
+
+def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes:
+    """What the first-boot agent needs to know about its node and cluster, as JSON."""
+    if node.role == "worker":
+        action = "join"
+    elif node.name == cluster.init_node.name:
+        action = "init"
+    else:
+        action = "join-control-plane"
+    minor = cluster.kubernetes_minor
+    config = {
+        "node": {
+            "name": node.name,
+            "role": node.role,
+            "address": str(node.address),
+            "iface": cluster.flannel.iface,
+            "gateway": str(cluster.network.gateway),
+        },
+        "cluster": {
+            "name": cluster.cluster.name,
+            "kubernetes_version": cluster.cluster.kubernetes,
+            "pod_subnet": str(cluster.cluster.pod_subnet),
+            "service_subnet": str(cluster.cluster.service_subnet),
+            "api_endpoint": cluster.api_endpoint,
+            "ca_cert": f"/{CLUSTER_CA}",
+            "ca_cert_hash": secrets.ca_cert_hash,
+        },
+        "kubeadm": {"action": action, "config": "/etc/picluster/kubeadm.yaml"},
+        "packages": {
+            "install": cluster.cluster.packages,
+            "apt_repository": f"https://pkgs.k8s.io/core:/stable:/v1.{minor}/deb/",
+            "version": cluster.cluster.kubernetes,
+        },
+        "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],
+    }
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+@cache
+def _permissions() -> dict[str, int]:
+    raw = yaml.safe_load((OVERLAYS_DIR / "permissions.yaml").read_text())
+    return {path: int(mode, 8) for path, mode in raw.items()}
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROOT),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _render_template(path: Path, context: dict[str, Any]) -> str:
+    name = path.relative_to(ROOT).as_posix()
+    try:
+        return _environment().get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as error:
+        raise UserError(f"{name}:{error.lineno}: {error.message}", "fix the template") from None
+    except jinja2.TemplateError as error:
+        line = _template_line(error, str(path))
+        where = f"{name}:{line}" if line else name
+        raise UserError(f"{where}: {error.message}", "fix the template") from None
+
+
+def _template_line(error: Exception, filename: str) -> int | None:
+    """Jinja compiles templates to Python; the traceback's frames in the template carry its lines."""
+    line = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_filename == filename:
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    return line
