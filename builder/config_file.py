@@ -159,6 +159,8 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 
 
 def _describe(loc: tuple[Any, ...]) -> str:
+    while loc and isinstance(loc[-1], int):  # an item of a list is described by the list
+        loc = loc[:-1]
     model, name = _model_at(loc)
     if model is None or name is None or name not in model.model_fields:
         return ""

@@ -1,0 +1,55 @@
+# picluster: `make images` builds one SD card image per node in cluster.yaml; `make test` runs
+# every test. Both install what they need first (a Python venv and Debian packages).
+
+PYTHON     ?= python3
+CLUSTER    ?= cluster.yaml
+VENV       := .venv
+BIN        := $(VENV)/bin
+PICLUSTER  := $(BIN)/picluster
+# Debian packages the builder and its tests use on the build machine.
+HOST_PACKAGES := python3-venv openssl
+
+.PHONY: images render validate test test-fast lint setup host-packages clean
+
+images: setup
+	$(PICLUSTER) render -f $(CLUSTER) -o out
+
+render: setup
+	$(PICLUSTER) render -f $(CLUSTER) -o out
+
+validate: setup
+	$(PICLUSTER) validate -f $(CLUSTER)
+
+# Every tier: unit, integration (root) and e2e (QEMU). pytest's exit status 5 means it found no
+# tests at all, which must never pass as success.
+test: setup lint
+	@$(BIN)/pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; \
+	exit $$status
+
+test-fast: setup
+	$(BIN)/pytest tests/unit
+
+lint: setup
+	$(BIN)/ruff check builder tests bench
+	$(BIN)/ruff format --check builder tests bench
+	$(BIN)/mypy
+
+setup: host-packages $(VENV)/.installed
+
+host-packages:
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf out images .pytest_cache .mypy_cache .ruff_cache

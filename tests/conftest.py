@@ -1,0 +1,39 @@
+"""Shared fixtures: the repository's bundled cluster.yaml and a deterministic cluster state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from builder.pki import ClusterSecrets, make_secrets
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "cluster.yaml"
+FIXED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+FIXED_TOKEN = "abcdef.0123456789abcdef"
+
+
+def fixed_secrets() -> ClusterSecrets:
+    """Secrets that are the same on every run: derived keys, fixed time, deterministic signatures."""
+    seeds = iter(range(1001, 1100))
+    return make_secrets(
+        FIXED_TIME,
+        key_factory=lambda: ec.derive_private_key(next(seeds) * 7919, ec.SECP256R1()),
+        token=FIXED_TOKEN,
+    )
+
+
+@pytest.fixture
+def secrets() -> ClusterSecrets:
+    return fixed_secrets()
+
+
+@pytest.fixture
+def bundled_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(BUNDLED.read_text())
+    return data

@@ -1,0 +1,90 @@
+"""The command line: exit codes, one-screen errors without tracebacks, the render tree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from tests.conftest import BUNDLED, REPO
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
+    return tmp_path
+
+
+def test_validate_accepts_the_bundled_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(workdir / "cluster.yaml")]) == 0
+    assert "3 nodes (1 control plane, 2 workers)" in capsys.readouterr().out
+
+
+def test_validate_reports_problems_and_exits_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = workdir / "cluster.yaml"
+    path.write_text(path.read_text().replace("iface: eth0", "ifce: eth0"))
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "flannel.ifce: unknown key" in err
+    assert "did you mean 'iface'?" in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_render_writes_each_node_and_creates_state(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = workdir / "out"
+    assert main(["render", "-f", str(workdir / "cluster.yaml"), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cp1", "w1", "w2"]
+    assert (out / "w2" / "root" / "etc" / "hostname").read_text() == "w2\n"
+    assert "cgroup_enable=memory" in (out / "cp1" / "boot" / "cmdline.txt").read_text()
+    config = json.loads((out / "w1" / "root" / "etc/picluster/node.json").read_text())
+    assert config["node"]["address"] == "192.168.50.11/24"
+    assert (workdir / ".picluster" / "pki" / "ca.key").exists()
+    token = (workdir / ".picluster" / "bootstrap-token").read_text().strip()
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err, "secrets never reach the terminal"
+
+
+def test_render_is_repeatable_byte_for_byte(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    main(["render", "-f", str(workdir / "cluster.yaml"), "-o", str(workdir / "a")])
+    main(["render", "-f", str(workdir / "cluster.yaml"), "-o", str(workdir / "b")])
+    for first in sorted((workdir / "a").rglob("*")):
+        second = workdir / "b" / first.relative_to(workdir / "a")
+        if first.is_symlink():
+            assert first.readlink() == second.readlink()
+        elif first.is_file():
+            assert first.read_bytes() == second.read_bytes(), first
+            assert first.stat().st_mtime == second.stat().st_mtime == 1700000000
+            assert first.stat().st_mode == second.stat().st_mode
+
+
+def test_bad_source_date_epoch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert main(["render", "-f", str(workdir / "cluster.yaml"), "-o", str(workdir / "out")]) == 2
+
+
+def test_the_installed_command_prints_no_traceback(workdir: Path, allow_subprocess: None) -> None:
+    path = workdir / "cluster.yaml"
+    path.write_text(path.read_text().replace('"1.34.2"', '"1.12.0"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "validate", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert (
+        "cluster.kubernetes: Kubernetes 1.12.0 is outside the supported range 1.31 to 1.37" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) < 25, "fits on one screen"

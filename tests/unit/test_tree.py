@@ -1,0 +1,48 @@
+"""Writing a node's render tree: modes, links, and an all-or-nothing swap."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from builder.plan import FileEntry, NodePlan
+from builder.tree import write_tree
+
+PLAN = NodePlan(
+    "n1",
+    (
+        FileEntry("boot", PurePosixPath("cmdline.txt"), b"console=tty0\n"),
+        FileEntry("root", PurePosixPath("etc/picluster/kubeadm.yaml"), b"token\n", 0o600),
+        FileEntry("root", PurePosixPath("etc/systemd/system/swap.target"), mode=0o777, link="/dev/null"),
+    ),
+)
+
+
+def test_files_land_with_their_modes_and_links(tmp_path: Path) -> None:
+    folder = write_tree(PLAN, tmp_path, mtime=1_700_000_000)
+    assert (folder / "boot" / "cmdline.txt").read_bytes() == b"console=tty0\n"
+    secret = folder / "root" / "etc/picluster/kubeadm.yaml"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert os.readlink(folder / "root" / "etc/systemd/system/swap.target") == "/dev/null"
+    assert secret.stat().st_mtime == 1_700_000_000
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_rewrite_replaces_the_whole_node_folder(tmp_path: Path) -> None:
+    write_tree(PLAN, tmp_path)
+    (tmp_path / "n1" / "root" / "stale").write_text("from an older render")
+    write_tree(PLAN, tmp_path)
+    assert not (tmp_path / "n1" / "root" / "stale").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n1"], "no temporary folders left behind"
+
+
+def test_a_failed_write_leaves_the_previous_tree(tmp_path: Path) -> None:
+    write_tree(PLAN, tmp_path)
+    broken = NodePlan("n1", (*PLAN.files, FileEntry("root", PurePosixPath("etc/picluster"), b"clash")))
+    with pytest.raises(OSError):
+        write_tree(broken, tmp_path)
+    assert (tmp_path / "n1" / "root" / "etc/picluster/kubeadm.yaml").read_bytes() == b"token\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n1"]

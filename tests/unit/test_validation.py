@@ -1,0 +1,251 @@
+"""cluster.yaml validation: the bundled file passes, and each mistake is named with a fix."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builder.config_file import load_cluster
+from builder.errors import ConfigError, Problem
+from builder.model import warnings
+from tests.conftest import BUNDLED
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def problems_for(data: dict[str, Any], tmp_path: Path) -> list[Problem]:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    return caught.value.problems
+
+
+def test_bundled_cluster_is_valid() -> None:
+    cluster = load_cluster(BUNDLED)
+    assert [node.name for node in cluster.nodes] == ["cp1", "w1", "w2"]
+    assert cluster.api_endpoint == "192.168.50.10:6443"
+    assert warnings(cluster) == []
+
+
+def _set(path: str, value: Any) -> Edit:
+    """An edit that sets a dotted path, e.g. 'cluster.pod_subnet' or 'nodes.2.address'."""
+
+    def edit(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = data
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+
+    return edit
+
+
+def _rename_key(section: str, old: str, new: str) -> Edit:
+    def edit(data: dict[str, Any]) -> None:
+        data[section][new] = data[section].pop(old)
+
+    return edit
+
+
+def _add_node(**node: str) -> Edit:
+    return lambda data: data["nodes"].append(node)
+
+
+def _all_workers(data: dict[str, Any]) -> None:
+    for node in data["nodes"]:
+        node["role"] = "worker"
+
+
+def _two_control_planes(data: dict[str, Any]) -> None:
+    data["nodes"][1]["role"] = "control-plane"
+
+
+CASES: list[tuple[str, Edit, str, str]] = [
+    # (case, edit, field path reported, text the message must contain)
+    ("typo in a key", _rename_key("cluster", "pod_subnet", "pod_subnt"), "cluster.pod_subnt", "unknown key"),
+    ("missing key", lambda d: d["cluster"].pop("pod_subnet"), "cluster.pod_subnet", "missing"),
+    ("duplicate node name", _set("nodes.1.name", "cp1"), "nodes[1].name", "already the name of nodes[0]"),
+    (
+        "duplicate address",
+        _set("nodes.2.address", "192.168.50.11/24"),
+        "nodes[2].address",
+        "already the address of nodes[1]",
+    ),
+    ("upper-case host name", _set("nodes.1.name", "Worker1"), "nodes[1].name", "RFC 1123"),
+    ("host name with underscore", _set("nodes.1.name", "w_1"), "nodes[1].name", "RFC 1123"),
+    (
+        "address outside the gateway's subnet",
+        _set("nodes.2.address", "192.168.51.12/24"),
+        "nodes[2].address",
+        "outside 192.168.50.0/24 (gateway 192.168.50.1)",
+    ),
+    ("network address", _set("nodes.1.address", "192.168.50.0/24"), "nodes[1].address", "network address"),
+    (
+        "broadcast address",
+        _set("nodes.1.address", "192.168.50.255/24"),
+        "nodes[1].address",
+        "broadcast address",
+    ),
+    ("gateway address", _set("nodes.1.address", "192.168.50.1/24"), "nodes[1].address", "gateway"),
+    (
+        "pod and service subnets overlap",
+        _set("cluster.service_subnet", "10.244.128.0/17"),
+        "cluster.service_subnet",
+        "overlaps pod_subnet",
+    ),
+    (
+        "pod subnet overlaps the LAN",
+        _set("cluster.pod_subnet", "192.168.0.0/16"),
+        "cluster.pod_subnet",
+        "overlaps the node LAN",
+    ),
+    (
+        "service subnet overlaps the LAN",
+        _set("cluster.service_subnet", "192.168.48.0/20"),
+        "cluster.service_subnet",
+        "overlaps the node LAN",
+    ),
+    (
+        "pod subnet too small for a /24 per node",
+        _set("cluster.pod_subnet", "10.244.0.0/23"),
+        "cluster.pod_subnet",
+        "holds 2 node /24 ranges but the cluster has 3 nodes",
+    ),
+    ("pod subnet with host bits", _set("cluster.pod_subnet", "10.244.0.1/16"), "cluster.pod_subnet", ""),
+    ("no control plane", _all_workers, "nodes", "no node has role control-plane"),
+    (
+        "several control planes without endpoint",
+        _two_control_planes,
+        "cluster.control_plane_endpoint",
+        "2 control-plane nodes",
+    ),
+    ("flannel other than v0.10.0", _set("flannel.version", "v0.11.0"), "flannel.version", "pins v0.10.0"),
+    (
+        "Kubernetes too old",
+        _set("cluster.kubernetes", "1.30.4"),
+        "cluster.kubernetes",
+        "supported range 1.31 to 1.37",
+    ),
+    (
+        "Kubernetes too new",
+        _set("cluster.kubernetes", "1.38.0"),
+        "cluster.kubernetes",
+        "supported range 1.31 to 1.37",
+    ),
+    ("Kubernetes not a version", _set("cluster.kubernetes", "latest"), "cluster.kubernetes", "release"),
+    ("pi5 with armhf", _set("base.arch", "armhf"), "nodes[3].model", "pi5 cannot boot base.arch armhf"),
+    ("unknown model", _set("nodes.1.model", "pi9"), "nodes[1].model", "not a supported model"),
+    ("no SSH keys", _set("access.ssh_authorized_keys", []), "access.ssh_authorized_keys", "at least 1"),
+    (
+        "a key that is not a public key",
+        _set("access.ssh_authorized_keys", ["-----BEGIN OPENSSH PRIVATE KEY-----"]),
+        "access.ssh_authorized_keys[0]",
+        "not an SSH public key",
+    ),
+    ("wlan0 as cluster interface", _set("flannel.iface", "wlan0"), "flannel.iface", "cannot carry"),
+    ("unknown time zone", _set("timezone", "Mars/Olympus"), "timezone", "not a known time zone"),
+    (
+        "wifi passphrase too short",
+        _set("network.wifi", {"ssid": "lab", "psk": "short", "country": "DE"}),
+        "network.wifi.psk",
+        "8 to 63",
+    ),
+    ("root as login user", _set("access.user", "Root!"), "access.user", "Unix user name"),
+]
+
+
+@pytest.mark.parametrize(("edit", "path", "text"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_each_mistake_is_named(
+    bundled_data: dict[str, Any], tmp_path: Path, edit: Edit, path: str, text: str
+) -> None:
+    data = copy.deepcopy(bundled_data)
+    if "pi5" in text:
+        data["nodes"].append({"name": "w3", "role": "worker", "model": "pi5", "address": "192.168.50.13/24"})
+    edit(data)
+    problems = problems_for(data, tmp_path)
+    matching = [p for p in problems if p.path == path]
+    assert matching, f"no problem at {path}; got {problems}"
+    assert text in matching[0].message
+    assert matching[0].hint, "every problem says how to fix it"
+    assert matching[0].line is not None, "every problem points at a line of cluster.yaml"
+
+
+def test_all_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["cluster"]["kubernetes"] = "1.20.0"
+    bundled_data["flannel"]["ifce"] = "eth0"
+    bundled_data["nodes"][2]["model"] = "pi9"
+    paths = {p.path for p in problems_for(bundled_data, tmp_path)}
+    assert paths == {"cluster.kubernetes", "flannel.ifce", "nodes[2].model"}
+
+
+def test_cross_field_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["nodes"][1]["name"] = "cp1"
+    bundled_data["nodes"][2]["address"] = "192.168.51.12/24"
+    bundled_data["cluster"]["service_subnet"] = "10.244.0.0/20"
+    paths = {p.path for p in problems_for(bundled_data, tmp_path)}
+    assert paths == {"nodes[1].name", "nodes[2].address", "cluster.service_subnet"}
+
+
+def test_typo_suggests_the_known_key(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["flannel"]["ifce"] = bundled_data["flannel"].pop("iface")
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.hint == "did you mean 'iface'?"
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text("cluster:\n  name: homelab\n  pod_subnet: [10.244.0.0/16\nnodes: []\n")
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    (problem,) = caught.value.problems
+    assert problem.path == "(yaml)"
+    assert problem.line == 4
+    assert "column" in problem.message
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        BUNDLED.read_text().replace("  domain: cluster.local\n", "  domain: a.b\n  domain: c.d\n")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    (problem,) = caught.value.problems
+    assert problem.path == "cluster.domain"
+    assert "twice" in problem.message
+
+
+def test_problem_lines_point_at_the_offending_entry(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["nodes"][2]["address"] = "10.9.9.9/24"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    text = (tmp_path / "cluster.yaml").read_text().splitlines()
+    assert problem.line is not None
+    assert "10.9.9.9/24" in text[problem.line - 1]
+
+
+def test_pi5_on_debian_base_warns_and_recommends_an_image(
+    bundled_data: dict[str, Any], tmp_path: Path
+) -> None:
+    bundled_data["nodes"][2]["model"] = "pi5"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(bundled_data))
+    (warning,) = warnings(load_cluster(path))
+    assert warning.path == "nodes[2].model"
+    assert "base.image" in warning.hint
+
+
+def test_several_control_planes_with_endpoint_are_valid(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    _two_control_planes(bundled_data)
+    bundled_data["cluster"]["control_plane_endpoint"] = "192.168.50.9:6443"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(bundled_data))
+    cluster = load_cluster(path)
+    assert [n.name for n in cluster.control_planes] == ["cp1", "w1"]
+    assert cluster.init_node.name == "cp1"
+    assert cluster.api_endpoint == "192.168.50.9:6443"
