@@ -31,8 +31,8 @@ test-fast: setup
 	$(BIN)/pytest tests/unit
 
 lint: setup
-	$(BIN)/ruff check builder tests bench
-	$(BIN)/ruff format --check builder tests bench
+	$(BIN)/ruff check builder tests
+	$(BIN)/ruff format --check builder tests
 	$(BIN)/mypy
 
 setup: host-packages $(VENV)/.installed
