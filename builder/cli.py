@@ -36,23 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-f",
-        "--file",
-        type=Path,
-        default=Path("cluster.yaml"),
-        metavar="PATH",
-        help="the cluster description (default: ./cluster.yaml)",
-    )
-    common.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-
     parser = argparse.ArgumentParser(
         prog="picluster",
         description="Build one ready-to-flash SD card image per Raspberry Pi from cluster.yaml.",
-        parents=[common],
+        parents=[_common_options(Path("cluster.yaml"), False)],
     )
+    # Repeated on each command so they work after it too; SUPPRESS keeps a command's absent
+    # option from overwriting one given before the command.
+    common = _common_options(argparse.SUPPRESS, argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"picluster {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -77,6 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(command=_render)
     return parser
+
+
+def _common_options(file_default: object, flag_default: object) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=file_default,
+        metavar="PATH",
+        help="the cluster description (default: ./cluster.yaml)",
+    )
+    options.add_argument(
+        "--debug", action="store_true", default=flag_default, help="show tracebacks for errors"
+    )
+    return options
 
 
 def _load(args: argparse.Namespace) -> Cluster:

@@ -88,3 +88,14 @@ def test_the_installed_command_prints_no_traceback(workdir: Path, allow_subproce
     )
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) < 25, "fits on one screen"
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before the command", "after the command"])
+def test_file_option_works_before_or_after_the_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str], before: bool
+) -> None:
+    path = workdir / "elsewhere.yaml"
+    (workdir / "cluster.yaml").rename(path)
+    args = ["-f", str(path), "validate"] if before else ["validate", "-f", str(path)]
+    assert main(args) == 0
+    assert "elsewhere.yaml: ok" in capsys.readouterr().out
