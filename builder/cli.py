@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from builder import __version__, state
+from builder import __version__, run, state
+from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.errors import UserError
 from builder.model import Cluster, warnings
 from builder.pki import ClusterSecrets
+from builder.progress import Reporter
 from builder.render import render_cluster
 from builder.tree import write_tree
 
@@ -67,6 +70,36 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--out", type=Path, default=Path("out"), metavar="OUT", help="output folder (default: ./out)"
     )
     render.set_defaults(command=_render)
+
+    build = commands.add_parser(
+        "build",
+        parents=[common],
+        help="build an SD card image per node (only those that changed)",
+        description="Build OUT/<node>.img with .sha256 and .bmap beside it for every node in "
+        "cluster.yaml. The Debian base image is built once and cached; a node whose card would "
+        "not change is left as it is. Building the base needs root.",
+    )
+    build.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("images"),
+        metavar="OUT",
+        help="images folder (default: ./images)",
+    )
+    build.add_argument("--compress", choices=["zst", "xz"], help="compress each image")
+    build.add_argument(
+        "--rebuild-base", action="store_true", help="build the base image again even if it is cached"
+    )
+    build.add_argument(
+        "--cache",
+        type=Path,
+        default=_default_cache(),
+        metavar="DIR",
+        help="where base images are cached (default: %(default)s)",
+    )
+    build.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
+    build.set_defaults(command=_build)
     return parser
 
 
@@ -113,6 +146,28 @@ def _render(args: argparse.Namespace) -> int:
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
     return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    run.VERBOSE = args.verbose
+    cluster = _load(args)
+    reporter = Reporter()
+    start = time.monotonic()
+    built = build_images(
+        cluster, _secrets(args.file), args.out, args.cache, reporter, args.compress, args.rebuild_base
+    )
+    reporter.say(
+        f"==> {len(built)} of {len(cluster.nodes)} images built in {time.monotonic() - start:.1f}s"
+        + ("" if built else " (nothing changed)")
+    )
+    return 0
+
+
+def _default_cache() -> Path:
+    configured = os.environ.get("PICLUSTER_CACHE")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster"
 
 
 def _secrets(cluster_file: Path) -> ClusterSecrets:

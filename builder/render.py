@@ -39,6 +39,7 @@ the latest known. kubeadm only warns on a mismatch, and the agent checks against
 AGENT_CONFIG = PurePosixPath("etc/picluster/node.json")
 CLUSTER_CA = PurePosixPath("etc/picluster/cluster-ca.crt")
 PKI_DIR = PurePosixPath("etc/kubernetes/pki")
+CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
 
 
 def render_cluster(cluster: Cluster, secrets: ClusterSecrets) -> list[NodePlan]:
@@ -134,6 +135,9 @@ def _generated_files(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> I
         mode=0o777,
         link=f"/usr/share/zoneinfo/{cluster.timezone}",
     )
+    # A Pi has no real-time clock: systemd-timesyncd starts from this file's mtime, which the
+    # image stamps with the build's time, so the first boot does not begin in 1970.
+    yield FileEntry("root", CLOCK_FILE, b"")
     if node.role == "control-plane":
         for name, data in secrets.pki_files().items():
             mode = 0o600 if name.endswith(".key") else 0o644

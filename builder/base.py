@@ -1,0 +1,233 @@
+"""The base image every node's card starts from: Debian built with mmdebstrap, cached by its inputs.
+
+The cache key is the SHA-256 of a sorted JSON manifest of every input that changes the base (suite,
+architecture, mirror, packages, the build hooks and module list, the builder's version); a hit
+skips mmdebstrap entirely. Per-node files are not in the base: they are stamped onto copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder import __version__
+from builder.boards import FIRMWARE_DIR
+from builder.errors import UserError
+from builder.files import write_atomic
+from builder.image import Layout, assemble, list_tree
+from builder.model import Cluster
+from builder.progress import Reporter
+from builder.run import run, run_streaming
+
+HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
+INITRAMFS_MODULES = FIRMWARE_DIR / "initramfs-modules"
+MIRROR = "http://deb.debian.org/debian"
+COMPONENTS = ("main", "non-free-firmware")
+
+PACKAGES = (
+    # boot and system
+    "systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
+    "e2fsprogs", "dosfstools", "cloud-guest-utils", "sudo",
+    # network and time
+    "iproute2", "systemd-timesyncd", "openssh-server", "wpasupplicant", "ca-certificates",
+    # the first-boot agent
+    "python3", "python3-yaml", "python3-requests",
+    # Kubernetes node prerequisites (kubeadm's preflight checks for several of these)
+    "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool",
+    "socat",
+)  # fmt: skip
+KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
+QEMU_BINFMT = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
+HOST_ARCHES = {"arm64": ("aarch64", "arm64"), "armhf": ("armv7l", "armhf")}
+DPKG_OPTIONS = (
+    "force-unsafe-io",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/info/*",
+)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    image: Path
+    key: str
+    built_at: int
+    layout: Layout
+    dirs: frozenset[str]
+    others: frozenset[str]
+
+
+def manifest(cluster: Cluster) -> dict[str, Any]:
+    """Every input that changes the base image's bytes."""
+    base = cluster.base
+    return {
+        "builder": __version__,
+        "suite": base.suite,
+        "arch": base.arch,
+        "mirror": MIRROR,
+        "components": list(COMPONENTS),
+        "packages": sorted({*PACKAGES, KERNELS[base.arch], *base.packages}),
+        "dpkg_options": list(DPKG_OPTIONS),
+        "files": {
+            path.relative_to(path.parents[1]).as_posix(): _sha256(path)
+            for path in sorted([*HOOKS_DIR.iterdir(), INITRAMFS_MODULES])
+        },
+    }
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def ensure_base(cluster: Cluster, cache_dir: Path, reporter: Reporter, rebuild: bool = False) -> BaseImage:
+    """The cached base for this cluster, built first if it is missing or `rebuild` is set."""
+    inputs = manifest(cluster)
+    key = cache_key(inputs)
+    folder = cache_dir / "base" / key[:16]
+    if (folder / "base.json").exists() and not rebuild:
+        reporter.say(f"==> base image: cached ({folder})")
+        return load_base(folder)
+    if cluster.base.image is not None:
+        raise UserError(
+            "base.image (starting from a downloaded image) is not supported yet",
+            "remove base.image to build the Debian base",
+        )
+    reporter.say(f"==> base image: building ({_why_rebuild(cache_dir, inputs, rebuild)})")
+    build_base(cluster, inputs, folder, reporter)
+    return load_base(folder)
+
+
+def load_base(folder: Path) -> BaseImage:
+    meta = json.loads((folder / "base.json").read_text())
+    return BaseImage(
+        image=folder / "base.img",
+        key=meta["key"],
+        built_at=meta["built_at"],
+        layout=Layout(root_size=meta["root_size"]),
+        dirs=frozenset(meta["dirs"]),
+        others=frozenset(meta["others"]),
+    )
+
+
+def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter: Reporter) -> None:
+    """mmdebstrap into a scratch folder, then publish the result into the cache."""
+    _require_root()
+    ensure_binfmt(cluster.base.arch)
+    work = folder.with_name(f".{folder.name}.building")
+    remove_tree(work)
+    work.mkdir(parents=True)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    with reporter.step("mmdebstrap: Debian packages, kernel and Pi firmware (several minutes)"):
+        run_streaming(mmdebstrap_command(cluster, work / "root"), work / "mmdebstrap.log")
+    with reporter.step("partitions and filesystems"):
+        publish_base(work / "root", inputs, folder, epoch)
+    remove_tree(work)
+
+
+def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int) -> None:
+    """Turn a root tree (boot partition files under boot/firmware) into the cached base image.
+
+    The image is made beside the cache entry and renamed into place whole.
+    """
+    staging = folder.with_name(f".{folder.name}.staging")
+    remove_tree(staging)
+    staging.mkdir(parents=True)
+    boot = staging / "boot"
+    (root / "boot" / "firmware").rename(boot)
+    (root / "boot" / "firmware").mkdir()
+    layout = assemble(root, boot, staging / "base.img", epoch)
+    dirs, others = list_tree(root)
+    meta = {"key": cache_key(inputs), "inputs": inputs, "built_at": epoch,
+            "root_size": layout.root_size, "dirs": dirs, "others": others}  # fmt: skip
+    write_atomic(staging / "base.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+    remove_tree(boot)
+    remove_tree(folder)
+    staging.rename(folder)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build folder, but never one with something mounted inside (a killed mmdebstrap
+    can leave /proc or /dev mounted in its root, and deleting through those harms the host)."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        inside = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
+    if inside:
+        raise UserError(
+            f"{path} still has filesystems mounted in it: {', '.join(inside)}",
+            f"unmount them (umount -R {inside[0]}) and run the build again",
+        )
+    shutil.rmtree(path)
+
+
+def mmdebstrap_command(cluster: Cluster, root: Path) -> list[str]:
+    base = cluster.base
+    packages = sorted({*PACKAGES, KERNELS[base.arch], *base.packages})
+    return [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        f"--arch={base.arch}",
+        f"--components={','.join(COMPONENTS)}",
+        f"--include={','.join(packages)}",
+        *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
+        '--aptopt=Acquire::Languages "none"',
+        f'--essential-hook=sh {HOOKS_DIR / "essential.sh"} "$1" {INITRAMFS_MODULES}',
+        f'--customize-hook=sh {HOOKS_DIR / "customize.sh"} "$1"',
+        base.suite,
+        str(root),
+        MIRROR,
+    ]
+
+
+def ensure_binfmt(arch: str) -> None:
+    """Let this machine run the target's programs through qemu-user, registering it if needed."""
+    if platform.machine() in HOST_ARCHES[arch]:
+        return
+    name = QEMU_BINFMT[arch]
+    entry = Path("/proc/sys/fs/binfmt_misc") / name
+    if entry.exists():
+        return
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+    rule = Path("/usr/lib/binfmt.d") / f"{name}.conf"
+    if not rule.exists():
+        raise UserError(
+            f"cannot run {arch} programs here: {rule} is missing",
+            "install qemu-user-static (make images does this)",
+        )
+    Path("/proc/sys/fs/binfmt_misc/register").write_text(rule.read_text().strip())
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError(
+            "building the base image needs root (mmdebstrap creates device nodes and file owners)",
+            "run `sudo make images`; later builds reuse the cached base",
+        )
+
+
+def _why_rebuild(cache_dir: Path, inputs: dict[str, Any], rebuild: bool) -> str:
+    """Which input differs from the newest cached base, so a cache miss is never a mystery."""
+    if rebuild:
+        return "--rebuild-base"
+    cached = sorted((cache_dir / "base").glob("*/base.json"), key=lambda p: p.stat().st_mtime)
+    if not cached:
+        return "no cached base yet"
+    previous = json.loads(cached[-1].read_text())["inputs"]
+    changed = sorted(key for key in inputs.keys() | previous.keys() if inputs.get(key) != previous.get(key))
+    return "changed since the last base: " + ", ".join(changed)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,156 @@
+"""`picluster build`: cluster.yaml -> images/<node>.img (+ .sha256, .bmap) for every node.
+
+A node is rebuilt only when what its card would carry changed: each image has a build record
+(`<node>.img.json`: the base image's key, the digest of the node's rendered files, the clock
+seed, the compression) and a node whose record matches is left untouched. Every output is written
+under a temporary name and renamed into place, the record last, so an interrupted build leaves the
+previous images intact and is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from builder.base import BaseImage, ensure_base
+from builder.bmap import digest_image
+from builder.files import write_atomic
+from builder.image import stamp
+from builder.model import Cluster
+from builder.pki import ClusterSecrets
+from builder.plan import NodePlan
+from builder.progress import Reporter
+from builder.render import render_cluster
+from builder.run import run
+
+Compression = Literal["zst", "xz"]
+COMPRESSORS: dict[str, list[str]] = {
+    "zst": ["zstd", "-q", "-T0", "-10", "--rm"],
+    "xz": ["xz", "-q", "-T0", "-6"],
+}
+
+
+@dataclass(frozen=True)
+class NodeOutputs:
+    """The files one node's build leaves in the images folder."""
+
+    folder: Path
+    node: str
+    compress: Compression | None
+
+    @property
+    def image(self) -> Path:
+        suffix = f".{self.compress}" if self.compress else ""
+        return self.folder / f"{self.node}.img{suffix}"
+
+    @property
+    def checksum(self) -> Path:
+        return self.folder / f"{self.node}.img.sha256"
+
+    @property
+    def bmap(self) -> Path:
+        return self.folder / f"{self.node}.img.bmap"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / f"{self.node}.img.json"
+
+    def all_images(self) -> list[Path]:
+        return [self.folder / f"{self.node}.img{suffix}" for suffix in ("", ".zst", ".xz")]
+
+
+def build_images(
+    cluster: Cluster,
+    secrets: ClusterSecrets,
+    images: Path,
+    cache: Path,
+    reporter: Reporter,
+    compress: Compression | None = None,
+    rebuild_base: bool = False,
+) -> list[str]:
+    """Build every node whose card changed; return the names of the nodes built."""
+    plans = render_cluster(cluster, secrets)
+    base = ensure_base(cluster, cache, reporter, rebuild=rebuild_base)
+    epoch = clock_epoch(base)
+    images.mkdir(parents=True, exist_ok=True)
+    for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
+        leftover.unlink()
+    built = []
+    reporter.say(f"==> node images in {images}")
+    for index, plan in enumerate(plans, start=1):
+        outputs = NodeOutputs(images, plan.node, compress)
+        record = build_record(plan, base, epoch, compress)
+        if is_current(outputs, record):
+            reporter.item(index, len(plans), f"{plan.node}: unchanged")
+            continue
+        start = time.monotonic()
+        build_node(plan, base, epoch, outputs, record)
+        built.append(plan.node)
+        size = outputs.image.stat().st_size / 2**20
+        reporter.item(
+            index, len(plans), f"{plan.node}: {outputs.image.name} ({size:.0f} MiB) "
+            f"in {time.monotonic() - start:.1f}s"
+        )  # fmt: skip
+    return built
+
+
+def clock_epoch(base: BaseImage) -> int:
+    """The time stamped on every file: SOURCE_DATE_EPOCH, or else when the base was built.
+
+    It also seeds a Pi's clock (no RTC): systemd-timesyncd starts from the mtime of its clock file.
+    """
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(value) if value and value.isdigit() else base.built_at
+
+
+def build_record(
+    plan: NodePlan, base: BaseImage, epoch: int, compress: Compression | None
+) -> dict[str, object]:
+    return {"node": plan.node, "base": base.key, "files": plan.digest(), "epoch": epoch, "compress": compress}
+
+
+def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:
+    if not all(path.exists() for path in (outputs.image, outputs.checksum, outputs.bmap, outputs.record)):
+        return False
+    stored = json.loads(outputs.record.read_text())
+    stored.pop("sha256", None)
+    return bool(stored == record)
+
+
+def build_node(
+    plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs, record: dict[str, object]
+) -> None:
+    with _scratch_image(outputs.folder, plan.node) as partial:
+        stamp(base.image, set(base.dirs), set(base.others), plan, partial, epoch)
+        digests = digest_image(partial)
+        if outputs.compress:
+            run([*COMPRESSORS[outputs.compress], str(partial)])
+            partial.unlink(missing_ok=True)
+            partial = partial.with_name(f"{partial.name}.{outputs.compress}")
+        write_atomic(outputs.bmap, digests.bmap.encode())
+        write_atomic(outputs.checksum, f"{digests.sha256}  {plan.node}.img\n".encode())
+        for stale in outputs.all_images():
+            if stale != outputs.image:
+                stale.unlink(missing_ok=True)
+        os.replace(partial, outputs.image)
+        write_atomic(outputs.record, json.dumps({**record, "sha256": digests.sha256}, indent=2).encode())
+
+
+@contextmanager
+def _scratch_image(folder: Path, node: str) -> Iterator[Path]:
+    """A temporary image path beside the outputs (same filesystem, so the rename is atomic)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{node}.", suffix=".img.partial")
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        for leftover in (path, path.with_name(f"{path.name}.zst"), path.with_name(f"{path.name}.xz")):
+            leftover.unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+#!/bin/sh
+# mmdebstrap --customize-hook: runs once every package is installed.
+# Usage: customize.sh ROOT
+#
+# Builds the one initramfs, lays out the boot partition the way config.txt expects it
+# (vmlinuz, initrd.img, firmware blobs and device trees under /boot/firmware), and removes what
+# must differ between cards (machine id, SSH host keys), which each node makes on first boot.
+set -eu
+root=$1
+
+rm "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+
+set -- "$root"/lib/modules/*
+[ $# -eq 1 ] || { echo "expected one kernel in the base, found: $*" >&2; exit 1; }
+version=${1##*/}
+chroot "$root" update-initramfs -c -k "$version"
+
+firmware="$root/boot/firmware"
+mkdir -p "$firmware"
+rm -f "$firmware"/vmlinuz-* "$firmware"/initrd.img-*
+cp "$root"/usr/lib/raspi-firmware/* "$firmware"/
+cp "$root/boot/vmlinuz-$version" "$firmware/vmlinuz"
+cp "$root/boot/initrd.img-$version" "$firmware/initrd.img"
+dtbs="$root/usr/lib/linux-image-$version/broadcom"
+if [ -d "$dtbs" ]; then
+    cp "$dtbs"/bcm*rpi*.dtb "$firmware"/
+fi
+
+cat > "$root/etc/fstab" <<'FSTAB'
+LABEL=RASPIROOT  /               ext4  rw,noatime  0  1
+LABEL=RASPIFIRM  /boot/firmware  vfat  rw,noatime  0  2
+FSTAB
+
+systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service
+echo uninitialized > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_* "$root/etc/hostname"
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log

@@ -1,0 +1,86 @@
+"""The one place picluster starts programs. Under -v each command is echoed as `+ cmd`.
+
+A failing command becomes a CommandError naming the command and the end of its output, so a
+broken build reads as one clear message rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from builder.errors import UserError
+
+VERBOSE = False
+"""Set by the CLI's -v."""
+
+OUTPUT_TAIL_LINES = 15
+
+
+class CommandError(UserError):
+    def __init__(self, command: Sequence[str], status: int, output: str, hint: str = "") -> None:
+        tail = "\n".join(output.strip().splitlines()[-OUTPUT_TAIL_LINES:])
+        message = f"`{shlex.join(command)}` failed with status {status}"
+        if tail:
+            message += ":\n    " + tail.replace("\n", "\n    ")
+        super().__init__(message, hint or "run again with -v to see every command")
+        self.status = status
+
+
+def run(
+    command: Sequence[str | Path],
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    hint: str = "",
+    merge_stderr: bool = False,
+) -> str:
+    """Run a command to completion; return its output; raise CommandError on failure.
+
+    The output is standard output, or both streams interleaved with merge_stderr.
+    """
+    words = [str(word) for word in command]
+    if VERBOSE:
+        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+    try:
+        result = subprocess.run(
+            words,
+            input=input,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise UserError(
+            f"`{words[0]}` is not installed", "run `make images`, which installs what picluster needs"
+        ) from None
+    stdout = result.stdout.decode(errors="replace")
+    if result.returncode != 0:
+        output = stdout + (result.stderr or b"").decode(errors="replace")
+        raise CommandError(words, result.returncode, output, hint)
+    return stdout
+
+
+def run_streaming(command: Sequence[str | Path], log: Path, *, hint: str = "") -> None:
+    """Run a long command with its output going to a log file (shown live under -v)."""
+    words = [str(word) for word in command]
+    if VERBOSE:
+        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        for line in process.stdout:
+            sink.write(line)
+            if VERBOSE:
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+        status = process.wait()
+    if status != 0:
+        raise CommandError(words, status, log.read_text(errors="replace"), hint or f"full log: {log}")

@@ -1,0 +1,50 @@
+"""Integration fixtures: real partition tables and filesystems, made with the real tools."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder import base
+from builder.config_file import load_cluster
+from builder.model import Cluster
+from tests.conftest import BUNDLED
+
+TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
+TINY_EPOCH = 1_700_000_000
+
+
+def require_tools(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"not installed on this machine: {', '.join(missing)} (make test installs them)")
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    return load_cluster(BUNDLED)
+
+
+def publish_tiny_base(cluster: Cluster, cache: Path) -> Path:
+    """A stand-in for the Debian base, published in the cache under the real key.
+
+    Its partition table and filesystems are real (made by the same code as the real base); its
+    content is a handful of files instead of Debian, so tests of stamping run in seconds.
+    """
+    require_tools(*TOOLS)
+    root = cache / "tiny-root"
+    for folder in ("etc/systemd/system", "usr/lib/systemd/system", "var/lib", "boot/firmware", "opt"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/hostname").write_text("debian\n")
+    (root / "etc/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    (root / "boot/firmware/vmlinuz").write_bytes(b"stand-in kernel\n")
+    (root / "boot/firmware/initrd.img").write_bytes(b"stand-in initrd\n")
+    (root / "boot/firmware/config.txt").write_text("# from the raspi-firmware package\n")
+    inputs = base.manifest(cluster)
+    folder = cache / "base" / base.cache_key(inputs)[:16]
+    base.publish_base(root, inputs, folder, TINY_EPOCH)
+    shutil.rmtree(root)
+    return folder
