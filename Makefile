@@ -6,13 +6,17 @@ CLUSTER    ?= cluster.yaml
 VENV       := .venv
 BIN        := $(VENV)/bin
 PICLUSTER  := $(BIN)/picluster
-# Debian packages the builder and its tests use on the build machine.
-HOST_PACKAGES := python3-venv openssl
+IMAGES     ?= images
+# Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
+# for the arm base, the filesystem tools that write images without mounting them, compressors,
+# bmaptool, and openssl to cross-check the CA pin.
+HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test dosfstools mtools e2fsprogs \
+	fdisk zstd xz-utils bmap-tools openssl ca-certificates
 
 .PHONY: images render validate test test-fast lint setup host-packages clean
 
 images: setup
-	$(PICLUSTER) render -f $(CLUSTER) -o out
+	$(PICLUSTER) build -f $(CLUSTER) -o $(IMAGES)
 
 render: setup
 	$(PICLUSTER) render -f $(CLUSTER) -o out
@@ -31,8 +35,8 @@ test-fast: setup
 	$(BIN)/pytest tests/unit
 
 lint: setup
-	$(BIN)/ruff check builder tests
-	$(BIN)/ruff format --check builder tests
+	$(BIN)/ruff check builder tests bench
+	$(BIN)/ruff format --check builder tests bench
 	$(BIN)/mypy
 
 setup: host-packages $(VENV)/.installed
@@ -52,4 +56,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf out images .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out $(IMAGES) .pytest_cache .mypy_cache .ruff_cache

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--cache",
         type=Path,
-        default=_default_cache(),
+        default=default_cache(),
         metavar="DIR",
         help="where base images are cached (default: %(default)s)",
     )
@@ -163,7 +163,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_cache() -> Path:
+def default_cache() -> Path:
     configured = os.environ.get("PICLUSTER_CACHE")
     if configured:
         return Path(configured)

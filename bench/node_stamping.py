@@ -1,0 +1,147 @@
+"""Per-node work with the base cached: picluster's stamping versus a plain copy and a loop mount.
+
+Run as root (the loop-mount peer needs it) after one `make images`, so the base is cached:
+
+    sudo .venv/bin/python bench/node_stamping.py
+
+For N = 1, 4 and 16 nodes it prints seconds and MiB written per node for:
+  picluster   copy + write the node's files into the filesystems + sha256 + bmap (what build does)
+  plain cp    `cp --sparse=always base.img node.img` alone: the floor without reflink
+  loop mount  copy, `losetup -P`, mount both partitions, write the same files, unmount
+and the time of a no-op `picluster build` of the bundled 3-node cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from builder import state
+from builder.base import BaseImage, ensure_base
+from builder.build import build_images
+from builder.cli import default_cache
+from builder.config_file import load_cluster
+from builder.model import Cluster
+from builder.pki import ClusterSecrets
+from builder.plan import NodePlan
+from builder.progress import Reporter
+from builder.render import render_cluster
+
+REPO = Path(__file__).resolve().parent.parent
+COUNTS = (1, 4, 16)
+
+
+def cluster_of(count: int, folder: Path) -> Cluster:
+    data = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    workers = [
+        {"name": f"w{i}", "role": "worker", "model": "pi4", "address": f"192.168.50.{20 + i}/24"}
+        for i in range(1, count)
+    ]
+    data["nodes"] = [data["nodes"][0], *workers]
+    path = folder / f"cluster-{count}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_cluster(path)
+
+
+def written_mib(paths: list[Path]) -> float:
+    return sum(p.stat().st_blocks * 512 for p in paths) / 2**20
+
+
+def plain_copy(base: BaseImage, plans: list[NodePlan], out: Path) -> list[Path]:
+    images = []
+    for plan in plans:
+        target = out / f"{plan.node}.img"
+        subprocess.run(["cp", "--sparse=always", str(base.image), str(target)], check=True)
+        images.append(target)
+    return images
+
+
+def loop_mount(base: BaseImage, plans: list[NodePlan], out: Path) -> list[Path]:
+    images = []
+    for plan in plans:
+        target = out / f"{plan.node}.img"
+        subprocess.run(["cp", "--sparse=always", str(base.image), str(target)], check=True)
+        device = subprocess.run(["losetup", "-P", "-f", "--show", str(target)], check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        mounts = {"boot": out / "mnt-boot", "root": out / "mnt-root"}
+        try:
+            for partition, number in (("root", 2), ("boot", 1)):
+                mounts[partition].mkdir(exist_ok=True)
+                subprocess.run(["mount", f"{device}p{number}", str(mounts[partition])], check=True)
+            for entry in plan.files:
+                path = mounts[entry.partition] / entry.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if entry.link is not None:
+                    path.unlink(missing_ok=True)
+                    path.symlink_to(entry.link)
+                else:
+                    path.write_bytes(entry.data)
+                    if entry.partition == "root":
+                        os.chmod(path, entry.mode)
+        finally:
+            for mount in mounts.values():
+                subprocess.run(["umount", str(mount)], stderr=subprocess.DEVNULL)
+            subprocess.run(["losetup", "-d", device], check=True)
+        images.append(target)
+    return images
+
+
+def measure(name: str, base: BaseImage, cluster: Cluster, secrets: ClusterSecrets, cache: Path,
+            plans: list[NodePlan], scratch: Path) -> tuple[float, float]:  # fmt: skip
+    """Seconds and MiB written per node for one method."""
+    out = scratch / name.replace(" ", "-")
+    out.mkdir(parents=True)
+    start = time.monotonic()
+    if name == "picluster":
+        build_images(cluster, secrets, out, cache, Reporter(stream=None))
+        outputs = sorted(out.iterdir())
+    elif name == "plain cp":
+        outputs = plain_copy(base, plans, out)
+    else:
+        outputs = loop_mount(base, plans, out)
+    seconds = time.monotonic() - start
+    mib = written_mib(outputs)
+    shutil.rmtree(out)
+    return seconds / len(plans), mib / len(plans)
+
+
+def main() -> None:
+    cache = default_cache()
+    bundled = load_cluster(REPO / "cluster.yaml")
+    base = ensure_base(bundled, cache, Reporter())
+    allocated = base.image.stat().st_blocks * 512 / 2**30
+    print(f"base image: {base.image.stat().st_size / 2**30:.2f} GiB, {allocated:.2f} GiB allocated")
+    print(f"{'nodes':>5}  {'method':<11} {'s/node':>7} {'MiB/node':>9}  {'vs plain cp':>11}")
+    with tempfile.TemporaryDirectory(prefix="picluster-bench-", dir=base.image.parent.parent) as scratch:
+        work = Path(scratch)
+        secrets = state.load_or_create(work / ".picluster")
+        for count in COUNTS:
+            cluster = cluster_of(count, work)
+            plans = render_cluster(cluster, secrets)
+            results = {name: measure(name, base, cluster, secrets, cache, plans, work / f"n{count}")
+                       for name in ("picluster", "plain cp", "loop mount")}  # fmt: skip
+            floor = results["plain cp"][0]
+            for name, (per_node, mib) in results.items():
+                print(f"{count:>5}  {name:<11} {per_node:>7.2f} {mib:>9.0f}  {per_node / floor:>10.2f}x")
+        images = work / "noop"
+        example = work / "cluster.yaml"
+        shutil.copy(REPO / "cluster.yaml", example)
+        build_images(bundled, secrets, images, cache, Reporter(stream=None))
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "builder", "build", "-f", str(example),
+                        "-o", str(images), "--cache", str(cache)], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        print(f"no-op rebuild of the 3-node example (whole command): {time.monotonic() - start:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

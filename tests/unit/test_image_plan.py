@@ -1,0 +1,95 @@
+"""Pure parts of the image pipeline: layout, the debugfs script, the block map, the cache key."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from builder import base
+from builder.bmap import bmap_text
+from builder.config_file import load_cluster
+from builder.image import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
+from builder.plan import FileEntry
+from tests.conftest import BUNDLED
+
+EPOCH = 1_700_000_000
+
+
+def test_layout_fits_the_content_and_aligns() -> None:
+    layout = layout_for(700 * MIB)
+    assert layout.root_size % (4 * MIB) == 0
+    assert layout.root_size >= 700 * MIB * 1.15
+    assert layout.image_size == ROOT_OFFSET + layout.root_size
+    script = layout.sfdisk_script()
+    assert f"start={BOOT_OFFSET // 512}," in script
+    assert f"start={ROOT_OFFSET // 512}, size={layout.root_size // 512}, type=83" in script
+
+
+def test_debugfs_script_makes_only_missing_folders_and_replaces_only_existing_files() -> None:
+    new = FileEntry("root", PurePosixPath("etc/picluster/node.json"), b"{}", 0o644)
+    replaced = FileEntry("root", PurePosixPath("etc/hostname"), b"n1\n", 0o644)
+    secret = FileEntry("root", PurePosixPath("etc/picluster/kubeadm.yaml"), b"t", 0o600)
+    link = FileEntry("root", PurePosixPath("etc/systemd/system/swap.target"), mode=0o777, link="/dev/null")
+    staged = {new: Path("/s/0"), replaced: Path("/s/1"), secret: Path("/s/2")}
+    lines = debugfs_script(
+        [new, replaced, secret, link], staged, {"etc", "etc/systemd"}, {"etc/hostname"}, EPOCH
+    ).splitlines()
+    assert [line for line in lines if line.startswith("mkdir")] == [
+        "mkdir /etc/picluster",
+        "mkdir /etc/systemd/system",
+    ]
+    assert [line for line in lines if line.startswith("rm")] == ["rm /etc/hostname"]
+    assert "write /s/2 /etc/picluster/kubeadm.yaml" in lines
+    assert "sif /etc/picluster/kubeadm.yaml mode 0100600" in lines
+    assert "symlink /etc/systemd/system/swap.target /dev/null" in lines
+    assert f"sif /etc/hostname mtime {EPOCH}" in lines
+    assert lines.index("mkdir /etc/picluster") < lines.index("write /s/0 /etc/picluster/node.json")
+
+
+def test_debugfs_script_refuses_paths_it_cannot_quote() -> None:
+    entry = FileEntry("root", PurePosixPath("etc/a b"), b"")
+    with pytest.raises(ValueError, match="spaces or quotes"):
+        debugfs_script([entry], {entry: Path("/s/0")}, set(), set(), EPOCH)
+
+
+def test_debugfs_complaints_are_found() -> None:
+    output = (
+        "debugfs 1.47.0 (5-Feb-2023)\ndebugfs: write /s/0 /etc/x\nAllocated inode: 12\n"
+        "debugfs: mkdir /etc\nmkdir: Ext2 directory already exists\n"
+    )
+    assert debugfs_errors(output) == ["mkdir: Ext2 directory already exists"]
+
+
+def test_bmap_checksum_covers_the_file_with_the_field_zeroed() -> None:
+    text = bmap_text(10 * 4096, [(0, 1, "a" * 64), (5, 5, "b" * 64)])
+    checksum = re.search(r"<BmapFileChecksum> (\w+) </BmapFileChecksum>", text)
+    assert checksum is not None
+    zeroed = text.replace(checksum[1], "0" * 64)
+    assert hashlib.sha256(zeroed.encode()).hexdigest() == checksum[1]
+    assert "<MappedBlocksCount> 3 </MappedBlocksCount>" in text
+    assert '<Range chksum="' + "b" * 64 + '"> 5 </Range>' in text
+
+
+def test_base_key_follows_its_inputs(tmp_path: Path) -> None:
+    cluster = load_cluster(BUNDLED)
+    key = base.cache_key(base.manifest(cluster))
+    assert key == base.cache_key(base.manifest(load_cluster(BUNDLED))), "stable"
+    edited = tmp_path / "cluster.yaml"
+    edited.write_text(BUNDLED.read_text().replace("packages: []", "packages: [htop]"))
+    assert base.cache_key(base.manifest(load_cluster(edited))) != key
+    edited.write_text(BUNDLED.read_text().replace("192.168.50.12/24", "192.168.50.13/24"))
+    assert base.cache_key(base.manifest(load_cluster(edited))) == key, "node details are not in the base"
+
+
+def test_mmdebstrap_command_carries_the_package_set() -> None:
+    command = base.mmdebstrap_command(load_cluster(BUNDLED), Path("/tmp/root"))
+    include = next(word for word in command if word.startswith("--include="))
+    packages = include.removeprefix("--include=").split(",")
+    for package in ("linux-image-arm64", "raspi-firmware", "containerd", "python3-yaml", "openssh-server"):
+        assert package in packages
+    assert "--arch=arm64" in command
+    assert "--components=main,non-free-firmware" in command
+    assert command[-3:] == ["trixie", "/tmp/root", base.MIRROR]
