@@ -27,11 +27,10 @@ CLUSTER = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
 def plain_mmdebstrap(root: Path) -> float:
     cluster = load_cluster(CLUSTER)
-    packages = sorted({*base.PACKAGES, base.KERNELS[cluster.base.arch], *cluster.base.packages})
     command = [
         "mmdebstrap", "--mode=root", "--variant=apt", f"--arch={cluster.base.arch}",
-        f"--components={','.join(base.COMPONENTS)}", f"--include={','.join(packages)}",
-        cluster.base.suite, str(root), base.MIRROR,
+        f"--include={','.join(base.packages(cluster))}",
+        cluster.base.suite, str(root), *base.apt_sources(cluster.base.suite),
     ]  # fmt: skip
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import __version__
+from builder import __version__, kubernetes_apt
 from builder.boards import FIRMWARE_DIR
+from builder.download import fetch_text
 from builder.errors import UserError
 from builder.files import write_atomic
 from builder.image import Layout, assemble, list_tree
@@ -29,6 +30,7 @@ from builder.run import run, run_streaming
 HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
 INITRAMFS_MODULES = FIRMWARE_DIR / "initramfs-modules"
 MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 COMPONENTS = ("main", "non-free-firmware")
 
 PACKAGES = (
@@ -73,9 +75,9 @@ def manifest(cluster: Cluster) -> dict[str, Any]:
         "builder": __version__,
         "suite": base.suite,
         "arch": base.arch,
-        "mirror": MIRROR,
-        "components": list(COMPONENTS),
-        "packages": sorted({*PACKAGES, KERNELS[base.arch], *base.packages}),
+        "sources": apt_sources(base.suite),
+        "packages": packages(cluster),
+        "kubernetes": _kubernetes_inputs(cluster),
         "dpkg_options": list(DPKG_OPTIONS),
         "files": {
             path.relative_to(path.parents[1]).as_posix(): _sha256(path)
@@ -126,8 +128,11 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
     remove_tree(work)
     work.mkdir(parents=True)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    kubernetes = None
+    if cluster.cluster.packages == "image":
+        kubernetes = write_kubernetes_sources(cluster, work / "kubernetes")
     with reporter.step("mmdebstrap: Debian packages, kernel and Pi firmware (several minutes)"):
-        run_streaming(mmdebstrap_command(cluster, work / "root"), work / "mmdebstrap.log")
+        run_streaming(mmdebstrap_command(cluster, work / "root", kubernetes), work / "mmdebstrap.log")
     with reporter.step("partitions and filesystems"):
         publish_base(work / "root", inputs, folder, epoch)
     remove_tree(work)
@@ -170,24 +175,72 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def mmdebstrap_command(cluster: Cluster, root: Path) -> list[str]:
-    base = cluster.base
-    packages = sorted({*PACKAGES, KERNELS[base.arch], *base.packages})
+def packages(cluster: Cluster) -> list[str]:
+    extra = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
+    return sorted({*PACKAGES, KERNELS[cluster.base.arch], *cluster.base.packages, *extra})
+
+
+def apt_sources(suite: str) -> list[str]:
+    """The suite with its updates and security fixes, as one-line apt sources."""
+    components = " ".join(COMPONENTS)
     return [
+        f"deb {MIRROR} {suite} {components}",
+        f"deb {MIRROR} {suite}-updates {components}",
+        f"deb {SECURITY_MIRROR} {suite}-security {components}",
+    ]
+
+
+def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = None) -> list[str]:
+    """The mmdebstrap call; `kubernetes` is a folder holding `kubernetes.sources` and
+    `kubernetes.pref` when the Kubernetes tools go into the image."""
+    command = [
         "mmdebstrap",
         "--mode=root",
         "--variant=apt",
-        f"--arch={base.arch}",
-        f"--components={','.join(COMPONENTS)}",
-        f"--include={','.join(packages)}",
+        f"--arch={cluster.base.arch}",
+        f"--include={','.join(packages(cluster))}",
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
         '--aptopt=Acquire::Languages "none"',
         f'--essential-hook=sh {HOOKS_DIR / "essential.sh"} "$1" {INITRAMFS_MODULES}',
         f'--customize-hook=sh {HOOKS_DIR / "customize.sh"} "$1"',
-        base.suite,
-        str(root),
-        MIRROR,
     ]
+    sources = apt_sources(cluster.base.suite)
+    if kubernetes is not None:
+        options, source = kubernetes_options(kubernetes)
+        command += options
+        sources.append(source)
+    return [*command, cluster.base.suite, str(root), *sources]
+
+
+def kubernetes_options(folder: Path) -> tuple[list[str], str]:
+    """mmdebstrap options and the extra source that bring in the pinned Kubernetes tools, from
+    the files write_kubernetes_sources put in folder (they go in with --include)."""
+    options = [
+        '--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && '
+        f'cp {folder / "kubernetes.pref"} "$1/etc/apt/preferences.d/kubernetes"',
+        f'--customize-hook=chroot "$1" apt-mark hold {" ".join(kubernetes_apt.PINNED)}',
+    ]
+    return options, str(folder / "kubernetes.sources")
+
+
+def write_kubernetes_sources(cluster: Cluster, folder: Path) -> Path:
+    """Fetch the repository's key and write the source and pin files mmdebstrap_command uses."""
+    key = fetch_text(kubernetes_apt.key_url(cluster))
+    if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
+        raise UserError(
+            f"{kubernetes_apt.key_url(cluster)} is not an armored OpenPGP key",
+            "point cluster.kubernetes_repository at a copy of pkgs.k8s.io's repository",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kubernetes.sources").write_text(kubernetes_apt.sources_entry(cluster, key))
+    (folder / "kubernetes.pref").write_text(kubernetes_apt.preferences(cluster))
+    return folder
+
+
+def _kubernetes_inputs(cluster: Cluster) -> dict[str, str] | None:
+    if cluster.cluster.packages != "image":
+        return None
+    return {"version": cluster.cluster.kubernetes, "repository": cluster.kubernetes_repository}
 
 
 def ensure_binfmt(arch: str) -> None:

@@ -107,6 +107,13 @@ class ClusterSettings(Strict):
         description="firstboot (the node installs kubeadm, kubelet and kubectl) or image "
         "(they are baked into the image)",
     )
+    kubernetes_repository: (
+        Annotated[str, _matches(re.compile(r"^https?://\S+/$"), "an http(s) URL ending in /")] | None
+    ) = Field(
+        None,
+        description="a mirror of the Kubernetes apt repository for this minor release, with "
+        "its Release.key (default: https://pkgs.k8s.io/core:/stable:/v1.<minor>/deb/)",
+    )
     control_plane_endpoint: (
         Annotated[str, _matches(ENDPOINT, "host:port (an address or DNS name and a port)")] | None
     ) = Field(
@@ -214,6 +221,12 @@ class Cluster(Strict):
     @property
     def kubernetes_minor(self) -> int:
         return int(self.cluster.kubernetes.split(".")[1])
+
+    @property
+    def kubernetes_repository(self) -> str:
+        """The apt repository kubeadm, kubelet and kubectl come from (a flat repository)."""
+        default = f"https://pkgs.k8s.io/core:/stable:/v1.{self.kubernetes_minor}/deb/"
+        return self.cluster.kubernetes_repository or default
 
 
 def cross_field_problems(cluster: Cluster) -> list[Problem]:

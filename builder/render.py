@@ -152,7 +152,6 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes
         action = "init"
     else:
         action = "join-control-plane"
-    minor = cluster.kubernetes_minor
     config = {
         "node": {
             "name": node.name,
@@ -173,7 +172,7 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes
         "kubeadm": {"action": action, "config": "/etc/picluster/kubeadm.yaml"},
         "packages": {
             "install": cluster.cluster.packages,
-            "apt_repository": f"https://pkgs.k8s.io/core:/stable:/v1.{minor}/deb/",
+            "apt_repository": cluster.kubernetes_repository,
             "version": cluster.cluster.kubernetes,
         },
         "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],

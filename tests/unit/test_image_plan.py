@@ -91,5 +91,46 @@ def test_mmdebstrap_command_carries_the_package_set() -> None:
     for package in ("linux-image-arm64", "raspi-firmware", "containerd", "python3-yaml", "openssh-server"):
         assert package in packages
     assert "--arch=arm64" in command
-    assert "--components=main,non-free-firmware" in command
-    assert command[-3:] == ["trixie", "/tmp/root", base.MIRROR]
+    assert command[-5:-3] == ["trixie", "/tmp/root"]
+    assert command[-3:] == [
+        "deb http://deb.debian.org/debian trixie main non-free-firmware",
+        "deb http://deb.debian.org/debian trixie-updates main non-free-firmware",
+        "deb http://deb.debian.org/debian-security trixie-security main non-free-firmware",
+    ]
+    assert not any("kubeadm" in word for word in command), "firstboot: the node installs them"
+
+
+def test_image_mode_adds_the_pinned_kubernetes_repository(tmp_path: Path) -> None:
+    edited = tmp_path / "cluster.yaml"
+    edited.write_text(BUNDLED.read_text().replace("packages: firstboot", "packages: image"))
+    cluster = load_cluster(edited)
+    command = base.mmdebstrap_command(cluster, Path("/tmp/root"), Path("/tmp/k8s"))
+    include = next(word for word in command if word.startswith("--include="))
+    assert {"kubeadm", "kubelet", "kubectl", "cri-tools"} <= set(include.split("=", 1)[1].split(","))
+    assert command[-1] == "/tmp/k8s/kubernetes.sources"
+    assert any("apt-mark hold kubeadm kubelet kubectl" in word for word in command)
+    assert base.manifest(cluster)["kubernetes"] == {
+        "version": "1.34.2",
+        "repository": "https://pkgs.k8s.io/core:/stable:/v1.34/deb/",
+    }
+
+
+def test_kubernetes_source_carries_its_key_inline(tmp_path: Path) -> None:
+    from builder import kubernetes_apt
+
+    cluster = load_cluster(BUNDLED)
+    key = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBF\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    entry = kubernetes_apt.sources_entry(cluster, key).splitlines()
+    assert entry[:4] == [
+        "Types: deb",
+        "URIs: https://pkgs.k8s.io/core:/stable:/v1.34/deb/",
+        "Suites: /",
+        "Signed-By:",
+    ]
+    assert entry[4:] == [
+        " -----BEGIN PGP PUBLIC KEY BLOCK-----",
+        " .",
+        " mQINBF",
+        " -----END PGP PUBLIC KEY BLOCK-----",
+    ]
+    assert kubernetes_apt.key_url(cluster) == "https://pkgs.k8s.io/core:/stable:/v1.34/deb/Release.key"

@@ -1,0 +1,71 @@
+"""Fetching files over HTTP(S) with requests: resumable, verified, cached by URL.
+
+A partial download is kept as `<name>.part` and resumed with a Range request; the file gets its
+final name only once its SHA-256 matches, so a cache never holds a corrupt or truncated file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import requests
+
+from builder.errors import UserError
+
+TIMEOUT = (10, 60)
+"""(connect, read) seconds."""
+CHUNK = 1024 * 1024
+
+
+def fetch_text(url: str) -> str:
+    """A small text file, e.g. an apt repository key."""
+    try:
+        response = requests.get(url, timeout=TIMEOUT)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        raise UserError(f"cannot download {url}: {error}", "check the network or the URL") from None
+    return response.text
+
+
+def fetch_file(url: str, target: Path, sha256: str) -> Path:
+    """Download url to target (resuming a partial download) and check its SHA-256."""
+    if target.exists() and _sha256(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
+            if response.status_code == 416:  # nothing left to send: the part is complete
+                pass
+            else:
+                response.raise_for_status()
+                resumed = response.status_code == 206
+                with partial.open("ab" if resumed else "wb") as sink:
+                    for chunk in response.iter_content(CHUNK):
+                        sink.write(chunk)
+    except requests.RequestException as error:
+        raise UserError(
+            f"cannot download {url}: {error}",
+            "run the build again to resume; check the network or the URL",
+        ) from None
+    actual = _sha256(partial)
+    if actual != sha256:
+        partial.unlink()
+        raise UserError(
+            f"{url} has SHA-256 {actual}, expected {sha256}",
+            "check base.image.sha256 against the publisher's checksum; the download was discarded",
+        )
+    os.replace(partial, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,139 @@
+"""The real base image: Debian arm64 from mmdebstrap, checked by reading the image, not the hooks.
+
+The first run on a machine builds the base (several minutes under qemu-user emulation) into the
+same cache `make images` uses, so later runs, and the images users build, reuse it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.base import BaseImage, ensure_base
+from builder.boards import OVERLAYS_DIR, boards
+from builder.cli import default_cache
+from builder.config_file import load_cluster
+from builder.image import ROOT_OFFSET, boot_target, root_target
+from builder.progress import Reporter
+from tests.conftest import BUNDLED
+from tests.integration.conftest import TOOLS, require_tools
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def real_base() -> BaseImage:
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian base needs root")
+    require_tools(*TOOLS, "mmdebstrap")
+    return ensure_base(load_cluster(BUNDLED), default_cache(), Reporter())
+
+
+def boot_files(image: Path) -> dict[str, int]:
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", boot_target(image), "::/"],
+        capture_output=True, check=True, text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout  # fmt: skip
+    return {line.removeprefix("::/"): 0 for line in listing.split()}
+
+
+def read_root(image: Path, path: str) -> bytes:
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", root_target(image)], capture_output=True, check=True
+    ).stdout
+
+
+def test_boot_partition_carries_kernel_initrd_firmware_and_device_trees(real_base: BaseImage) -> None:
+    files = boot_files(real_base.image)
+    for name in ("vmlinuz", "initrd.img", "bootcode.bin", "start4.elf", "fixup4.dat", "start.elf"):
+        assert name in files, name
+    for model, board in boards().items():
+        if board.debian_kernel:
+            assert set(board.dtbs) <= set(files), f"{model} device trees"
+
+
+def test_kernel_is_an_arm64_image_the_firmware_and_qemu_can_boot(
+    real_base: BaseImage, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "vmlinuz"
+    subprocess.run(["mcopy", "-i", boot_target(real_base.image), "::/vmlinuz", str(kernel)], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    header = kernel.read_bytes()[:64]
+    assert header[56:60] == b"ARMd", "arm64 Image magic (an uncompressed kernel)"
+
+
+def test_initramfs_holds_the_boot_device_drivers(real_base: BaseImage, tmp_path: Path) -> None:
+    require_tools("zstd")
+    initrd = tmp_path / "initrd.img"
+    subprocess.run(["mcopy", "-i", boot_target(real_base.image), "::/initrd.img", str(initrd)], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    archive = subprocess.run(["zstd", "-dc", str(initrd)], capture_output=True, check=True).stdout
+    names = _cpio_names(archive)
+    for module in ("sdhci-iproc.ko", "bcm2835.ko", "virtio_blk.ko", "dwc2.ko"):
+        assert any(name.endswith(f"/{module}") or name.endswith(f"/{module}.xz") for name in names), module
+    assert not any("/drivers/net/wireless/" in name for name in names), "only the listed module folders"
+
+
+def test_root_filesystem_is_ready_to_become_any_node(real_base: BaseImage) -> None:
+    image = real_base.image
+    assert read_root(image, "/etc/machine-id") == b"uninitialized\n"
+    assert not any(path.startswith("etc/ssh/ssh_host_") for path in real_base.others)
+    fstab = read_root(image, "/etc/fstab").decode()
+    assert "LABEL=RASPIROOT" in fstab and "LABEL=RASPIFIRM" in fstab
+    assert "etc/systemd/system/multi-user.target.wants/systemd-networkd.service" in real_base.others
+    assert b"picluster" not in read_root(image, "/usr/sbin/update-initramfs"), "the real one is back"
+    assert "boot/firmware" in real_base.dirs, "the boot partition's mount point"
+
+
+def test_every_link_the_overlays_make_points_into_the_base(real_base: BaseImage) -> None:
+    for link in OVERLAYS_DIR.rglob("*"):
+        if link.is_symlink():
+            target = os.readlink(link).lstrip("/")
+            if target != "dev/null":
+                assert target in real_base.others, f"{link.relative_to(OVERLAYS_DIR)} -> /{target}"
+
+
+def test_raspi_firmware_hook_is_valid_shell(real_base: BaseImage, tmp_path: Path) -> None:
+    hook = tmp_path / "z50-raspi-firmware"
+    hook.write_bytes(read_root(real_base.image, "/etc/kernel/postinst.d/z50-raspi-firmware"))
+    assert hook.stat().st_size > 0
+    dash = shutil.which("dash") or "sh"
+    result = subprocess.run([dash, "-n", str(hook)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_root_filesystem_is_clean_and_the_image_small(real_base: BaseImage) -> None:
+    fsck = subprocess.run(["e2fsck", "-fn", root_target(real_base.image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+    allocated = real_base.image.stat().st_blocks * 512
+    assert allocated <= 1.2 * 2**30, f"base image allocates {allocated / 2**30:.2f} GiB"
+    assert real_base.image.stat().st_size > ROOT_OFFSET
+
+
+def _cpio_names(archive: bytes) -> list[str]:
+    """Names in a "newc" cpio archive (what initramfs-tools writes), without a cpio tool."""
+    names, stream = [], io.BytesIO(archive)
+    while True:
+        header = stream.read(110)
+        if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
+            break
+        size, name_size = int(header[54:62], 16), int(header[94:102], 16)
+        name = stream.read(name_size)[:-1].decode()
+        stream.seek((-stream.tell()) % 4, io.SEEK_CUR)
+        if name == "TRAILER!!!":
+            break
+        names.append(name)
+        stream.seek(size + (-(stream.tell() + size)) % 4, io.SEEK_CUR)
+    return names
+
+
+def test_cpio_reader_reads_a_hand_made_archive() -> None:
+    """The reader above is ours, so it gets a test of its own: a one-file newc archive."""
+    entry = b"070701" + b"0" * 48 + b"00000003" + b"0" * 32 + b"00000006" + b"00000000" + b"hello\0"
+    entry += b"\0" * ((-len(entry)) % 4) + b"abc" + b"\0"
+    assert _cpio_names(entry) == ["hello"]
