@@ -7,8 +7,10 @@ final name only once its SHA-256 matches, so a cache never holds a corrupt or tr
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 
@@ -17,6 +19,9 @@ from builder.errors import UserError
 TIMEOUT = (10, 60)
 """(connect, read) seconds."""
 CHUNK = 1024 * 1024
+STREAM_CHUNK = 64 * 1024
+"""Small enough that a broken connection loses little of what already arrived."""
+SPARSE_BLOCK = 4096
 
 
 def fetch_text(url: str) -> str:
@@ -45,7 +50,7 @@ def fetch_file(url: str, target: Path, sha256: str) -> Path:
                 response.raise_for_status()
                 resumed = response.status_code == 206
                 with partial.open("ab" if resumed else "wb") as sink:
-                    for chunk in response.iter_content(CHUNK):
+                    for chunk in response.iter_content(STREAM_CHUNK):
                         sink.write(chunk)
     except requests.RequestException as error:
         raise UserError(
@@ -69,3 +74,26 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unpack_image(source: Path, target: Path) -> Path:
+    """A downloaded disk image, decompressed if it is .xz, written sparse (zero blocks as holes)."""
+    if source.suffix != ".xz":
+        return source
+    partial = target.with_name(target.name + ".part")
+    decompressor = lzma.LZMADecompressor()
+    with source.open("rb") as compressed, partial.open("wb") as sink:
+        while chunk := compressed.read(CHUNK):
+            _write_sparse(sink, decompressor.decompress(chunk))
+        sink.truncate(sink.tell())
+    os.replace(partial, target)
+    return target
+
+
+def _write_sparse(sink: BinaryIO, data: bytes) -> None:
+    for start in range(0, len(data), SPARSE_BLOCK):
+        block = data[start : start + SPARSE_BLOCK]
+        if block.count(0) == len(block):
+            sink.seek(len(block), os.SEEK_CUR)
+        else:
+            sink.write(block)
