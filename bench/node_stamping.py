@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from builder import state
-from builder.base import BaseImage, ensure_base
+from builder.base import ensure_base
 from builder.build import build_images
 from builder.cli import default_cache
 from builder.config_file import load_cluster
+from builder.image import BaseImage
 from builder.model import Cluster
 from builder.pki import ClusterSecrets
 from builder.plan import NodePlan

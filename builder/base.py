@@ -7,13 +7,13 @@ skips mmdebstrap entirely. Per-node files are not in the base: they are stamped 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from builder.boards import FIRMWARE_DIR
 from builder.download import fetch_text
 from builder.errors import UserError
 from builder.files import write_atomic
-from builder.image import Layout, assemble, list_tree
+from builder.image import BaseImage, Layout, assemble, list_tree
 from builder.model import Cluster
 from builder.progress import Reporter
 from builder.run import run, run_streaming
@@ -56,16 +56,6 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/locale/*",
     "path-exclude=/usr/share/info/*",
 )
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    image: Path
-    key: str
-    built_at: int
-    layout: Layout
-    dirs: frozenset[str]
-    others: frozenset[str]
 
 
 def manifest(cluster: Cluster) -> dict[str, Any]:
@@ -114,7 +104,7 @@ def load_base(folder: Path) -> BaseImage:
         image=folder / "base.img",
         key=meta["key"],
         built_at=meta["built_at"],
-        layout=Layout(root_size=meta["root_size"]),
+        layout=Layout(**meta["layout"]),
         dirs=frozenset(meta["dirs"]),
         others=frozenset(meta["others"]),
     )
@@ -152,7 +142,7 @@ def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int) -
     layout = assemble(root, boot, staging / "base.img", epoch)
     dirs, others = list_tree(root)
     meta = {"key": cache_key(inputs), "inputs": inputs, "built_at": epoch,
-            "root_size": layout.root_size, "dirs": dirs, "others": others}  # fmt: skip
+            "layout": dataclasses.asdict(layout), "dirs": dirs, "others": others}  # fmt: skip
     write_atomic(staging / "base.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     remove_tree(boot)
     remove_tree(folder)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from builder.base import BaseImage, ensure_base
+from builder.base import ensure_base
 from builder.bmap import digest_image
 from builder.files import write_atomic
-from builder.image import stamp
+from builder.image import BaseImage, stamp
 from builder.model import Cluster
 from builder.pki import ClusterSecrets
 from builder.plan import NodePlan
@@ -128,7 +128,7 @@ def build_node(
     plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs, record: dict[str, object]
 ) -> None:
     with _scratch_image(outputs.folder, plan.node) as partial:
-        stamp(base.image, set(base.dirs), set(base.others), plan, partial, epoch)
+        stamp(base, plan, partial, epoch)
         digests = digest_image(partial)
         if outputs.compress:
             run([*COMPRESSORS[outputs.compress], str(partial)])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -37,32 +37,45 @@ ROOT_HEADROOM = 256 * MIB
 
 @dataclass(frozen=True)
 class Layout:
-    root_size: int
+    """Where the two partitions of an image start, and how long the image is."""
 
-    @property
-    def image_size(self) -> int:
-        return ROOT_OFFSET + self.root_size
+    boot_offset: int
+    root_offset: int
+    image_size: int
 
     def sfdisk_script(self) -> str:
-        boot = f"start={BOOT_OFFSET // SECTOR}, size={(ROOT_OFFSET - BOOT_OFFSET) // SECTOR}, type=c"
-        root = f"start={ROOT_OFFSET // SECTOR}, size={self.root_size // SECTOR}, type=83"
+        boot_sectors = (self.root_offset - self.boot_offset) // SECTOR
+        root_sectors = (self.image_size - self.root_offset) // SECTOR
+        boot = f"start={self.boot_offset // SECTOR}, size={boot_sectors}, type=c"
+        root = f"start={self.root_offset // SECTOR}, size={root_sectors}, type=83"
         return f"label: dos\nlabel-id: {DISK_ID}\nunit: sectors\n\n{boot}\n{root}\n"
+
+    def boot_target(self, image: Path) -> str:
+        """The mtools name of the boot partition inside an image file."""
+        return f"{image}@@{self.boot_offset}"
+
+    def root_target(self, image: Path) -> str:
+        """The e2fsprogs name of the root partition inside an image file."""
+        return f"{image}?offset={self.root_offset}"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A cached base image, its layout, and what its root filesystem already holds."""
+
+    image: Path
+    key: str
+    built_at: int
+    layout: Layout
+    dirs: frozenset[str]
+    others: frozenset[str]
 
 
 def layout_for(root_content_bytes: int) -> Layout:
-    """A root partition that holds the content with room for filesystem overhead and headroom."""
+    """picluster's own layout, with a root partition that holds the content plus headroom."""
     wanted = int(root_content_bytes * 1.15) + ROOT_HEADROOM
-    return Layout(root_size=-(-wanted // (4 * MIB)) * 4 * MIB)
-
-
-def boot_target(image: Path) -> str:
-    """The mtools name of the boot partition inside an image file."""
-    return f"{image}@@{BOOT_OFFSET}"
-
-
-def root_target(image: Path) -> str:
-    """The e2fsprogs name of the root partition inside an image file."""
-    return f"{image}?offset={ROOT_OFFSET}"
+    root_size = -(-wanted // (4 * MIB)) * 4 * MIB
+    return Layout(BOOT_OFFSET, ROOT_OFFSET, ROOT_OFFSET + root_size)
 
 
 def tool_env(epoch: int) -> dict[str, str]:
@@ -87,19 +100,19 @@ def assemble(root_dir: Path, boot_dir: Path, image: Path, epoch: int) -> Layout:
     with image.open("wb") as handle:
         handle.truncate(layout.image_size)
     run(["sfdisk", "--quiet", str(image)], input=layout.sfdisk_script().encode())
-    boot_kib = (ROOT_OFFSET - BOOT_OFFSET) // 1024
+    boot_kib = (layout.root_offset - layout.boot_offset) // 1024
     run(
         ["mkfs.vfat", "-F", "32", "-s", "2", "-n", BOOT_LABEL, "-i", BOOT_VOLUME_ID,
-         "--offset", str(BOOT_OFFSET // SECTOR), str(image), str(boot_kib)],
+         "--offset", str(layout.boot_offset // SECTOR), str(image), str(boot_kib)],
         env=env,
     )  # fmt: skip
     sources = sorted(str(path) for path in boot_dir.iterdir())
-    run(["mcopy", "-s", "-m", "-i", boot_target(image), *sources, "::/"], env=env)
+    run(["mcopy", "-s", "-m", "-i", layout.boot_target(image), *sources, "::/"], env=env)
     run(
         [
             "mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", ROOT_LABEL, "-U", ROOT_UUID, "-J", "size=32",
-            "-E", f"offset={ROOT_OFFSET},root_owner=0:0,hash_seed={ROOT_HASH_SEED}",
-            "-d", str(root_dir), str(image), f"{layout.root_size // 1024}k",
+            "-E", f"offset={layout.root_offset},root_owner=0:0,hash_seed={ROOT_HASH_SEED}",
+            "-d", str(root_dir), str(image), f"{(layout.image_size - layout.root_offset) // 1024}k",
         ],
         env=env,
     )  # fmt: skip
@@ -137,23 +150,22 @@ def list_tree(top: Path) -> tuple[list[str], list[str]]:
 # --- stamping a node -------------------------------------------------------------------------
 
 
-def stamp(base_image: Path, base_dirs: set[str], base_others: set[str], plan: NodePlan,
-          image: Path, epoch: int) -> None:  # fmt: skip
+def stamp(base: BaseImage, plan: NodePlan, image: Path, epoch: int) -> None:
     """Copy the base image to `image` and write the node's files into it."""
-    run(["cp", "--reflink=auto", "--sparse=always", str(base_image), str(image)])
+    run(["cp", "--reflink=auto", "--sparse=always", str(base.image), str(image)])
     env = tool_env(epoch)
     with tempfile.TemporaryDirectory(prefix="picluster-stamp-") as scratch:
         staged = stage_files(plan.files, Path(scratch), epoch)
         boot = [staged[entry] for entry in plan.files if entry.partition == "boot"]
         if boot:
-            run(["mcopy", "-o", "-m", "-i", boot_target(image), *map(str, boot), "::/"], env=env)
-        script = debugfs_script(
-            [e for e in plan.files if e.partition == "root"], staged, base_dirs, base_others, epoch
-        )
-        script_path = Path(scratch) / "debugfs.cmds"
-        script_path.write_text(script)
+            run(["mcopy", "-o", "-m", "-i", base.layout.boot_target(image), *map(str, boot), "::/"], env=env)
+        root_entries = [entry for entry in plan.files if entry.partition == "root"]
+        script = Path(scratch) / "debugfs.cmds"
+        script.write_text(debugfs_script(root_entries, staged, base.dirs, base.others, epoch))
         output = run(
-            ["debugfs", "-w", "-f", str(script_path), root_target(image)], env=env, merge_stderr=True
+            ["debugfs", "-w", "-f", str(script), base.layout.root_target(image)],
+            env=env,
+            merge_stderr=True,
         )
     complaints = debugfs_errors(output)
     if complaints:
@@ -175,8 +187,8 @@ def stage_files(entries: Iterable[FileEntry], folder: Path, epoch: int) -> dict[
     return staged
 
 
-def debugfs_script(entries: list[FileEntry], staged: dict[FileEntry, Path], base_dirs: set[str],
-                   base_others: set[str], epoch: int) -> str:  # fmt: skip
+def debugfs_script(entries: list[FileEntry], staged: dict[FileEntry, Path], base_dirs: Set[str],
+                   base_others: Set[str], epoch: int) -> str:  # fmt: skip
     """debugfs commands that make the root filesystem hold exactly these entries.
 
     Every command is one that must succeed given what the base holds (no `rm` of a missing file,

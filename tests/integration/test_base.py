@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.base import BaseImage, ensure_base
+from builder.base import ensure_base
 from builder.boards import OVERLAYS_DIR, boards
 from builder.cli import default_cache
 from builder.config_file import load_cluster
-from builder.image import ROOT_OFFSET, boot_target, root_target
+from builder.image import ROOT_OFFSET, BaseImage
 from builder.progress import Reporter
 from tests.conftest import BUNDLED
 from tests.integration.conftest import TOOLS, require_tools
@@ -34,22 +34,27 @@ def real_base() -> BaseImage:
     return ensure_base(load_cluster(BUNDLED), default_cache(), Reporter())
 
 
-def boot_files(image: Path) -> dict[str, int]:
+def boot_files(base: BaseImage) -> set[str]:
     listing = subprocess.run(
-        ["mdir", "-b", "-i", boot_target(image), "::/"],
+        ["mdir", "-b", "-i", base.layout.boot_target(base.image), "::/"],
         capture_output=True, check=True, text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     ).stdout  # fmt: skip
-    return {line.removeprefix("::/"): 0 for line in listing.split()}
+    return {line.removeprefix("::/") for line in listing.split()}
 
 
-def read_root(image: Path, path: str) -> bytes:
+def read_root(base: BaseImage, path: str) -> bytes:
     return subprocess.run(
-        ["debugfs", "-R", f"cat {path}", root_target(image)], capture_output=True, check=True
+        ["debugfs", "-R", f"cat {path}", base.layout.root_target(base.image)], capture_output=True, check=True
     ).stdout
 
 
+def copy_boot_file(base: BaseImage, name: str, target: Path) -> None:
+    subprocess.run(["mcopy", "-i", base.layout.boot_target(base.image), f"::/{name}", str(target)],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+
+
 def test_boot_partition_carries_kernel_initrd_firmware_and_device_trees(real_base: BaseImage) -> None:
-    files = boot_files(real_base.image)
+    files = boot_files(real_base)
     for name in ("vmlinuz", "initrd.img", "bootcode.bin", "start4.elf", "fixup4.dat", "start.elf"):
         assert name in files, name
     for model, board in boards().items():
@@ -61,8 +66,7 @@ def test_kernel_is_an_arm64_image_the_firmware_and_qemu_can_boot(
     real_base: BaseImage, tmp_path: Path
 ) -> None:
     kernel = tmp_path / "vmlinuz"
-    subprocess.run(["mcopy", "-i", boot_target(real_base.image), "::/vmlinuz", str(kernel)], check=True,
-                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    copy_boot_file(real_base, "vmlinuz", kernel)
     header = kernel.read_bytes()[:64]
     assert header[56:60] == b"ARMd", "arm64 Image magic (an uncompressed kernel)"
 
@@ -70,8 +74,7 @@ def test_kernel_is_an_arm64_image_the_firmware_and_qemu_can_boot(
 def test_initramfs_holds_the_boot_device_drivers(real_base: BaseImage, tmp_path: Path) -> None:
     require_tools("zstd")
     initrd = tmp_path / "initrd.img"
-    subprocess.run(["mcopy", "-i", boot_target(real_base.image), "::/initrd.img", str(initrd)], check=True,
-                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    copy_boot_file(real_base, "initrd.img", initrd)
     archive = subprocess.run(["zstd", "-dc", str(initrd)], capture_output=True, check=True).stdout
     names = _cpio_names(archive)
     for module in ("sdhci-iproc.ko", "bcm2835.ko", "virtio_blk.ko", "dwc2.ko"):
@@ -80,13 +83,12 @@ def test_initramfs_holds_the_boot_device_drivers(real_base: BaseImage, tmp_path:
 
 
 def test_root_filesystem_is_ready_to_become_any_node(real_base: BaseImage) -> None:
-    image = real_base.image
-    assert read_root(image, "/etc/machine-id") == b"uninitialized\n"
+    assert read_root(real_base, "/etc/machine-id") == b"uninitialized\n"
     assert not any(path.startswith("etc/ssh/ssh_host_") for path in real_base.others)
-    fstab = read_root(image, "/etc/fstab").decode()
+    fstab = read_root(real_base, "/etc/fstab").decode()
     assert "LABEL=RASPIROOT" in fstab and "LABEL=RASPIFIRM" in fstab
     assert "etc/systemd/system/multi-user.target.wants/systemd-networkd.service" in real_base.others
-    assert b"picluster" not in read_root(image, "/usr/sbin/update-initramfs"), "the real one is back"
+    assert b"picluster" not in read_root(real_base, "/usr/sbin/update-initramfs"), "the real one is back"
     assert "boot/firmware" in real_base.dirs, "the boot partition's mount point"
 
 
@@ -100,7 +102,7 @@ def test_every_link_the_overlays_make_points_into_the_base(real_base: BaseImage)
 
 def test_raspi_firmware_hook_is_valid_shell(real_base: BaseImage, tmp_path: Path) -> None:
     hook = tmp_path / "z50-raspi-firmware"
-    hook.write_bytes(read_root(real_base.image, "/etc/kernel/postinst.d/z50-raspi-firmware"))
+    hook.write_bytes(read_root(real_base, "/etc/kernel/postinst.d/z50-raspi-firmware"))
     assert hook.stat().st_size > 0
     dash = shutil.which("dash") or "sh"
     result = subprocess.run([dash, "-n", str(hook)], capture_output=True, text=True)
@@ -108,7 +110,8 @@ def test_raspi_firmware_hook_is_valid_shell(real_base: BaseImage, tmp_path: Path
 
 
 def test_root_filesystem_is_clean_and_the_image_small(real_base: BaseImage) -> None:
-    fsck = subprocess.run(["e2fsck", "-fn", root_target(real_base.image)], capture_output=True, text=True)
+    target = real_base.layout.root_target(real_base.image)
+    fsck = subprocess.run(["e2fsck", "-fn", target], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
     allocated = real_base.image.stat().st_blocks * 512
     assert allocated <= 1.2 * 2**30, f"base image allocates {allocated / 2**30:.2f} GiB"

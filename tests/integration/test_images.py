@@ -17,7 +17,7 @@ import yaml
 
 from builder.build import build_images
 from builder.config_file import load_cluster
-from builder.image import BOOT_OFFSET, ROOT_OFFSET, SECTOR, boot_target, root_target
+from builder.image import BOOT_OFFSET, ROOT_OFFSET, SECTOR, layout_for
 from builder.model import Cluster
 from builder.pki import ClusterSecrets
 from builder.progress import silent
@@ -46,6 +46,17 @@ def build(cluster: Cluster, images: Path, cache: Path, **options: object) -> lis
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+LAYOUT = layout_for(0)  # only the offsets are used, and they do not depend on the size
+
+
+def boot_target(image: Path) -> str:
+    return LAYOUT.boot_target(image)
+
+
+def root_target(image: Path) -> str:
+    return LAYOUT.root_target(image)
 
 
 def debugfs(image: Path, request: str) -> str:

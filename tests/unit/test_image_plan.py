@@ -20,12 +20,15 @@ EPOCH = 1_700_000_000
 
 def test_layout_fits_the_content_and_aligns() -> None:
     layout = layout_for(700 * MIB)
-    assert layout.root_size % (4 * MIB) == 0
-    assert layout.root_size >= 700 * MIB * 1.15
-    assert layout.image_size == ROOT_OFFSET + layout.root_size
+    root_size = layout.image_size - ROOT_OFFSET
+    assert root_size % (4 * MIB) == 0
+    assert root_size >= 700 * MIB * 1.15
+    assert (layout.boot_offset, layout.root_offset) == (BOOT_OFFSET, ROOT_OFFSET)
     script = layout.sfdisk_script()
     assert f"start={BOOT_OFFSET // 512}," in script
-    assert f"start={ROOT_OFFSET // 512}, size={layout.root_size // 512}, type=83" in script
+    assert f"start={ROOT_OFFSET // 512}, size={root_size // 512}, type=83" in script
+    assert layout.root_target(Path("x.img")) == f"x.img?offset={ROOT_OFFSET}"
+    assert layout.boot_target(Path("x.img")) == f"x.img@@{BOOT_OFFSET}"
 
 
 def test_debugfs_script_makes_only_missing_folders_and_replaces_only_existing_files() -> None:
