@@ -191,6 +191,8 @@ def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = N
         f"--include={','.join(packages(cluster))}",
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
         '--aptopt=Acquire::Languages "none"',
+        # debconf's preconfiguration is a Perl run per package under emulation, for no questions
+        "--aptopt=#clear DPkg::Pre-Install-Pkgs",
         f'--essential-hook=sh {HOOKS_DIR / "essential.sh"} "$1" {INITRAMFS_MODULES}',
         f'--customize-hook=sh {HOOKS_DIR / "customize.sh"} "$1"',
     ]

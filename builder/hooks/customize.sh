@@ -8,8 +8,10 @@
 set -eu
 root=$1
 
-rm "$root/usr/sbin/update-initramfs"
-chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+for deferred in /usr/sbin/update-initramfs /usr/bin/py3compile; do
+    rm "$root$deferred"
+    chroot "$root" dpkg-divert --quiet --local --rename --remove "$deferred"
+done
 
 set -- "$root"/lib/modules/*
 [ $# -eq 1 ] || { echo "expected one kernel in the base, found: $*" >&2; exit 1; }
@@ -19,7 +21,7 @@ chroot "$root" update-initramfs -c -k "$version"
 firmware="$root/boot/firmware"
 mkdir -p "$firmware"
 rm -f "$firmware"/vmlinuz-* "$firmware"/initrd.img-*
-cp "$root"/usr/lib/raspi-firmware/* "$firmware"/
+cp -r "$root"/usr/lib/raspi-firmware/. "$firmware"/
 cp "$root/boot/vmlinuz-$version" "$firmware/vmlinuz"
 cp "$root/boot/initrd.img-$version" "$firmware/initrd.img"
 dtbs="$root/usr/lib/linux-image-$version/broadcom"

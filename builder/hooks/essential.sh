@@ -2,19 +2,22 @@
 # mmdebstrap --essential-hook: runs after Debian's essential packages, before the rest.
 # Usage: essential.sh ROOT INITRAMFS_MODULES
 #
-# Under qemu-user emulation the base build's time goes to mkinitramfs: package triggers run it
-# several times, and MODULES=most collects thousands of modules one process each. Here the
-# initramfs is deferred (update-initramfs is a no-op until customize.sh builds it once) and limited
-# to the module folders the supported boards boot from.
+# Under qemu-user emulation every program a package runs while it is configured is slow. The
+# initramfs is the worst: package triggers build it several times, and MODULES=most collects
+# thousands of modules one process each. Here it is deferred (update-initramfs is a no-op until
+# customize.sh builds it once) and limited to the module folders the supported boards boot from.
 set -eu
 root=$1
 modules=$2
 
-chroot "$root" dpkg-divert --quiet --local --rename \
-    --divert /usr/sbin/update-initramfs.picluster --add /usr/sbin/update-initramfs
-printf '#!/bin/sh\n# picluster: the initramfs is built once, at the end of the base build\nexit 0\n' \
-    > "$root/usr/sbin/update-initramfs"
-chmod 0755 "$root/usr/sbin/update-initramfs"
+# Stand-ins until customize.sh puts the real ones back: the initramfs is built once, at the end;
+# Python modules are byte-compiled on the Pi at first import instead of under emulation here.
+for deferred in /usr/sbin/update-initramfs /usr/bin/py3compile; do
+    chroot "$root" dpkg-divert --quiet --local --rename \
+        --divert "$deferred.picluster" --add "$deferred"
+    printf '#!/bin/sh\n# picluster: deferred during the base build\nexit 0\n' > "$root$deferred"
+    chmod 0755 "$root$deferred"
+done
 
 mkdir -p "$root/etc/initramfs-tools/conf.d" "$root/etc/initramfs-tools/hooks"
 printf 'MODULES=list\nCOMPRESS=zstd\n' > "$root/etc/initramfs-tools/conf.d/picluster"
