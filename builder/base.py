@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, kubernetes_apt
+from builder import __version__, downloaded_base, kubernetes_apt
 from builder.boards import FIRMWARE_DIR
 from builder.download import fetch_text
 from builder.errors import UserError
@@ -61,6 +61,8 @@ DPKG_OPTIONS = (
 def manifest(cluster: Cluster) -> dict[str, Any]:
     """Every input that changes the base image's bytes."""
     base = cluster.base
+    if base.image is not None:
+        return {"builder": __version__, "image": base.image.model_dump()}
     return {
         "builder": __version__,
         "suite": base.suite,
@@ -88,13 +90,11 @@ def ensure_base(cluster: Cluster, cache_dir: Path, reporter: Reporter, rebuild: 
     if (folder / "base.json").exists() and not rebuild:
         reporter.say(f"==> base image: cached ({folder})")
         return load_base(folder)
-    if cluster.base.image is not None:
-        raise UserError(
-            "base.image (starting from a downloaded image) is not supported yet",
-            "remove base.image to build the Debian base",
-        )
     reporter.say(f"==> base image: building ({_why_rebuild(cache_dir, inputs, rebuild)})")
-    build_base(cluster, inputs, folder, reporter)
+    if cluster.base.image is not None:
+        import_base(cluster, inputs, folder, cache_dir, reporter)
+    else:
+        build_base(cluster, inputs, folder, reporter)
     return load_base(folder)
 
 
@@ -128,23 +128,47 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
     remove_tree(work)
 
 
+def import_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, cache_dir: Path,
+                reporter: Reporter) -> None:  # fmt: skip
+    """Make a downloaded image (base.image) the base."""
+    assert cluster.base.image is not None
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    with reporter.step(f"download {cluster.base.image.url}"):
+        raw = downloaded_base.fetch_image(cluster.base.image, cache_dir / "downloads")
+    with reporter.step("partitions, labels and contents"):
+        staging = _staging(folder)
+        layout, dirs, others = downloaded_base.adopt(raw, staging / "base.img", epoch)
+        _publish(staging, folder, inputs, epoch, layout, dirs, others)
+
+
 def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int) -> None:
     """Turn a root tree (boot partition files under boot/firmware) into the cached base image.
 
     The image is made beside the cache entry and renamed into place whole.
     """
-    staging = folder.with_name(f".{folder.name}.staging")
-    remove_tree(staging)
-    staging.mkdir(parents=True)
+    staging = _staging(folder)
     boot = staging / "boot"
     (root / "boot" / "firmware").rename(boot)
     (root / "boot" / "firmware").mkdir()
     layout = assemble(root, boot, staging / "base.img", epoch)
     dirs, others = list_tree(root)
+    remove_tree(boot)
+    _publish(staging, folder, inputs, epoch, layout, dirs, others)
+
+
+def _staging(folder: Path) -> Path:
+    staging = folder.with_name(f".{folder.name}.staging")
+    remove_tree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, folder: Path, inputs: dict[str, Any], epoch: int, layout: Layout,
+             dirs: list[str], others: list[str]) -> None:  # fmt: skip
+    """Record what the base holds beside it, then move it into the cache whole."""
     meta = {"key": cache_key(inputs), "inputs": inputs, "built_at": epoch,
             "layout": dataclasses.asdict(layout), "dirs": dirs, "others": others}  # fmt: skip
     write_atomic(staging / "base.json", json.dumps(meta, indent=1, sort_keys=True).encode())
-    remove_tree(boot)
     remove_tree(folder)
     staging.rename(folder)
 

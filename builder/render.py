@@ -96,9 +96,16 @@ def _wpa_psk(ssid: str, passphrase: str) -> str:
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
+def firmware_flavor(cluster: Cluster) -> str:
+    """Which boot conventions the card follows: Debian's raspi-firmware layout (the base picluster
+    builds) or Raspberry Pi OS's (a downloaded base.image)."""
+    return "raspios" if cluster.base.image else "debian"
+
+
 def _firmware_files(context: dict[str, Any]) -> Iterator[FileEntry]:
+    flavor = firmware_flavor(context["cluster"])
     for name in ("config.txt", "cmdline.txt"):
-        text = _render_template(FIRMWARE_DIR / f"{name}.j2", context)
+        text = _render_template(FIRMWARE_DIR / flavor / f"{name}.j2", context)
         yield FileEntry("boot", PurePosixPath(name), text.encode())
 
 

@@ -365,3 +365,21 @@ def test_node_digest_changes_with_its_inputs(
     after = {p.node: p.digest() for p in render_cluster(cluster_from(bundled_data, tmp_path), secrets)}
     assert after["w2"] != before["w2"]
     assert after["cp1"] == before["cp1"] and after["w1"] == before["w1"], "other nodes are untouched"
+
+
+def test_a_raspberry_pi_os_base_gets_its_own_boot_conventions(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    bundled_data["base"]["image"] = {"url": "https://example.org/raspios.img.xz", "sha256": "a" * 64}
+    bundled_data["nodes"][2]["model"] = "pi5"
+    cluster = cluster_from(bundled_data, tmp_path)
+    plan = plan_for(cluster, "w2", secrets)
+    config = text(plan, "config.txt", "boot").splitlines()
+    assert "auto_initramfs=1" in config
+    assert not any(line.startswith(("kernel=", "upstream_kernel")) for line in config)
+    args = text(plan, "cmdline.txt", "boot").split()
+    assert "root=LABEL=RASPIROOT" in args and "cgroup_enable=memory" in args
+    assert "console=serial0,115200" in args
+    from builder.model import warnings
+
+    assert warnings(cluster) == [], "pi5 is fine on Raspberry Pi OS"

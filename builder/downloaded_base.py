@@ -1,0 +1,108 @@
+"""A downloaded image (`base.image`, e.g. Raspberry Pi OS Lite) made into a cached base.
+
+The file is fetched with requests (resumable, checked against its SHA-256), unpacked if .xz, and
+copied sparse into the cache. Its partitions are found from its own partition table and relabelled
+RASPIFIRM and RASPIROOT, so the rendered cmdline.txt finds the root filesystem the same way on
+every base. What its root filesystem holds is listed with debugfs, so stamping knows which
+folders exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from builder.download import fetch_file, unpack_image
+from builder.errors import UserError
+from builder.image import BOOT_LABEL, ROOT_LABEL, Layout, tool_env
+from builder.model import ImageSource
+from builder.run import run
+
+FAT_TYPES = {"b", "c", "e"}
+LINUX_TYPE = "83"
+KERNELS = ("kernel8.img", "kernel_2712.img")
+"""What a Raspberry Pi OS boot partition holds for 64-bit Pis; picluster's firmware templates for
+this kind of base rely on the firmware choosing among them."""
+
+
+def fetch_image(source: ImageSource, downloads: Path) -> Path:
+    folder = downloads / source.sha256[:16]
+    name = PurePosixPath(source.url.split("?")[0]).name or "image.img"
+    downloaded = fetch_file(source.url, folder / name, source.sha256)
+    return unpack_image(downloaded, folder / name.removesuffix(".xz"))
+
+
+def adopt(raw: Path, image: Path, epoch: int) -> tuple[Layout, list[str], list[str]]:
+    """Copy a downloaded image to `image` and make it a base: its layout, folders and files."""
+    run(["cp", "--sparse=always", str(raw), str(image)])
+    layout = read_layout(image)
+    env = tool_env(epoch)
+    listing = run(["mdir", "-b", "-i", layout.boot_target(image), "::/"], env=env)
+    if not any(f"::/{kernel}" in listing.split() for kernel in KERNELS):
+        raise UserError(
+            f"{raw.name} does not look like Raspberry Pi OS: its boot partition has no {KERNELS[0]}",
+            "use a Raspberry Pi OS (Lite, 64-bit) image, or remove base.image to build Debian",
+        )
+    run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
+    run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
+    dirs, others = list_root(image, layout)
+    return layout, dirs, others
+
+
+def read_layout(image: Path) -> Layout:
+    table = json.loads(run(["sfdisk", "--json", str(image)]))["partitiontable"]
+    partitions = table.get("partitions", [])
+    sector = table.get("sectorsize", 512)
+    if (
+        table.get("label") != "dos"
+        or len(partitions) < 2
+        or partitions[0]["type"] not in FAT_TYPES
+        or partitions[1]["type"] != LINUX_TYPE
+    ):
+        raise UserError(
+            f"{image.name}: expected an MBR with a FAT boot partition then a Linux root partition",
+            "use a Raspberry Pi OS image as published",
+        )
+    boot, root = partitions[0], partitions[1]
+    return Layout(boot["start"] * sector, root["start"] * sector, image.stat().st_size)
+
+
+LS_ENTRY = re.compile(r"^/(\d+)/(\d+)/\d+/\d+/(.*)/\d*/$")
+
+
+def list_root(image: Path, layout: Layout) -> tuple[list[str], list[str]]:
+    """Every folder and every other entry of the root filesystem, one debugfs run per depth."""
+    dirs: list[str] = []
+    others: list[str] = []
+    level = [""]
+    with tempfile.TemporaryDirectory(prefix="picluster-ls-") as scratch:
+        script = Path(scratch) / "ls.cmds"
+        while level:
+            script.write_text("".join(f'ls -p "/{folder}"\n' for folder in level))
+            output = run(["debugfs", "-f", str(script), layout.root_target(image)])
+            level = []
+            for folder, entries in _listings(output):
+                for name, is_dir in entries:
+                    path = f"{folder}/{name}".lstrip("/")
+                    if is_dir:
+                        dirs.append(path)
+                        level.append(path)
+                    else:
+                        others.append(path)
+    return sorted(dirs), sorted(others)
+
+
+def _listings(output: str) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """Split debugfs output into (folder, [(name, is_folder)]) per `ls -p` command."""
+    found: list[tuple[str, list[tuple[str, bool]]]] = []
+    for line in output.splitlines():
+        if line.startswith("debugfs: ls -p "):
+            found.append((line.removeprefix("debugfs: ls -p ").strip('"').strip("/"), []))
+            continue
+        match = LS_ENTRY.match(line)
+        if match and found and match[3] not in (".", ".."):
+            mode = int(match[2], 8)
+            found[-1][1].append((match[3], mode & 0o170000 == 0o040000))
+    return found

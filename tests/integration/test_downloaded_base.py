@@ -1,0 +1,143 @@
+"""base.image: a downloaded Raspberry Pi OS image becomes the base the nodes are stamped onto.
+
+Raspberry Pi OS cannot be downloaded here, so the test serves a stand-in on 127.0.0.1: an .img.xz
+laid out as Raspberry Pi OS publishes it (MBR; FAT "bootfs" from 4 MiB holding kernel8.img; ext4
+"rootfs" after it), with a handful of files instead of the OS.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import lzma
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builder.build import build_images
+from builder.config_file import load_cluster
+from builder.errors import UserError
+from builder.image import tool_env
+from builder.progress import silent
+from tests.conftest import BUNDLED, fixed_secrets
+from tests.integration.conftest import TOOLS, require_tools
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+BOOT_START, BOOT_SIZE, ROOT_START = 4 * MIB, 256 * MIB, 260 * MIB
+EPOCH = 1_700_000_000
+
+
+def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
+    image = folder / "raspios-lite.img"
+    with image.open("wb") as handle:
+        handle.truncate(ROOT_START + 200 * MIB)
+    table = (f"label: dos\nlabel-id: 0x1234abcd\nunit: sectors\n\nstart={BOOT_START // 512}, "
+             f"size={BOOT_SIZE // 512}, type=c\nstart={ROOT_START // 512}, type=83\n")  # fmt: skip
+    env = {**os.environ, **tool_env(EPOCH)}
+    subprocess.run(["sfdisk", "-q", str(image)], input=table.encode(), check=True)
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "2", "-n", "bootfs", "--offset", str(BOOT_START // 512),
+                    str(image), str(BOOT_SIZE // 1024)], check=True, capture_output=True)  # fmt: skip
+    staged = folder / "boot"
+    staged.mkdir()
+    for name, data in boot_files.items():
+        (staged / name).write_bytes(data)
+    subprocess.run(["mcopy", "-i", f"{image}@@{BOOT_START}", *map(str, staged.iterdir()), "::/"],
+                   check=True, env=env)  # fmt: skip
+    root = folder / "rootfs"
+    for sub in ("etc/systemd/system", "usr/lib/systemd/system", "var/lib", "home/pi"):
+        (root / sub).mkdir(parents=True)
+    (root / "etc/hostname").write_text("raspberrypi\n")
+    (root / "etc/fstab").write_text("PARTUUID=1234abcd-02 / ext4 defaults,noatime 0 1\n")
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "rootfs", "-E", f"offset={ROOT_START}", "-d",
+                    str(root), str(image), "200M"], check=True, env=env)  # fmt: skip
+    packed = folder / "raspios-lite.img.xz"
+    packed.write_bytes(lzma.compress(image.read_bytes()))
+    image.unlink()
+    return packed
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = functools.partial(_Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def cluster_on(packed: Path, url: str, tmp_path: Path) -> Any:
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["base"]["image"] = {
+        "url": f"{url}/{packed.name}",
+        "sha256": hashlib.sha256(packed.read_bytes()).hexdigest(),
+    }
+    data["nodes"] = data["nodes"][:1]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_cluster(path)
+
+
+def test_nodes_are_stamped_onto_the_downloaded_image(
+    serve: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tools(*TOOLS, "mlabel", "tune2fs", "dumpe2fs")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    folder, url = serve
+    packed = make_raspios_like(folder, {"kernel8.img": b"stand-in kernel", "config.txt": b"# raspios\n"})
+    cluster = cluster_on(packed, url, tmp_path)
+    images, cache = tmp_path / "images", tmp_path / "cache"
+    assert build_images(cluster, fixed_secrets(), images, cache, silent()) == ["cp1"]
+
+    (meta_path,) = cache.glob("base/*/base.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["layout"]["boot_offset"] == BOOT_START and meta["layout"]["root_offset"] == ROOT_START
+    assert "home/pi" in meta["dirs"] and "etc/hostname" in meta["others"]
+
+    image = images / "cp1.img"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    label = subprocess.run(["mlabel", "-s", "-i", f"{image}@@{BOOT_START}", "::"], capture_output=True,
+                           text=True, check=True, env=env).stdout  # fmt: skip
+    assert "RASPIFIRM" in label
+    superblock = subprocess.run(["dumpe2fs", "-h", f"{image}?offset={ROOT_START}"], capture_output=True,
+                                text=True, check=True).stdout  # fmt: skip
+    assert "Filesystem volume name:   RASPIROOT" in superblock
+
+    def boot(name: str) -> str:
+        return subprocess.run(["mtype", "-i", f"{image}@@{BOOT_START}", f"::/{name}"], capture_output=True,
+                              text=True, check=True, env=env).stdout  # fmt: skip
+
+    config = boot("config.txt").splitlines()
+    assert "auto_initramfs=1" in config and not any(line.startswith("kernel=") for line in config)
+    assert "root=LABEL=RASPIROOT" in boot("cmdline.txt").split()
+    assert boot("kernel8.img") == "stand-in kernel"
+    hostname = subprocess.run(["debugfs", "-R", "cat /etc/hostname", f"{image}?offset={ROOT_START}"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert hostname == "cp1\n"
+    fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={ROOT_START}"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str], tmp_path: Path) -> None:
+    require_tools(*TOOLS, "mlabel", "tune2fs")
+    folder, url = serve
+    packed = make_raspios_like(folder, {"vmlinuz": b"something else"})
+    cluster = cluster_on(packed, url, tmp_path)
+    with pytest.raises(UserError, match="does not look like Raspberry Pi OS"):
+        build_images(cluster, fixed_secrets(), tmp_path / "images", tmp_path / "cache", silent())
