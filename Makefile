@@ -9,9 +9,10 @@ PICLUSTER  := $(BIN)/picluster
 IMAGES     ?= images
 # Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
 # for the arm base, the filesystem tools that write images without mounting them, compressors,
-# bmaptool, and openssl to cross-check the CA pin.
+# bmaptool; for the tests, openssl (to cross-check the CA pin), gnupg and dpkg-dev (a signed
+# stand-in apt repository).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test dosfstools mtools e2fsprogs \
-	fdisk zstd xz-utils bmap-tools openssl ca-certificates
+	fdisk zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev
 
 .PHONY: images render validate test test-fast lint setup host-packages clean
 
