@@ -122,7 +122,11 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
     if cluster.cluster.packages == "image":
         kubernetes = write_kubernetes_sources(cluster, work / "kubernetes")
     with reporter.step("mmdebstrap: Debian packages, kernel and Pi firmware (several minutes)"):
-        run_streaming(mmdebstrap_command(cluster, work / "root", kubernetes), work / "mmdebstrap.log")
+        run_streaming(
+            mmdebstrap_command(cluster, work / "root", kubernetes),
+            work / "mmdebstrap.log",
+            milestone=_mmdebstrap_milestone,
+        )
     with reporter.step("partitions and filesystems"):
         publish_base(work / "root", inputs, folder, epoch)
     remove_tree(work)
@@ -296,6 +300,11 @@ def _why_rebuild(cache_dir: Path, inputs: dict[str, Any], rebuild: bool) -> str:
     previous = json.loads(cached[-1].read_text())["inputs"]
     changed = sorted(key for key in inputs.keys() | previous.keys() if inputs.get(key) != previous.get(key))
     return "changed since the last base: " + ", ".join(changed)
+
+
+def _mmdebstrap_milestone(line: str) -> bool:
+    """mmdebstrap's own progress lines ("I: installing remaining packages..."), not its chatter."""
+    return line.startswith("I: ") and "binfmt" not in line
 
 
 def _sha256(path: Path) -> str:

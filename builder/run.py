@@ -10,7 +10,8 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import UserError
@@ -68,19 +69,34 @@ def run(
     return stdout
 
 
-def run_streaming(command: Sequence[str | Path], log: Path, *, hint: str = "") -> None:
-    """Run a long command with its output going to a log file (shown live under -v)."""
+def run_streaming(
+    command: Sequence[str | Path],
+    log: Path,
+    *,
+    milestone: Callable[[str], bool] = lambda line: False,
+    hint: str = "",
+) -> None:
+    """Run a long command with its output going to a log file.
+
+    Lines for which `milestone` is true are shown as they come, with the time since the start;
+    under -v every line is.
+    """
     words = [str(word) for word in command]
     if VERBOSE:
         print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+    start = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         for line in process.stdout:
             sink.write(line)
+            text = line.decode(errors="replace").rstrip()
             if VERBOSE:
-                sys.stderr.buffer.write(line)
-                sys.stderr.flush()
+                print(text, file=sys.stderr, flush=True)
+            elif milestone(text):
+                minutes, seconds = divmod(int(time.monotonic() - start), 60)
+                shown = text if len(text) <= 100 else text[:97] + "..."
+                print(f"    [{minutes:2d}m{seconds:02d}s] {shown}", file=sys.stderr, flush=True)
         status = process.wait()
     if status != 0:
         raise CommandError(words, status, log.read_text(errors="replace"), hint or f"full log: {log}")
