@@ -10,9 +10,9 @@ IMAGES     ?= images
 # Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
 # for the arm base, the filesystem tools that write images without mounting them, compressors,
 # bmaptool; for the tests, openssl (to cross-check the CA pin), gnupg and dpkg-dev (a signed
-# stand-in apt repository).
+# stand-in apt repository), qemu-system-arm and ssh (booting a card in QEMU).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test dosfstools mtools e2fsprogs \
-	fdisk zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev
+	fdisk zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev qemu-system-arm openssh-client
 
 .PHONY: images render validate test test-fast lint setup host-packages clean
 

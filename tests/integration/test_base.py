@@ -141,3 +141,25 @@ def test_cpio_reader_reads_a_hand_made_archive() -> None:
     entry = b"070701" + b"0" * 48 + b"00000003" + b"0" * 32 + b"00000006" + b"00000000" + b"hello\0"
     entry += b"\0" * ((-len(entry)) % 4) + b"abc" + b"\0"
     assert _cpio_names(entry) == ["hello"]
+
+
+def test_a_node_card_on_the_real_base(real_base: BaseImage, tmp_path: Path) -> None:
+    """The whole path on the real base: the card's boot partition has what its model boots from."""
+    from builder.build import build_images
+    from builder.progress import silent
+    from tests.conftest import fixed_secrets
+
+    cluster = load_cluster(BUNDLED)
+    images = tmp_path / "images"
+    build_images(cluster, fixed_secrets(), images, default_cache(), silent())
+    card = BaseImage(images / "w2.img", "", 0, real_base.layout, real_base.dirs, real_base.others)
+    files = boot_files(card)
+    assert {"vmlinuz", "initrd.img", "config.txt", "cmdline.txt", "bcm2837-rpi-3-b-plus.dtb"} <= files
+    cmdline = tmp_path / "cmdline.txt"
+    copy_boot_file(card, "cmdline.txt", cmdline)
+    assert "cgroup_enable=memory" in cmdline.read_text().split()
+    assert read_root(card, "/etc/hostname") == b"w2\n"
+    fsck = subprocess.run(
+        ["e2fsck", "-fn", card.layout.root_target(card.image)], capture_output=True, text=True
+    )
+    assert fsck.returncode == 0, fsck.stdout
