@@ -232,7 +232,8 @@ def _attributes(path: str, mode: int, epoch: int) -> list[str]:
 
 
 def _times(path: str, epoch: int) -> list[str]:
-    return [f"sif /{path} {field} {epoch}" for field in ("atime", "mtime", "ctime", "crtime")]
+    # "@" makes debugfs read seconds; a bare number that happens to parse as YYYYMMDD... is a date
+    return [f"sif /{path} {field} @{epoch}" for field in ("atime", "mtime", "ctime", "crtime")]
 
 
 def _check_path(path: str) -> None:

@@ -13,7 +13,8 @@ from builder.model import Cluster
 from tests.conftest import BUNDLED
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
-TINY_EPOCH = 1_700_000_000
+TINY_EPOCH = 1_795_467_600
+"""2026-11-23: as digits also a plausible YYYYMMDD..., which debugfs must not read as a date."""
 
 
 def require_tools(*tools: str) -> None:

@@ -48,7 +48,7 @@ def test_debugfs_script_makes_only_missing_folders_and_replaces_only_existing_fi
     assert "write /s/2 /etc/picluster/kubeadm.yaml" in lines
     assert "sif /etc/picluster/kubeadm.yaml mode 0100600" in lines
     assert "symlink /etc/systemd/system/swap.target /dev/null" in lines
-    assert f"sif /etc/hostname mtime {EPOCH}" in lines
+    assert f"sif /etc/hostname mtime @{EPOCH}" in lines
     assert lines.index("mkdir /etc/picluster") < lines.index("write /s/0 /etc/picluster/node.json")
 
 
