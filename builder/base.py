@@ -34,8 +34,8 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 COMPONENTS = ("main", "non-free-firmware")
 
 PACKAGES = (
-    # boot and system
-    "systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
+    # boot and system; dbus: runc and kubelet drive systemd's cgroups over D-Bus
+    "systemd", "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
     "e2fsprogs", "dosfstools", "cloud-guest-utils", "sudo",
     # network and time
     "iproute2", "systemd-timesyncd", "openssh-server", "wpasupplicant", "ca-certificates",

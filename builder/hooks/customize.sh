@@ -4,7 +4,8 @@
 #
 # Builds the one initramfs, lays out the boot partition the way config.txt expects it
 # (vmlinuz, initrd.img, firmware blobs and device trees under /boot/firmware), and removes what
-# must differ between cards (machine id, SSH host keys), which each node makes on first boot.
+# must differ between cards (SSH host keys, which each node makes on first boot; mmdebstrap
+# empties /etc/machine-id itself, and each card carries "uninitialized" there).
 set -eu
 root=$1
 
@@ -35,6 +36,5 @@ LABEL=RASPIFIRM  /boot/firmware  vfat  rw,noatime  0  2
 FSTAB
 
 systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service
-echo uninitialized > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_* "$root/etc/hostname"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log
