@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,23 +83,41 @@ def build_images(
     images.mkdir(parents=True, exist_ok=True)
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
-    built = []
     reporter.say(f"==> node images in {images}")
-    for index, plan in enumerate(plans, start=1):
+    stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
+    done = 0
+    for plan in plans:
         outputs = NodeOutputs(images, plan.node, compress)
         record = build_record(plan, base, epoch, compress)
         if is_current(outputs, record):
-            reporter.item(index, len(plans), f"{plan.node}: unchanged")
-            continue
-        start = time.monotonic()
-        build_node(plan, base, epoch, outputs, record)
-        built.append(plan.node)
-        size = outputs.image.stat().st_size / 2**20
-        reporter.item(
-            index, len(plans), f"{plan.node}: {outputs.image.name} ({size:.0f} MiB) "
-            f"in {time.monotonic() - start:.1f}s"
-        )  # fmt: skip
-    return built
+            done += 1
+            reporter.item(done, len(plans), f"{plan.node}: unchanged")
+        else:
+            stale.append((plan, outputs, record))
+    # Nodes are independent and their work is copying and hashing, which run outside the GIL:
+    # one node per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {
+            pool.submit(_timed_build, plan, base, epoch, outputs, record): (plan, outputs)
+            for plan, outputs, record in stale
+        }
+        for future in as_completed(futures):
+            plan, outputs = futures[future]
+            seconds = future.result()
+            done += 1
+            size = outputs.image.stat().st_size / 2**20
+            reporter.item(
+                done, len(plans), f"{plan.node}: {outputs.image.name} ({size:.0f} MiB) in {seconds:.1f}s"
+            )
+    return [plan.node for plan, _, _ in stale]
+
+
+def _timed_build(
+    plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs, record: dict[str, object]
+) -> float:
+    start = time.monotonic()
+    build_node(plan, base, epoch, outputs, record)
+    return time.monotonic() - start
 
 
 def clock_epoch(base: BaseImage) -> int:
