@@ -76,7 +76,7 @@ def run_streaming(
     milestone: Callable[[str], bool] = lambda line: False,
     hint: str = "",
 ) -> None:
-    """Run a long command with its output going to a log file.
+    """Run a long command with its output going to a log file, each line stamped with its time.
 
     Lines for which `milestone` is true are shown as they come, with the time since the start;
     under -v every line is.
@@ -89,7 +89,8 @@ def run_streaming(
         process = subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         for line in process.stdout:
-            sink.write(line)
+            # the log says when each line came, so a slow step can be found afterwards
+            sink.write(f"[{time.monotonic() - start:7.1f}s] ".encode() + line)
             text = line.decode(errors="replace").rstrip()
             if VERBOSE:
                 print(text, file=sys.stderr, flush=True)
