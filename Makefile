@@ -12,7 +12,7 @@ IMAGES     ?= images
 # bmaptool; for the tests, openssl (to cross-check the CA pin), gnupg and dpkg-dev (a signed
 # stand-in apt repository), qemu-system-arm and ssh (booting a card in QEMU).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test dosfstools mtools e2fsprogs \
-	fdisk zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev qemu-system-arm openssh-client
+	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev qemu-system-arm openssh-client
 
 .PHONY: images render validate test test-fast lint setup host-packages clean
 

@@ -153,13 +153,14 @@ def build_node(
             run([*COMPRESSORS[outputs.compress], str(partial)])
             partial.unlink(missing_ok=True)
             partial = partial.with_name(f"{partial.name}.{outputs.compress}")
-        write_atomic(outputs.bmap, digests.bmap.encode())
-        write_atomic(outputs.checksum, f"{digests.sha256}  {plan.node}.img\n".encode())
+        write_atomic(outputs.bmap, digests.bmap.encode(), durable=False)
+        write_atomic(outputs.checksum, f"{digests.sha256}  {plan.node}.img\n".encode(), durable=False)
         for stale in outputs.all_images():
             if stale != outputs.image:
                 stale.unlink(missing_ok=True)
         os.replace(partial, outputs.image)
-        write_atomic(outputs.record, json.dumps({**record, "sha256": digests.sha256}, indent=2).encode())
+        record_text = json.dumps({**record, "sha256": digests.sha256}, indent=2)
+        write_atomic(outputs.record, record_text.encode(), durable=False)
 
 
 @contextmanager

@@ -7,8 +7,13 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace path with data in one step; the mode is set before the name appears."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace path with data in one step; the mode is set before the name appears.
+
+    `durable` also waits for the data to reach the disk, for what cannot be made again (the
+    cluster's secrets). Build outputs skip it: on ext4 an fsync also flushes every other file
+    written in the same journal transaction, here the whole just-written image.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -16,7 +21,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

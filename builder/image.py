@@ -162,8 +162,12 @@ def stamp(base: BaseImage, plan: NodePlan, image: Path, epoch: int) -> None:
         root_entries = [entry for entry in plan.files if entry.partition == "root"]
         script = Path(scratch) / "debugfs.cmds"
         script.write_text(debugfs_script(root_entries, staged, base.dirs, base.others, epoch))
+        # debugfs fsyncs the image when it closes it, which forces the whole fresh copy out to
+        # disk (0.7 s a node here); eatmydata drops that fsync. The image is no less durable
+        # than any copy: the build records a node only after its image is complete, and its
+        # SHA-256 is checked before it is flashed.
         output = run(
-            ["debugfs", "-w", "-f", str(script), base.layout.root_target(image)],
+            ["eatmydata", "debugfs", "-w", "-f", str(script), base.layout.root_target(image)],
             env=env,
             merge_stderr=True,
         )
