@@ -20,10 +20,11 @@ from typing import Any
 from builder import __version__, downloaded_base, kubernetes_apt
 from builder.boards import FIRMWARE_DIR
 from builder.download import fetch_text
+from builder.epoch import source_date_epoch
 from builder.errors import UserError
 from builder.files import write_atomic
 from builder.image import BaseImage, Layout, assemble, list_tree
-from builder.model import Cluster
+from builder.model import Cluster, ImageSource
 from builder.progress import Reporter
 from builder.run import run, run_streaming
 
@@ -92,7 +93,7 @@ def ensure_base(cluster: Cluster, cache_dir: Path, reporter: Reporter, rebuild: 
         return load_base(folder)
     reporter.say(f"==> base image: building ({_why_rebuild(cache_dir, inputs, rebuild)})")
     if cluster.base.image is not None:
-        import_base(cluster, inputs, folder, cache_dir, reporter)
+        import_base(cluster.base.image, inputs, folder, cache_dir, reporter)
     else:
         build_base(cluster, inputs, folder, reporter)
     return load_base(folder)
@@ -117,7 +118,7 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
     work = folder.with_name(f".{folder.name}.building")
     remove_tree(work)
     work.mkdir(parents=True)
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    epoch = source_date_epoch() or int(time.time())
     kubernetes = None
     if cluster.cluster.packages == "image":
         kubernetes = write_kubernetes_sources(cluster, work / "kubernetes")
@@ -132,13 +133,12 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
     remove_tree(work)
 
 
-def import_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, cache_dir: Path,
+def import_base(source: ImageSource, inputs: dict[str, Any], folder: Path, cache_dir: Path,
                 reporter: Reporter) -> None:  # fmt: skip
     """Make a downloaded image (base.image) the base."""
-    assert cluster.base.image is not None
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    with reporter.step(f"download {cluster.base.image.url}"):
-        raw = downloaded_base.fetch_image(cluster.base.image, cache_dir / "downloads")
+    epoch = source_date_epoch() or int(time.time())
+    with reporter.step(f"download {source.url}"):
+        raw = downloaded_base.fetch_image(source, cache_dir / "downloads")
     with reporter.step("partitions, labels and contents"):
         staging = _staging(folder)
         layout, dirs, others = downloaded_base.adopt(raw, staging / "base.img", epoch)

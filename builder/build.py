@@ -22,6 +22,7 @@ from typing import Literal
 
 from builder.base import ensure_base
 from builder.bmap import digest_image
+from builder.epoch import source_date_epoch
 from builder.files import write_atomic
 from builder.image import BaseImage, stamp
 from builder.model import Cluster
@@ -125,8 +126,8 @@ def clock_epoch(base: BaseImage) -> int:
 
     It also seeds a Pi's clock (no RTC): systemd-timesyncd starts from the mtime of its clock file.
     """
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(value) if value and value.isdigit() else base.built_at
+    pinned = source_date_epoch()
+    return base.built_at if pinned is None else pinned
 
 
 def build_record(

@@ -12,6 +12,7 @@ from pathlib import Path
 from builder import __version__, run, state
 from builder.build import build_images
 from builder.config_file import load_cluster
+from builder.epoch import source_date_epoch
 from builder.errors import UserError
 from builder.model import Cluster, warnings
 from builder.pki import ClusterSecrets
@@ -141,7 +142,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     cluster = _load(args)
     secrets = _secrets(args.file)
-    mtime = _source_date_epoch()
+    mtime = source_date_epoch()
     for plan in render_cluster(cluster, secrets):
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
@@ -179,15 +180,3 @@ def _secrets(cluster_file: Path) -> ClusterSecrets:
             file=sys.stderr,
         )
     return state.load_or_create(state_dir)
-
-
-def _source_date_epoch() -> int | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise UserError(
-            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
-            "set it to a Unix time such as $(git log -1 --format=%ct), or unset it",
-        )
-    return int(value)
