@@ -127,6 +127,7 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
             mmdebstrap_command(cluster, work / "root", kubernetes),
             work / "mmdebstrap.log",
             milestone=_mmdebstrap_milestone,
+            show=reporter.say,
         )
     with reporter.step("partitions and filesystems"):
         publish_base(work / "root", inputs, folder, epoch)

@@ -74,12 +74,13 @@ def run_streaming(
     log: Path,
     *,
     milestone: Callable[[str], bool] = lambda line: False,
+    show: Callable[[str], None] = lambda text: None,
     hint: str = "",
 ) -> None:
     """Run a long command with its output going to a log file, each line stamped with its time.
 
-    Lines for which `milestone` is true are shown as they come, with the time since the start;
-    under -v every line is.
+    Lines for which `milestone` is true are passed to `show` as they come, with the time since
+    the start; under -v every line is printed.
     """
     words = [str(word) for word in command]
     if VERBOSE:
@@ -97,7 +98,7 @@ def run_streaming(
             elif milestone(text):
                 minutes, seconds = divmod(int(time.monotonic() - start), 60)
                 shown = text if len(text) <= 100 else text[:97] + "..."
-                print(f"    [{minutes:2d}m{seconds:02d}s] {shown}", file=sys.stderr, flush=True)
+                show(f"    [{minutes:2d}m{seconds:02d}s] {shown}")
         status = process.wait()
     if status != 0:
         raise CommandError(words, status, log.read_text(errors="replace"), hint or f"full log: {log}")
