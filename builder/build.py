@@ -37,6 +37,8 @@ COMPRESSORS: dict[str, list[str]] = {
     "zst": ["zstd", "-q", "-T0", "-10", "--rm"],
     "xz": ["xz", "-q", "-T0", "-6"],
 }
+IMAGE_SUFFIXES = ("", *(f".{name}" for name in COMPRESSORS))
+"""What an image file's name may end in after `.img`: raw or one of the compressions."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class NodeOutputs:
         return self.folder / f"{self.node}.img.json"
 
     def all_images(self) -> list[Path]:
-        return [self.folder / f"{self.node}.img{suffix}" for suffix in ("", ".zst", ".xz")]
+        return [self.folder / f"{self.node}.img{suffix}" for suffix in IMAGE_SUFFIXES]
 
 
 def build_images(
@@ -173,5 +175,5 @@ def _scratch_image(folder: Path, node: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for leftover in (path, path.with_name(f"{path.name}.zst"), path.with_name(f"{path.name}.xz")):
-            leftover.unlink(missing_ok=True)
+        for suffix in IMAGE_SUFFIXES:
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
