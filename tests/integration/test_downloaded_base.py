@@ -7,14 +7,11 @@ laid out as Raspberry Pi OS publishes it (MBR; FAT "bootfs" from 4 MiB holding k
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import lzma
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from builder.errors import UserError
 from builder.image import tool_env
 from builder.progress import silent
 from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.conftest import TOOLS, require_tools
+from tests.integration.conftest import TOOLS, require_tools, serve_folder
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +67,8 @@ def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
 def serve(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     folder = tmp_path / "www"
     folder.mkdir()
-    handler = functools.partial(_Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
+    with serve_folder(folder) as url:
+        yield folder, url
 
 
 def cluster_on(packed: Path, url: str, tmp_path: Path) -> Any:

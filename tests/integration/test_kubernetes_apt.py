@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from builder import base
 from builder.config_file import load_cluster
 from builder.errors import UserError
 from tests.conftest import BUNDLED
-from tests.integration.conftest import require_tools
+from tests.integration.conftest import require_tools, serve_folder
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +81,8 @@ def repository(tmp_path: Path) -> Iterator[str]:
     gnupg.mkdir(mode=0o700)
     make_repository(folder, gnupg)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
+    with serve_folder(folder) as url:
+        yield url + "/"
 
 
 def test_pinned_release_is_installed_and_held(repository: str, tmp_path: Path) -> None:
