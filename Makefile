@@ -7,6 +7,7 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 PICLUSTER  := $(BIN)/picluster
 IMAGES     ?= images
+PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluster-agent
 # Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
 # for the arm base, the filesystem tools that write images without mounting them, compressors,
 # bmaptool; for the tests, openssl (to cross-check the CA pin), gnupg and dpkg-dev (a signed
@@ -36,8 +37,8 @@ test-fast: setup
 	$(BIN)/pytest tests/unit
 
 lint: setup
-	$(BIN)/ruff check builder tests bench
-	$(BIN)/ruff format --check builder tests bench
+	$(BIN)/ruff check $(PYTHON_SOURCES)
+	$(BIN)/ruff format --check $(PYTHON_SOURCES)
 	$(BIN)/mypy
 
 setup: host-packages $(VENV)/.installed

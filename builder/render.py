@@ -128,7 +128,9 @@ def _overlay_files(layers: list[str], context: dict[str, Any]) -> Iterator[FileE
 
 
 def _walk(top: Path) -> Iterator[Path]:
-    for folder, _, names in os.walk(top):
+    for folder, folders, names in os.walk(top):
+        # Python's caches appear beside the agent's modules whenever tests import them
+        folders[:] = [name for name in folders if name != "__pycache__"]
         for name in names:
             yield Path(folder) / name
 

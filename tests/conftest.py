@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from builder.pki import ClusterSecrets, make_secrets
 
 REPO = Path(__file__).resolve().parent.parent
+AGENT_LIB = REPO / "overlays/common/usr/lib/picluster"
+sys.path.insert(0, str(AGENT_LIB))  # the agent's package, `agent`, where it lands on the node
 BUNDLED = REPO / "cluster.yaml"
 FIXED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 FIXED_TOKEN = "abcdef.0123456789abcdef"

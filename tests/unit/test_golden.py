@@ -1,9 +1,10 @@
 """Golden render cases: a folder per case with cluster.yaml and the exact expected tree.
 
-Each case's expected/ holds every rendered file but private keys (which never go into git), and
-MANIFEST lists every file, keys included, with mode, link and SHA-256, so modes and keys are
-compared too. After an intended change, regenerate with PICLUSTER_UPDATE_GOLDEN=1 and review the
-diff like code.
+Each case's expected/ holds every rendered file but private keys (which never go into git) and
+files copied verbatim from overlays/ (the agent's code, say: a copy per node would only repeat
+the overlay), and MANIFEST lists every file, those included, with mode, link and SHA-256, so
+modes, keys and copies are compared too. After an intended change, regenerate with
+PICLUSTER_UPDATE_GOLDEN=1 and review the diff like code.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.boards import OVERLAYS_DIR
 from builder.config_file import load_cluster
-from builder.plan import NodePlan
+from builder.plan import FileEntry, NodePlan
 from builder.render import render_cluster
 from tests.conftest import fixed_secrets
 
@@ -38,8 +40,13 @@ def expected_tree(plans: list[NodePlan]) -> dict[str, bytes]:
         f"{plan.node}/{entry.partition}/{entry.path}": entry.data
         for plan in plans
         for entry in plan.files
-        if entry.link is None and entry.path.suffix != ".key"
+        if entry.link is None and entry.path.suffix != ".key" and not copied_verbatim(entry)
     }
+
+
+def copied_verbatim(entry: FileEntry) -> bool:
+    sources = [layer / entry.path for layer in OVERLAYS_DIR.iterdir() if layer.is_dir()]
+    return any(source.is_file() and source.read_bytes() == entry.data for source in sources)
 
 
 def stored_tree(folder: Path) -> dict[str, bytes]:

@@ -1,0 +1,88 @@
+"""picluster-agent [--config PATH] [--root DIR] [--dry-run] COMMAND"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG, NodeConfig, load_config
+from agent.host import Host, say
+from agent.join import join
+from agent.links import clean_links
+from agent.preflight import preflight
+from agent.state import State, describe
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    host = Host(root=args.root, dry_run=args.dry_run)
+    config_path = args.config or host.path(DEFAULT_CONFIG)
+    try:
+        config = load_config(config_path)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"picluster-agent: cannot read {config_path}: {error}", file=sys.stderr)
+        return 2
+    state = State.load(host)
+    if args.command == "status":
+        print(
+            json.dumps(asdict(state), indent=2, sort_keys=True) if args.json else describe(state, config.name)
+        )
+        return 0
+    if args.command in ("preflight", "run") and not run_preflight(host, config, state):
+        return 1
+    if args.command in ("clean-links", "run"):
+        run_clean_links(host, config, state)
+    if args.command in ("join", "run"):
+        join(host, config, state)
+    return 0
+
+
+def run_preflight(host: Host, config: NodeConfig, state: State) -> bool:
+    """Prints a line per check; False when a check that blocks the join failed."""
+    state.enter(host, "preflight", state.last_error)
+    results = preflight(host, config)
+    for result in results:
+        say(result.line)
+    state.preflight = [result.record() for result in results]
+    blocking = [r for r in results if r.status == "failed" and r.blocking]
+    if blocking:
+        state.enter(host, "preflight failed", "; ".join(f"{r.name}: {r.detail}" for r in blocking))
+        return False
+    state.save(host)
+    return True
+
+
+def run_clean_links(host: Host, config: NodeConfig, state: State) -> None:
+    actions = clean_links(host, config)
+    for action in actions:
+        say(action.line)
+    if not actions:
+        say("clean-links: nothing stale")
+    state.links = [action.record() for action in actions]
+    state.save(host)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picluster-agent",
+        description="Prepare this node and bring it into its Kubernetes cluster.",
+    )
+    parser.add_argument("--config", type=Path, help=f"the node's configuration (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="the node's filesystem (default /)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("preflight", help="check and fix what kubeadm needs")
+    commands.add_parser("clean-links", help="remove stale flannel.1, cni0 and their leases")
+    commands.add_parser("join", help="kubeadm init or join, retried; nothing once joined")
+    commands.add_parser("run", help="preflight, clean-links, join (what the unit runs)")
+    status = commands.add_parser("status", help="what the agent did and where it is")
+    status.add_argument("--json", action="store_true", help="the state file as JSON")
+    return parser

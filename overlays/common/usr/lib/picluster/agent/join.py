@@ -1,0 +1,129 @@
+"""Bring the node into the cluster: kubeadm init on the first control plane, kubeadm join
+everywhere else; retried with backoff after a reset, and a no-op once the node has joined.
+
+The state file makes this safe to restart at any point: a start that finds the phase `joining`
+knows the previous run died inside kubeadm, resets what it left and tries again.
+"""
+
+from __future__ import annotations
+
+from agent import api, packages
+from agent.config import NodeConfig
+from agent.host import Backoff, CommandFailed, Host, say
+from agent.links import clean_links, is_member
+from agent.state import JOINED, JOINING, WAITING_READY, State, now
+
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+
+
+def join(host: Host, config: NodeConfig, state: State) -> None:
+    if state.phase == JOINED and is_member(host):
+        say(f"{config.name} has joined the cluster ({state.joined_at}); nothing to do")
+        return
+    if state.phase == JOINING:
+        say(f"attempt {state.attempts} was interrupted; resetting what it left")
+        state.last_error = f"attempt {state.attempts} interrupted"
+        _reset(host, config, state)
+    if state.phase == WAITING_READY and is_member(host):
+        _finish(host, config, state)
+        return
+    _ensure_packages(host, config, state)
+    backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
+    while True:
+        if config.action != "init":
+            _wait_for_api(host, config, state)
+        state.attempts += 1
+        state.enter(host, JOINING, state.last_error)
+        try:
+            host.run(_kubeadm_command(host, config), timeout=1800)
+        except CommandFailed as error:
+            say(f"attempt {state.attempts} failed: {error.summary}")
+            state.last_error = error.summary
+            _reset(host, config, state)  # the phase stays `joining` until this is done
+            delay = backoff.next()
+            state.enter(host, f"waiting: retry in {delay:.0f} s", error.summary)
+            host.sleep(delay)
+            continue
+        _finish(host, config, state)
+        return
+
+
+def _kubeadm_command(host: Host, config: NodeConfig) -> list[str]:
+    verb = "init" if config.action == "init" else "join"
+    return ["kubeadm", verb, "--config", str(host.path(config.kubeadm_config))]
+
+
+def _reset(host: Host, config: NodeConfig, state: State) -> None:
+    """What a failed attempt leaves behind: kubeadm's files, then stale links and leases."""
+    try:
+        host.run(["kubeadm", "reset", "-f"], timeout=600)
+    except CommandFailed as error:
+        say(f"kubeadm reset failed, going on: {error.summary}")
+    state.links = [action.record() for action in clean_links(host, config)]
+    state.save(host)
+
+
+def _ensure_packages(host: Host, config: NodeConfig, state: State) -> None:
+    if config.packages_install != "firstboot" or packages.installed():
+        return
+    backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
+    while True:
+        state.enter(host, "installing: packages", state.last_error)
+        try:
+            packages.install(host, config)
+            return
+        except (OSError, ValueError, CommandFailed) as error:  # requests' errors are OSErrors
+            reason = error.summary if isinstance(error, CommandFailed) else f"{type(error).__name__}: {error}"
+            state.enter(host, "waiting: packages", f"installing kubeadm, kubelet, kubectl: {reason}")
+            say(f"waiting: packages ({reason})")
+            host.sleep(backoff.next())
+
+
+def _wait_for_api(host: Host, config: NodeConfig, state: State) -> None:
+    def waiting(reason: str) -> None:
+        say(f"waiting for the API server: {reason}")
+        state.enter(host, "waiting: api-server", reason)
+
+    if host.dry_run:
+        say(f"would wait for https://{config.api_endpoint}/readyz")
+        return
+    backoff = Backoff(min(2.0, config.timing.retry_initial), config.timing.retry_max / 5)
+    ca_file = host.path(config.ca_cert)
+    api.wait_until_ready(config.api_endpoint, ca_file, backoff, sleep=host.sleep, on_wait=waiting)
+
+
+def _finish(host: Host, config: NodeConfig, state: State) -> None:
+    """After kubeadm: the first control plane applies the cluster's manifests (flannel); every
+    node then waits until it reports Ready."""
+    state.enter(host, WAITING_READY, state.last_error)
+    backoff = Backoff(config.timing.ready_poll, config.timing.retry_max)
+    applied = not config.manifests
+    while True:
+        try:
+            if not applied:
+                for manifest in config.manifests:
+                    host.run(["kubectl", "--kubeconfig", str(host.path(ADMIN_CONF)), "apply",
+                              "-f", str(host.path(manifest))], timeout=300)  # fmt: skip
+                applied = True
+            if host.dry_run or _ready(host, config):
+                break
+            reason = f"{config.name} is not Ready yet"
+        except CommandFailed as error:
+            reason = error.summary
+        state.enter(host, WAITING_READY, reason)
+        host.sleep(backoff.next())
+    state.joined_at = now()
+    state.enter(host, JOINED, None)
+    say(f"{config.name} joined the cluster and is Ready")
+
+
+def _ready(host: Host, config: NodeConfig) -> bool:
+    jsonpath = '{.status.conditions[?(@.type=="Ready")].status}'
+    kubeconfig = str(host.path(KUBELET_CONF))
+    status = host.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "get", "node", config.name, "-o", f"jsonpath={jsonpath}"],
+        changes=False,
+        timeout=60,
+    )
+    return status.strip() == "True"

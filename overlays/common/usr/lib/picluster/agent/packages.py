@@ -1,0 +1,44 @@
+"""cluster.packages: firstboot. kubeadm, kubelet, kubectl and cri-tools from the Kubernetes apt
+repository of the cluster's minor release, pinned to its exact version and held.
+
+The repository's key comes from `<repository>/Release.key` over HTTPS (the installation method
+Kubernetes documents) and goes inline into the source entry, so apt trusts it for that
+repository only.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import requests
+
+from agent.config import NodeConfig
+from agent.host import Host
+
+PACKAGES = ("kubeadm", "kubelet", "kubectl", "cri-tools")
+PINNED = ("kubeadm", "kubelet", "kubectl")
+SOURCES = "/etc/apt/sources.list.d/kubernetes.sources"
+PREFERENCES = "/etc/apt/preferences.d/kubernetes"
+
+
+def installed() -> bool:
+    return all(shutil.which(tool) for tool in PINNED)
+
+
+def install(host: Host, config: NodeConfig) -> None:
+    """Raises requests' errors or CommandFailed; the caller records them and retries."""
+    response = requests.get(config.apt_repository + "Release.key", timeout=30)
+    response.raise_for_status()
+    key = response.text.strip()
+    if not key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----"):
+        raise ValueError(f"{config.apt_repository}Release.key is not an armored OpenPGP key")
+    signed_by = "\n".join(f" {line}" if line.strip() else " ." for line in key.splitlines())
+    source = f"Types: deb\nURIs: {config.apt_repository}\nSuites: /\nSigned-By:\n{signed_by}\n"
+    pin = f"Package: {' '.join(PINNED)}\nPin: version {config.kubernetes_version}-*\nPin-Priority: 1001\n"
+    if not host.dry_run:
+        host.path(SOURCES).write_text(source)
+        host.path(PREFERENCES).write_text(pin)
+    host.run(["apt-get", "update"], timeout=600)
+    apt_install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    host.run(apt_install, timeout=1800)
+    host.run(["apt-mark", "hold", *PINNED])

@@ -1,0 +1,227 @@
+"""What kubeadm needs of the node, checked and, where the agent can, fixed.
+
+Each check returns one Result: ok, fixed, or failed with the reason. A failed check that makes
+kubeadm fail for certain blocks the join; an unsynchronised clock does not when the clock is
+already past the image's build time (the cluster's certificates are valid from before then).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import NodeConfig
+from agent.host import CommandFailed, Host
+
+MODULES = ("overlay", "br_netfilter", "vxlan")
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+TIME_SYNCHRONISED = "/run/systemd/timesync/synchronized"
+"""systemd-timesyncd creates this file once it has synchronised the clock."""
+CLOCK_SEED = "/var/lib/systemd/timesync/clock"
+"""Stamped with the image's build time; timesyncd never lets the clock start before it."""
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    status: str  # ok | fixed | failed
+    detail: str
+    blocking: bool = True
+
+    @property
+    def line(self) -> str:
+        return f"{self.name:<11} {self.status:<6} {self.detail}"
+
+    def record(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def preflight(host: Host, config: NodeConfig) -> list[Result]:
+    checks: list[Callable[[Host, NodeConfig], Result]] = [
+        check_swap,
+        check_modules,
+        check_sysctls,
+        check_cgroups,
+        check_interface,
+        check_clock,
+        check_containerd,
+    ]
+    return [check(host, config) for check in checks]
+
+
+def _fixed(name: str, detail: str, host: Host) -> Result:
+    return Result(name, "fixed", f"{'would fix: ' if host.dry_run else ''}{detail}")
+
+
+def _swaps(host: Host) -> list[str]:
+    lines = host.path("/proc/swaps").read_text().splitlines()[1:]
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def check_swap(host: Host, config: NodeConfig) -> Result:
+    active = _swaps(host)
+    if not active:
+        return Result("swap", "ok", "no swap in use")
+    try:
+        host.run(["swapoff", "-a"])
+    except CommandFailed as error:
+        return Result("swap", "failed", f"swap on {', '.join(active)}: {error.summary}")
+    if not host.dry_run and _swaps(host):
+        return Result("swap", "failed", f"swap still on {', '.join(_swaps(host))} after swapoff -a")
+    return _fixed("swap", f"turned off swap on {', '.join(active)}", host)
+
+
+def check_modules(host: Host, config: NodeConfig) -> Result:
+    # /sys/module/<name> exists for loaded modules and for ones built into the kernel
+    missing = [name for name in MODULES if not host.path(f"/sys/module/{name}").exists()]
+    if not missing:
+        return Result("modules", "ok", ", ".join(MODULES) + " loaded")
+    try:
+        for name in missing:
+            host.run(["modprobe", name])
+    except CommandFailed as error:
+        return Result("modules", "failed", error.summary)
+    return _fixed("modules", "loaded " + ", ".join(missing), host)
+
+
+def check_sysctls(host: Host, config: NodeConfig) -> Result:
+    changed = []
+    for key, wanted in SYSCTLS.items():
+        path = host.path("/proc/sys/" + key.replace(".", "/"))
+        if not path.exists():
+            return Result("sysctls", "failed", f"{key} does not exist (is br_netfilter loaded?)")
+        value = path.read_text().strip()
+        if value != wanted:
+            if not host.dry_run:
+                path.write_text(wanted + "\n")
+            changed.append(f"{key} {value} -> {wanted}")
+    if changed:
+        return _fixed("sysctls", "; ".join(changed), host)
+    return Result("sysctls", "ok", ", ".join(f"{key}={value}" for key, value in SYSCTLS.items()))
+
+
+def check_cgroups(host: Host, config: NodeConfig) -> Result:
+    controllers = host.path("/sys/fs/cgroup/cgroup.controllers")
+    if controllers.exists() and "memory" in controllers.read_text().split():
+        return Result("cgroups", "ok", "memory controller enabled")
+    flags = "cgroup_enable=memory cgroup_memory=1"
+    present = flags.split()[0] in host.path("/proc/cmdline").read_text()
+    reason = "the kernel ignored them" if present else f"the kernel command line lacks {flags}"
+    return Result(
+        "cgroups",
+        "failed",
+        f"memory cgroup controller not enabled ({reason}); add {flags} to "
+        "/etc/default/raspi-extra-cmdline and /boot/firmware/cmdline.txt, then reboot",
+    )
+
+
+def _link(host: Host, name: str) -> dict[str, object] | None:
+    try:
+        output = host.run(["ip", "-j", "addr", "show", "dev", name], changes=False)
+    except CommandFailed:
+        return None
+    links: list[dict[str, object]] = json.loads(output or "[]")
+    return links[0] if links else None
+
+
+def _addresses(link: dict[str, object]) -> list[str]:
+    infos = link.get("addr_info", [])
+    assert isinstance(infos, list)
+    return [f"{a['local']}/{a['prefixlen']}" for a in infos if a.get("family") == "inet"]
+
+
+def check_interface(host: Host, config: NodeConfig) -> Result:
+    name, wanted = config.iface, str(config.address)
+    link = _link(host, name)
+    if link is None:
+        return Result("interface", "failed", f"{name} does not exist; is the cable's port {name}?")
+    raised = False
+    flags = link.get("flags", [])
+    if isinstance(flags, list) and "UP" not in flags:
+        try:
+            host.run(["ip", "link", "set", "dev", name, "up"])
+        except CommandFailed as error:
+            return Result("interface", "failed", f"{name} is down: {error.summary}")
+        raised = True
+    deadline = time.monotonic() + config.timing.address_timeout
+    while wanted not in _addresses(link) and time.monotonic() < deadline and not host.dry_run:
+        host.sleep(1)  # systemd-networkd may still be configuring it
+        link = _link(host, name) or link
+    held = _addresses(link)
+    if wanted not in held:
+        return Result(
+            "interface",
+            "failed",
+            f"{name} holds {', '.join(held) or 'no IPv4 address'}, not {wanted}; "
+            "check /etc/systemd/network/10-cluster.network and `networkctl status " + name + "`",
+        )
+    if raised:
+        return _fixed("interface", f"brought {name} up; it holds {wanted}", host)
+    return Result("interface", "ok", f"{name} is up and holds {wanted}")
+
+
+def check_clock(host: Host, config: NodeConfig) -> Result:
+    marker = host.path(TIME_SYNCHRONISED)
+    deadline = time.monotonic() + config.timing.clock_timeout
+    while not marker.exists() and time.monotonic() < deadline and not host.dry_run:
+        host.sleep(1)
+    clock = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if marker.exists():
+        return Result("clock", "ok", f"synchronised ({clock})")
+    seed = host.path(CLOCK_SEED)
+    built = seed.stat().st_mtime if seed.exists() else 0.0
+    waited = f"not synchronised after {config.timing.clock_timeout:g} s (is an NTP server reachable?)"
+    if time.time() >= built:
+        return Result(
+            "clock",
+            "failed",
+            f"{waited}; going on: the clock ({clock}) is past the "
+            "image's build time, so the cluster's certificates are valid",
+            blocking=False,
+        )
+    return Result(
+        "clock",
+        "failed",
+        f"{waited}, and the clock ({clock}) is before the image was "
+        "built: TLS would fail; check `timedatectl timesync-status`",
+    )
+
+
+def _containerd_answers(socket_path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(2)
+        try:
+            connection.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
+
+
+def check_containerd(host: Host, config: NodeConfig) -> Result:
+    path = host.path(CONTAINERD_SOCKET)
+    if _containerd_answers(path):
+        return Result("containerd", "ok", f"answering on {CONTAINERD_SOCKET}")
+    try:
+        host.run(["systemctl", "restart", "containerd.service"])
+    except CommandFailed as error:
+        return Result("containerd", "failed", f"not answering; {error.summary}")
+    deadline = time.monotonic() + config.timing.containerd_timeout
+    while not host.dry_run and not _containerd_answers(path):
+        if time.monotonic() > deadline:
+            return Result(
+                "containerd",
+                "failed",
+                f"not answering on {CONTAINERD_SOCKET} after a restart; see `journalctl -u containerd`",
+            )
+        host.sleep(1)
+    return _fixed("containerd", "restarted containerd; it answers", host)

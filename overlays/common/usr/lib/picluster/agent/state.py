@@ -1,0 +1,82 @@
+"""/var/lib/picluster/state.json: where the agent is, how many join attempts it made, the last
+error, and the results of its last preflight and clean-links. Written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.host import Host
+
+STATE_FILE = "/var/lib/picluster/state.json"
+
+JOINED = "joined"
+JOINING = "joining"
+"""kubeadm init/join is running; found on start, it means the agent was killed mid-attempt."""
+WAITING_READY = "waiting: node ready"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class State:
+    phase: str = "new"
+    attempts: int = 0
+    last_error: str | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
+    joined_at: str | None = None
+    preflight: list[dict[str, str]] = field(default_factory=list)
+    links: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, host: Host) -> State:
+        path = host.path(STATE_FILE)
+        if not path.exists():
+            return cls(started_at=now())
+        raw: dict[str, Any] = json.loads(path.read_text())
+        return cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key in raw})
+
+    def enter(self, host: Host, phase: str, error: str | None = None) -> None:
+        self.phase, self.last_error = phase, error
+        self.save(host)
+
+    def save(self, host: Host) -> None:
+        if host.dry_run:
+            return
+        self.updated_at = now()
+        path = host.path(STATE_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with partial.open("w") as sink:
+            json.dump(asdict(self), sink, indent=2, sort_keys=True)
+            sink.write("\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+        partial.replace(path)
+
+
+def describe(state: State, node: str) -> str:
+    """`picluster-agent status`, for people."""
+    failed = [check for check in state.preflight if check["status"] == "failed"]
+    lines = [
+        f"node:        {node}",
+        f"phase:       {state.phase}",
+        f"attempts:    {state.attempts}",
+        f"last error:  {state.last_error or 'none'}",
+        f"started:     {state.started_at or '-'}",
+        f"updated:     {state.updated_at or '-'}",
+        f"joined:      {state.joined_at or '-'}",
+    ]
+    if state.preflight:
+        counts = {word: sum(c["status"] == word for c in state.preflight) for word in ("ok", "fixed")}
+        lines.append(f"preflight:   {counts['ok']} ok, {counts['fixed']} fixed, {len(failed)} failed")
+        lines += [f"  failed {check['name']}: {check['detail']}" for check in failed]
+    if state.links:
+        lines.append("clean-links: " + "; ".join(f"{a['target']} {a['action']}" for a in state.links))
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Running the first-boot agent in tests: a node root in a folder, and stand-ins on PATH.
+
+kubeadm, kubelet and kubectl cannot be installed on these machines. The stand-ins written here
+are small Python programs named `kubeadm` and `kubectl` that record every call (one JSON line in
+calls.jsonl) and do the least the agent can observe: a successful init/join writes
+/etc/kubernetes/kubelet.conf (and admin.conf) under the node root, `reset -f` removes them.
+They fail or hang on demand, steered by files in the stand-in folder.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import json
+import os
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
+
+from builder.config_file import load_cluster
+from builder.render import agent_config
+from tests.conftest import BUNDLED, REPO, fixed_secrets
+
+AGENT_LAUNCHER = REPO / "overlays/common/usr/sbin/picluster-agent"
+FAST = {"retry_initial": 0.05, "retry_max": 0.2, "clock_timeout": 0.2, "address_timeout": 0.2,
+        "containerd_timeout": 0.2, "ready_poll": 0.05}  # fmt: skip
+"""Timings that make a test's waits and backoffs take fractions of a second."""
+LOCALHOST = ipaddress.ip_address("127.0.0.1")
+
+STANDIN = r'''#!/usr/bin/env python3
+"""STAND-IN for {tool}: records its call; not the real program (it cannot be installed here)."""
+import json, os, pathlib, sys, time
+folder = pathlib.Path(__file__).resolve().parent
+root = pathlib.Path(os.environ["STANDIN_NODE_ROOT"])
+argv = sys.argv[1:]
+with open(folder / "calls.jsonl", "a") as log:
+    log.write(json.dumps(["{tool}", *argv]) + "\n")
+kube = root / "etc/kubernetes"
+verb = argv[0] if argv else ""
+if "{tool}" == "kubeadm" and verb in ("init", "join"):
+    if (folder / "hang").exists():
+        time.sleep(600)
+    failures = folder / "fail-times"
+    if failures.exists() and int(failures.read_text()) > 0:
+        failures.write_text(str(int(failures.read_text()) - 1))
+        print("[preflight] stand-in failure on demand", file=sys.stderr)
+        sys.exit(1)
+    kube.mkdir(parents=True, exist_ok=True)
+    (kube / "kubelet.conf").write_text("stand-in kubelet.conf\n")
+    if verb == "init":
+        (kube / "admin.conf").write_text("stand-in admin.conf\n")
+        print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
+elif "{tool}" == "kubeadm" and verb == "reset":
+    for name in ("kubelet.conf", "admin.conf"):
+        (kube / name).unlink(missing_ok=True)
+elif "{tool}" == "kubectl" and "get" in argv:
+    print("True" if not (folder / "not-ready").exists() else "False", end="")
+'''
+
+
+def node_root(tmp_path: Path, node: str = "cp1", **changes: Any) -> Path:
+    """A folder standing for a node's filesystem with the node.json render writes for `node`
+    of the bundled cluster, fast timings, and `changes` merged into its top-level sections."""
+    cluster = load_cluster(BUNDLED)
+    chosen = next(n for n in cluster.nodes if n.name == node)
+    config = json.loads(agent_config(cluster, chosen, fixed_secrets()))
+    config["agent"] = FAST
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    root = tmp_path / "node"
+    (root / "etc/picluster").mkdir(parents=True)
+    (root / "etc/picluster/node.json").write_text(json.dumps(config, indent=2))
+    (root / "etc/picluster/cluster-ca.crt").write_bytes(fixed_secrets().ca.public_pem)
+    return root
+
+
+def install_standins(folder: Path, *tools: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in tools:
+        path = folder / tool
+        path.write_text(STANDIN.replace("{tool}", tool))
+        path.chmod(0o755)
+    return folder
+
+
+def calls(folder: Path) -> list[list[str]]:
+    log = folder / "calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def agent_env(standins: Path, root: Path) -> dict[str, str]:
+    """PATH with the stand-ins first and no real kubeadm anywhere on it."""
+    system = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "kubeadm").exists()]
+    return {**os.environ, "PATH": os.pathsep.join([str(standins), *system]), "STANDIN_NODE_ROOT": str(root)}
+
+
+def agent_command(root: Path, *args: str) -> list[str]:
+    return [sys.executable, str(AGENT_LAUNCHER), "--root", str(root), *args]
+
+
+def state(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "var/lib/picluster/state.json").read_text())
+    return data
+
+
+def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _certificate(subject, subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_server_cert(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> tuple[bytes, bytes]:
+    """A certificate for 127.0.0.1 signed by `ca`; returns (cert PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver stand-in")])
+    cert = (
+        _certificate(subject, ca[1].subject, key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOCALHOST)]), critical=False)
+        .sign(ca[0], hashes.SHA256())
+    )
+    key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return cert.public_bytes(Encoding.PEM), key_pem
+
+
+def _certificate(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+    )
+
+
+@contextmanager
+def api_server_standin(cert_pem: bytes, key_pem: bytes, folder: Path, port: int = 0) -> Iterator[int]:
+    """STAND-IN for kube-apiserver's /readyz over HTTPS on 127.0.0.1; yields its port."""
+
+    class Readyz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = (200, b"ok") if self.path == "/readyz" else (404, b"not found")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    (folder / "server.crt").write_bytes(cert_pem)
+    (folder / "server.key").write_bytes(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.crt", folder / "server.key")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Readyz)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

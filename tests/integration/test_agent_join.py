@@ -1,0 +1,217 @@
+"""`picluster-agent join` and `run`, with kubeadm, kubelet and kubectl stood in by recording
+programs (tests/agent_support.py) and the API server by an HTTPS stand-in on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from agent import packages
+from agent.config import load_config
+from agent.host import Host
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.agent_support import (
+    agent_command,
+    agent_env,
+    api_server_standin,
+    calls,
+    install_standins,
+    make_ca,
+    make_server_cert,
+    node_root,
+    state,
+)
+from tests.integration.conftest import serve_folder
+
+pytestmark = pytest.mark.integration
+
+IMAGE_PACKAGES = {"packages": {"install": "image"}}
+
+
+def run_agent(root: Path, standins: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        agent_command(root, *args), env=agent_env(standins, root), capture_output=True, text=True, timeout=60
+    )
+
+
+def kubeadm_verbs(standins: Path) -> list[str]:
+    return [" ".join(call[:2]) for call in calls(standins) if call[0] == "kubeadm"]
+
+
+def test_init_applies_flannel_and_waits_for_ready(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert calls(standins) == [
+        ["kubeadm", "init", "--config", f"{root}/etc/picluster/kubeadm.yaml"],
+        ["kubectl", "--kubeconfig", f"{root}/etc/kubernetes/admin.conf", "apply",
+         "-f", f"{root}/etc/picluster/kube-flannel.yml"],
+        ["kubectl", "--kubeconfig", f"{root}/etc/kubernetes/kubelet.conf", "get", "node", "cp1",
+         "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'],
+    ]  # fmt: skip
+    recorded = state(root)
+    assert (recorded["phase"], recorded["attempts"], recorded["last_error"]) == ("joined", 1, None)
+    # kubeadm init prints the join command with the bootstrap token; the journal must not get it
+    assert "abcdef.0123456789abcdef" not in done.stdout
+    assert "--token <token>" in done.stdout
+
+
+def test_a_failed_join_is_reset_cleaned_and_retried(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    (standins / "fail-times").write_text("2")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init", "kubeadm reset",
+                                       "kubeadm init"]  # fmt: skip
+    assert ["kubeadm", "reset", "-f"] in calls(standins)
+    assert "attempt 2 failed" in done.stdout and "stand-in failure on demand" in done.stdout
+    recorded = state(root)
+    assert (recorded["phase"], recorded["attempts"], recorded["last_error"]) == ("joined", 3, None)
+
+
+def test_a_joined_node_does_nothing(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    assert run_agent(root, standins, "join").returncode == 0
+    before = calls(standins)
+    again = run_agent(root, standins, "join")
+    assert again.returncode == 0
+    assert "nothing to do" in again.stdout
+    assert calls(standins) == before
+
+
+def test_killed_mid_join_it_resets_and_finishes_when_started_again(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    (standins / "hang").touch()
+    agent = subprocess.Popen(
+        agent_command(root, "join"), env=agent_env(standins, root), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while kubeadm_verbs(standins) != ["kubeadm init"]:
+        assert time.monotonic() < deadline, "the agent never started kubeadm init"
+        time.sleep(0.05)
+    os.killpg(agent.pid, signal.SIGKILL)  # the agent and the kubeadm it started, as a power cut would
+    agent.wait()
+    assert (state(root)["phase"], state(root)["attempts"]) == ("joining", 1)
+
+    (standins / "hang").unlink()
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert "attempt 1 was interrupted" in done.stdout
+    assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init"]
+    assert (state(root)["phase"], state(root)["attempts"]) == ("joined", 2)
+
+    again = run_agent(root, standins, "join")
+    assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init"]
+    assert "nothing to do" in again.stdout
+
+
+def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Path) -> None:
+    ca = make_ca("cluster CA")
+    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
+        root = node_root(tmp_path, "w1", cluster={"api_endpoint": f"127.0.0.1:{port}"}, **IMAGE_PACKAGES)
+        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
+        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert [call[:2] for call in calls(standins)] == [["kubeadm", "join"], ["kubectl", "--kubeconfig"]]
+    assert state(root)["phase"] == "joined"
+
+
+def test_a_worker_records_why_it_waits_for_the_api_server(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "w1", cluster={"api_endpoint": "127.0.0.1:9"}, **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    recorded = run_until_phase(root, standins, "waiting: api-server", says="waiting for the API server")
+    assert "https://127.0.0.1:9/readyz" in recorded["last_error"]
+    assert calls(standins) == []
+
+
+def test_firstboot_without_the_repository_waits_for_packages_and_keeps_trying(tmp_path: Path) -> None:
+    root = node_root(
+        tmp_path, "cp1", packages={"install": "firstboot", "apt_repository": "https://127.0.0.1:9/"}
+    )
+    standins = install_standins(tmp_path / "bin")  # no kubeadm, kubelet or kubectl: not installed
+    recorded = run_until_phase(root, standins, "waiting: packages", says="waiting: packages")
+    assert "Release.key" in recorded["last_error"] and "Connection" in recorded["last_error"]
+    assert recorded["attempts"] == 0
+
+
+def run_until_phase(root: Path, standins: Path, phase: str, says: str, retries: int = 3) -> dict:
+    """Start the agent, wait until it has said `says` `retries` times and is still running (it
+    retries; it does not exit and crash-loop), stop it, and return the state it recorded."""
+    agent = subprocess.Popen(
+        agent_command(root, "join"), env=agent_env(standins, root), stdout=subprocess.PIPE, text=True
+    )
+    assert agent.stdout is not None
+    seen = 0
+    deadline = time.monotonic() + 30
+    try:
+        for line in agent.stdout:
+            seen += line.startswith(says)
+            if seen >= retries:
+                break
+            assert time.monotonic() < deadline, f"no {phase!r} within 30 s"
+        assert agent.poll() is None, "the agent exited instead of waiting"
+    finally:
+        agent.kill()
+        agent.wait()
+    recorded = state(root)
+    assert recorded["phase"] == phase
+    return recorded
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    done = run_agent(root, standins, "--dry-run", "join")
+    assert done.returncode == 0, done.stderr
+    assert f"would run kubeadm init --config {root}/etc/picluster/kubeadm.yaml" in done.stdout
+    assert calls(standins) == []
+    assert not (root / "var/lib/picluster/state.json").exists()
+
+
+def test_status_reads_the_state_file(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    run_agent(root, standins, "join")
+    human = run_agent(root, standins, "status").stdout
+    assert "phase:       joined" in human and "last error:  none" in human
+    machine = json.loads(run_agent(root, standins, "status", "--json").stdout)
+    assert machine["phase"] == "joined" and machine["attempts"] == 1
+
+
+def test_firstboot_installs_the_pinned_tools_from_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0stand+in\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo/Release.key").write_text(key)
+    standins = install_standins(tmp_path / "bin", "apt-get", "apt-mark")
+    with serve_folder(tmp_path / "repo") as url:
+        root = node_root(tmp_path, "w1", packages={"install": "firstboot", "apt_repository": f"{url}/"})
+        (root / "etc/apt/sources.list.d").mkdir(parents=True)
+        (root / "etc/apt/preferences.d").mkdir(parents=True)
+        monkeypatch.setenv("PATH", agent_env(standins, root)["PATH"])
+        monkeypatch.setenv("STANDIN_NODE_ROOT", str(root))
+        packages.install(Host(root), load_config(root / "etc/picluster/node.json"))
+    assert calls(standins) == [
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "kubeadm", "kubelet", "kubectl", "cri-tools"],
+        ["apt-mark", "hold", "kubeadm", "kubelet", "kubectl"],
+    ]
+    source = (root / "etc/apt/sources.list.d/kubernetes.sources").read_text()
+    assert source.startswith(f"Types: deb\nURIs: {url}/\nSuites: /\nSigned-By:\n")
+    assert " -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mDMEZ0stand+in\n" in source
+    assert (root / "etc/apt/preferences.d/kubernetes").read_text() == (
+        "Package: kubeadm kubelet kubectl\nPin: version 1.34.2-*\nPin-Priority: 1001\n"
+    )

@@ -1,0 +1,157 @@
+"""Preflight checks against a node root in a folder: /proc and /sys files written by the test,
+and stand-ins for swapoff and modprobe that change those files as the real ones would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from agent import preflight
+from agent.config import NodeConfig, load_config
+from agent.host import Host
+
+from tests.agent_support import node_root
+
+SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = node_root(tmp_path)
+    (root / "proc/sys/net/ipv4").mkdir(parents=True)
+    (root / "proc/sys/net/bridge").mkdir(parents=True)
+    (root / "proc/swaps").write_text(SWAPS_HEADER)
+    (root / "proc/cmdline").write_text("console=tty0 root=LABEL=RASPIROOT rw\n")
+    (root / "sys/fs/cgroup").mkdir(parents=True)
+    (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    for key in preflight.SYSCTLS:
+        (root / "proc/sys" / key.replace(".", "/")).write_text("1\n")
+    return root
+
+
+@pytest.fixture
+def config(root: Path) -> NodeConfig:
+    return load_config(root / "etc/picluster/node.json")
+
+
+def standin(folder: Path, name: str, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STAND-IN for a system tool: a shell script that does to the node root what the tool does."""
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\n# STAND-IN for {name}\n{script}\n")
+    (folder / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_swap_in_use_is_turned_off(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    (root / "proc/swaps").write_text(SWAPS_HEADER + "/var/swap file 102396 0 -2\n")
+    standin(tmp_path / "bin", "swapoff", f"printf '{SWAPS_HEADER}' > {root}/proc/swaps", monkeypatch)
+    result = preflight.check_swap(Host(root), config)
+    assert (result.status, result.detail) == ("fixed", "turned off swap on /var/swap")
+    assert preflight.check_swap(Host(root), config).status == "ok"
+
+
+def test_swap_that_will_not_go_off_fails(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    (root / "proc/swaps").write_text(SWAPS_HEADER + "/dev/zram0 partition 102396 0 100\n")
+    standin(tmp_path / "bin", "swapoff", "exit 0", monkeypatch)
+    result = preflight.check_swap(Host(root), config)
+    assert (result.status, result.detail) == ("failed", "swap still on /dev/zram0 after swapoff -a")
+
+
+def test_missing_modules_are_loaded(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    (root / "sys/module/overlay").mkdir(parents=True)
+    standin(tmp_path / "bin", "modprobe", f'mkdir -p {root}/sys/module/"$1"', monkeypatch)
+    result = preflight.check_modules(Host(root), config)
+    assert (result.status, result.detail) == ("fixed", "loaded br_netfilter, vxlan")
+    assert preflight.check_modules(Host(root), config).status == "ok"
+
+
+def test_a_module_that_cannot_load_fails_with_modprobes_words(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    script = 'echo "modprobe: FATAL: Module $1 not found in directory /lib/modules/6.12" >&2; exit 1'
+    standin(tmp_path / "bin", "modprobe", script, monkeypatch)
+    result = preflight.check_modules(Host(root), config)
+    assert result.status == "failed" and "Module overlay not found" in result.detail
+
+
+def test_wrong_sysctls_are_set(root: Path, config: NodeConfig) -> None:
+    (root / "proc/sys/net/ipv4/ip_forward").write_text("0\n")
+    result = preflight.check_sysctls(Host(root), config)
+    assert (result.status, result.detail) == ("fixed", "net.ipv4.ip_forward 0 -> 1")
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
+
+
+def test_bridge_sysctls_missing_name_br_netfilter(root: Path, config: NodeConfig) -> None:
+    (root / "proc/sys/net/bridge/bridge-nf-call-iptables").unlink()
+    result = preflight.check_sysctls(Host(root), config)
+    assert result.status == "failed" and "br_netfilter" in result.detail
+
+
+def test_dry_run_says_what_it_would_fix_and_changes_nothing(root: Path, config: NodeConfig) -> None:
+    (root / "proc/sys/net/ipv4/ip_forward").write_text("0\n")
+    result = preflight.check_sysctls(Host(root, dry_run=True), config)
+    assert result.detail == "would fix: net.ipv4.ip_forward 0 -> 1"
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "0\n"
+
+
+def test_memory_cgroup_missing_says_how_to_enable_it(root: Path, config: NodeConfig) -> None:
+    (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io pids\n")
+    result = preflight.check_cgroups(Host(root), config)
+    assert result.status == "failed" and result.blocking
+    assert "the kernel command line lacks cgroup_enable=memory cgroup_memory=1" in result.detail
+    assert "/boot/firmware/cmdline.txt" in result.detail
+    assert preflight.check_cgroups(Host(root), config).status == "failed"
+
+
+def test_clock_synchronised(root: Path, config: NodeConfig) -> None:
+    (root / "run/systemd/timesync").mkdir(parents=True)
+    (root / "run/systemd/timesync/synchronized").touch()
+    assert preflight.check_clock(Host(root), config).status == "ok"
+
+
+def test_unsynchronised_clock_after_the_build_time_does_not_block(root: Path, config: NodeConfig) -> None:
+    seed = root / "var/lib/systemd/timesync/clock"
+    seed.parent.mkdir(parents=True)
+    seed.touch()
+    os.utime(seed, (time.time() - 3600, time.time() - 3600))
+    started = time.monotonic()
+    result = preflight.check_clock(Host(root), config)
+    assert time.monotonic() - started >= config.timing.clock_timeout  # it waited, boundedly
+    assert result.status == "failed" and not result.blocking
+    assert "not synchronised after 0.2 s" in result.detail and "going on" in result.detail
+
+
+def test_a_clock_before_the_build_time_blocks(root: Path, config: NodeConfig) -> None:
+    seed = root / "var/lib/systemd/timesync/clock"
+    seed.parent.mkdir(parents=True)
+    seed.touch()
+    os.utime(seed, (time.time() + 86400, time.time() + 86400))
+    result = preflight.check_clock(Host(root), config)
+    assert result.status == "failed" and result.blocking and "TLS would fail" in result.detail
+
+
+def test_containerd_answering(root: Path, config: NodeConfig) -> None:
+    path = root / "run/containerd/containerd.sock"
+    path.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+        assert preflight.check_containerd(Host(root), config).status == "ok"
+
+
+def test_containerd_silent_is_restarted_and_fails_if_it_stays_silent(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    standin(tmp_path / "bin", "systemctl", f'echo "$@" >> {tmp_path}/systemctl.calls', monkeypatch)
+    result = preflight.check_containerd(Host(root), config)
+    assert (tmp_path / "systemctl.calls").read_text() == "restart containerd.service\n"
+    assert result.status == "failed" and "journalctl -u containerd" in result.detail
