@@ -9,6 +9,7 @@ The serial console is kept in a log file, and its path printed when the test fai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -117,3 +118,26 @@ def test_the_card_boots_and_takes_an_ssh_key_login(booted: tuple[int, Path, Path
     assert ssh(port, key, "cat /etc/machine-id").stdout.strip() not in ("", "uninitialized")
     assert ssh(port, key, "systemctl is-active containerd").stdout.strip() == "active"
     assert ssh(port, key, "findmnt -n -o FSTYPE /boot/firmware").stdout.strip() == "vfat"
+
+
+def test_the_agent_prepares_the_node_and_waits_for_packages(booted: tuple[int, Path, Path]) -> None:
+    """No network beyond QEMU: the agent's preflight passes but for the clock (no NTP server
+    answers), clean-links finds nothing, and with `packages: firstboot` it waits for the
+    Kubernetes repository, retrying, instead of failing."""
+    port, key, console = booted
+    wait_for_login(port, key, console)
+    deadline = time.monotonic() + 300  # the clock check alone waits 120 s for NTP
+    while True:
+        status = ssh(port, key, "sudo -n picluster-agent status --json")
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        if state["phase"] == "waiting: packages" or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert state["phase"] == "waiting: packages", state
+    assert "Release.key" in state["last_error"]
+    checks = {check["name"]: check["status"] for check in state["preflight"]}
+    assert checks == {"swap": "ok", "modules": "ok", "sysctls": "ok", "cgroups": "ok", "interface": "ok",
+                      "clock": "failed", "containerd": "ok"}, state["preflight"]  # fmt: skip
+    assert state["links"] == []
+    assert ssh(port, key, "systemctl is-active picluster-agent").stdout.strip() == "active"
