@@ -15,7 +15,7 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev qemu-system-arm openssh-client
 
-.PHONY: images render validate test test-fast lint setup host-packages clean
+.PHONY: images render validate verify test test-fast lint setup host-packages clean
 
 images: setup
 	$(PICLUSTER) build -f $(CLUSTER) -o $(IMAGES)
@@ -25,6 +25,10 @@ render: setup
 
 validate: setup
 	$(PICLUSTER) validate -f $(CLUSTER)
+
+# After flashing and booting: check every node over SSH (picluster verify --help for options).
+verify: setup
+	$(PICLUSTER) verify -f $(CLUSTER)
 
 # Every tier: unit, integration (root) and e2e (QEMU). pytest's exit status 5 means it found no
 # tests at all, which must never pass as success.

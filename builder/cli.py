@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from builder import __version__, run, state
+from builder import __version__, flash, run, state
 from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
@@ -19,6 +19,7 @@ from builder.pki import ClusterSecrets
 from builder.progress import Reporter
 from builder.render import render_cluster
 from builder.tree import write_tree
+from builder.verify import verify
 
 EXIT_USER_ERROR = 2
 
@@ -101,6 +102,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
     build.set_defaults(command=_build)
+
+    check = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check the booted nodes over SSH (testinfra)",
+        description="Run the testinfra suite in tests/verify against every node in cluster.yaml, "
+        "over SSH as access.user at the node's address, and print a check-by-node table. Exits "
+        "non-zero when a check fails.",
+    )
+    check.add_argument(
+        "--node", action="append", default=[], metavar="NAME", help="only this node (repeatable)"
+    )
+    check.add_argument(
+        "--ssh-config",
+        type=Path,
+        metavar="FILE",
+        help="an ssh_config for reaching the nodes (ports, keys, jumps)",
+    )
+    check.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="CHECK",
+        help="skip a check, e.g. time_synchronised on a network without NTP (repeatable)",
+    )
+    check.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
+    check.set_defaults(command=_verify)
+
+    card = commands.add_parser(
+        "flash",
+        help="write a node's image to an SD card",
+        description="Write IMAGES/NODE.img (or .img.zst, .img.xz) to an SD card: only a whole, "
+        "removable, unused device at least as large as the image; the image is checked against "
+        "its .sha256 first, only its mapped blocks are written, and every block is read back "
+        "from the card and checked. Without --device, lists the removable devices.",
+    )
+    card.add_argument("node", metavar="NODE", help="the node whose image to write")
+    card.add_argument("--device", type=Path, metavar="DEV", help="the card's whole device, e.g. /dev/sdb")
+    card.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    card.add_argument(
+        "--force-non-removable", action="store_true", help="allow a device that does not say it is removable"
+    )
+    card.add_argument(
+        "-i",
+        "--images",
+        type=Path,
+        default=Path("images"),
+        metavar="DIR",
+        help="images folder (default: ./images)",
+    )
+    card.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    card.set_defaults(command=_flash)
     return parser
 
 
@@ -161,6 +214,37 @@ def _build(args: argparse.Namespace) -> int:
         f"==> {len(built)} of {len(cluster.nodes)} images built in {time.monotonic() - start:.1f}s"
         + ("" if built else " (nothing changed)")
     )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    unknown = sorted(set(args.node) - {node.name for node in cluster.nodes})
+    if unknown:
+        names = ", ".join(node.name for node in cluster.nodes)
+        raise UserError(f"--node {', '.join(unknown)}: no such node in {args.file}", f"choose from {names}")
+    return verify(args.file, args.node, args.ssh_config, args.skip, args.verbose)
+
+
+def _flash(args: argparse.Namespace) -> int:
+    image = flash.find_image(args.images, args.node)
+    if args.device is None:
+        disks = flash.removable_disks()
+        listing = "\n".join(f"  {disk.describe()}" for disk in disks) or "  (no removable device found)"
+        print(f"removable devices:\n{listing}")
+        raise UserError(
+            "no --device given", f"choose the card: picluster flash {args.node} --device /dev/..."
+        )
+
+    def confirm(disk: flash.Disk) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UserError("cannot ask for confirmation without a terminal", "add --yes")
+        print(f"about to erase {disk.describe()}\nand write {image.name} to it.")
+        return input(f"type {disk.name} to go on: ").strip() == disk.name
+
+    flash.flash(image, args.device, force_non_removable=args.force_non_removable, confirm=confirm, say=print)
     return 0
 
 

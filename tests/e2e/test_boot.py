@@ -1,10 +1,12 @@
-"""A card picluster built, booted: qemu-system-aarch64 -M virt runs the image's own kernel and
-initrd with the image as its disk, and the test logs in over SSH with the key from cluster.yaml.
+"""Cards picluster built, booted: qemu-system-aarch64 -M virt runs the image's own kernel and
+initrd with the image as its disk; the test logs in over SSH with a key from cluster.yaml and
+runs the verify suite (`picluster verify`) against the running node.
 
 There is no Pi here; QEMU's virt machine stands in for one (a Cortex-A72, as in a Pi 4). The guest
-is on QEMU's user network with restrict=on, so it reaches nothing outside QEMU; its address is
-the one QEMU's user network hands out (10.0.2.15), set statically by the card as on a real LAN.
-The serial console is kept in a log file, and its path printed when the test fails.
+is on QEMU's user network with restrict=on, so it reaches nothing outside QEMU: no NTP server, no
+Kubernetes repository. Its address is the one QEMU's user network hands out (10.0.2.15), set
+statically by the card as on a real LAN. The serial console goes to a log file, kept and named
+when a test fails.
 """
 
 from __future__ import annotations
@@ -16,25 +18,74 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 import yaml
 
 from builder.base import ensure_base
-from builder.build import build_images
+from builder.build import build_images, clock_epoch
 from builder.cli import default_cache
 from builder.config_file import load_cluster
+from builder.image import stamp
+from builder.plan import FileEntry, NodePlan
 from builder.progress import Reporter, silent
-from tests.conftest import BUNDLED, fixed_secrets
+from builder.render import render_node
+from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools
 
 pytestmark = pytest.mark.e2e
 
 BOOT_TIMEOUT = 600
+AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
 KERNEL_ARGS = (
     "console=ttyAMA0 root=LABEL=RASPIROOT rw rootwait net.ifnames=0 cgroup_enable=memory cgroup_memory=1"
 )
+STALE_LINKS_UNIT = """\
+[Unit]
+Description=TEST ONLY: leave flannel.1 and cni0 as an earlier cluster membership would
+Wants=sys-subsystem-net-devices-eth0.device
+After=sys-subsystem-net-devices-eth0.device
+Before=picluster-agent.service
+
+[Service]
+Type=oneshot
+ExecStart=ip link add flannel.1 type vxlan id 1 dstport 8472 local 10.0.2.15 dev eth0 nolearning
+ExecStart=ip addr add 10.244.1.0/32 dev flannel.1
+ExecStart=ip addr add 10.244.9.0/32 dev flannel.1
+ExecStart=ip link add cni0 type bridge
+ExecStart=ip addr add 10.99.0.1/24 dev cni0
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class Card:
+    work: Path
+    cluster_file: Path
+    key: Path
+    image: Path
+
+
+@dataclass(frozen=True)
+class Booted:
+    card: Card
+    port: int
+    console: Path
+    ssh_config: Path
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "10.0.2.15", command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 def free_port() -> int:
@@ -44,8 +95,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path, Path]]:
-    """(ssh port, private key, console log) of a booted control-plane card."""
+def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
+    """cp1's card, the only node of a cluster on QEMU's user network."""
     if os.geteuid() != 0:
         pytest.skip("building the Debian base needs root")
     require_tools(*TOOLS, "mmdebstrap", "qemu-system-aarch64", "ssh", "ssh-keygen")
@@ -56,88 +107,172 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
     data["network"].update(gateway="10.0.2.2", dns=["10.0.2.3"], ntp=[])
     data["nodes"] = [{"name": "cp1", "role": "control-plane", "model": "pi4", "address": "10.0.2.15/24"}]
     data["access"]["ssh_authorized_keys"] = [(work / "id_ed25519.pub").read_text().strip()]
-    (work / "cluster.yaml").write_text(yaml.safe_dump(data))
-    cluster = load_cluster(work / "cluster.yaml")
-    base = ensure_base(cluster, default_cache(), Reporter())
+    cluster_file = work / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(data))
+    cluster = load_cluster(cluster_file)
+    ensure_base(cluster, default_cache(), Reporter())
     build_images(cluster, fixed_secrets(), work / "images", default_cache(), silent())
-    image = work / "images" / "cp1.img"
+    return Card(work, cluster_file, key, work / "images" / "cp1.img")
+
+
+@pytest.fixture(scope="module")
+def booted(card: Card) -> Iterator[Booted]:
+    with boot(card, card.image, "plain") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def booted_with_stale_links(card: Card) -> Iterator[Booted]:
+    """The same card with a test-only unit that leaves a stale flannel.1 (two addresses) and a
+    cni0 with a foreign address before the agent starts, booted with a second NIC (eth1)."""
+    cluster = load_cluster(card.cluster_file)
+    base = ensure_base(cluster, default_cache(), silent())
+    plan = render_node(cluster, cluster.nodes[0], fixed_secrets())
+    unit = PurePosixPath("etc/systemd/system/picluster-test-stale-links.service")
+    extra = (
+        FileEntry("root", unit, STALE_LINKS_UNIT.encode(), 0o644),
+        FileEntry("root", "etc/systemd/system/multi-user.target.wants" / PurePosixPath(unit.name),
+                  mode=0o777, link=f"/{unit}"),
+    )  # fmt: skip
+    image = card.work / "cp1-stale-links.img"
+    stamp(base, NodePlan(plan.node, plan.files + extra), image, clock_epoch(base))
+    second_nic = ["-netdev", "user,id=other,restrict=on", "-device", "virtio-net-pci,netdev=other"]
+    with boot(card, image, "stale-links", second_nic) as running:
+        yield running
+
+
+@contextmanager
+def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None) -> Iterator[Booted]:
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for name in ("vmlinuz", "initrd.img"):
-        subprocess.run(["mcopy", "-i", base.layout.boot_target(image), f"::/{name}", str(work / name)],
-                       check=True, env=env)  # fmt: skip
+    base = ensure_base(load_cluster(card.cluster_file), default_cache(), silent())
+    for part in ("vmlinuz", "initrd.img"):
+        copy = ["mcopy", "-o", "-i", base.layout.boot_target(image), f"::/{part}", str(card.work / part)]
+        subprocess.run(copy, check=True, env=env)
     port = free_port()
-    console = work / "console.log"
+    console = card.work / f"console-{name}.log"
+    ssh_config = card.work / f"ssh_config-{name}"
+    ssh_config.write_text(
+        f"Host 10.0.2.15\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n  IdentityFile {card.key}\n"
+        "  IdentitiesOnly yes\n  BatchMode yes\n  ConnectTimeout 10\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
     qemu = subprocess.Popen(
         ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2048",
-         "-nographic", "-no-reboot", "-kernel", str(work / "vmlinuz"), "-initrd", str(work / "initrd.img"),
-         "-append", KERNEL_ARGS, "-drive", f"file={image},format=raw,if=virtio",
+         "-nographic", "-no-reboot", "-kernel", str(card.work / "vmlinuz"),
+         "-initrd", str(card.work / "initrd.img"), "-append", KERNEL_ARGS,
+         "-drive", f"file={image},format=raw,if=virtio",
          "-netdev", f"user,id=lan,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-         "-device", "virtio-net-pci,netdev=lan"],
+         "-device", "virtio-net-pci,netdev=lan", *(extra_qemu or [])],
         stdin=subprocess.DEVNULL, stdout=console.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
+    running = Booted(card, port, console, ssh_config)
     try:
-        yield port, key, console
+        wait_for_login(running)
+        yield running
     finally:
         qemu.kill()
         qemu.wait()
 
 
-def ssh(port: int, key: Path, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
-         "pi@127.0.0.1", command],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+def keep_console(booted: Booted) -> Path:
+    return Path(
+        shutil.copy(
+            booted.console, Path(os.environ.get("TMPDIR", "/tmp")) / f"picluster-e2e-{booted.console.name}"
+        )
+    )
 
 
-def wait_for_login(port: int, key: Path, console: Path) -> float:
+def wait_for_login(booted: Booted) -> None:
     start = time.monotonic()
     while time.monotonic() - start < BOOT_TIMEOUT:
-        if ssh(port, key, "true").returncode == 0:
-            return time.monotonic() - start
+        if booted.ssh("true").returncode == 0:
+            print(f"SSH login after {time.monotonic() - start:.0f}s")
+            return
         time.sleep(5)
-    kept = shutil.copy(console, Path(os.environ.get("TMPDIR", "/tmp")) / "picluster-e2e-console.log")
-    pytest.fail(f"no SSH login within {BOOT_TIMEOUT}s; serial console kept in {kept}")
+    pytest.fail(f"no SSH login within {BOOT_TIMEOUT}s; serial console kept in {keep_console(booted)}")
 
 
-def test_the_card_boots_and_takes_an_ssh_key_login(booted: tuple[int, Path, Path]) -> None:
-    port, key, console = booted
-    seconds = wait_for_login(port, key, console)
-    print(f"SSH login after {seconds:.0f}s")
-    assert ssh(port, key, "hostname").stdout.strip() == "cp1"
-    addresses = ssh(port, key, "ip -4 -o addr show dev eth0").stdout
-    assert "inet 10.0.2.15/24" in addresses
-    assert ssh(port, key, "sudo -n true").returncode == 0, "passwordless sudo for the login user"
-    cgroups = ssh(port, key, "cat /sys/fs/cgroup/cgroup.controllers").stdout.split()
-    assert "memory" in cgroups
-    sysctl = ssh(port, key, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables")
-    assert sysctl.stdout.split() == ["1", "1"], sysctl.stderr
-    modules = {line.split()[0] for line in ssh(port, key, "cat /proc/modules").stdout.splitlines()}
-    assert {"overlay", "br_netfilter", "vxlan"} <= modules
-    assert ssh(port, key, "cat /etc/machine-id").stdout.strip() not in ("", "uninitialized")
-    assert ssh(port, key, "systemctl is-active containerd").stdout.strip() == "active"
-    assert ssh(port, key, "findmnt -n -o FSTYPE /boot/firmware").stdout.strip() == "vfat"
-
-
-def test_the_agent_prepares_the_node_and_waits_for_packages(booted: tuple[int, Path, Path]) -> None:
-    """No network beyond QEMU: the agent's preflight passes but for the clock (no NTP server
-    answers), clean-links finds nothing, and with `packages: firstboot` it waits for the
-    Kubernetes repository, retrying, instead of failing."""
-    port, key, console = booted
-    wait_for_login(port, key, console)
-    deadline = time.monotonic() + 300  # the clock check alone waits 120 s for NTP
+def agent_state_when(booted: Booted, phase: str) -> dict[str, Any]:
+    """The agent's state once it reaches `phase` (it gets there after preflight and clean-links)."""
+    deadline = time.monotonic() + AGENT_TIMEOUT
     while True:
-        status = ssh(port, key, "sudo -n picluster-agent status --json")
+        status = booted.ssh("sudo -n picluster-agent status --json")
         assert status.returncode == 0, status.stderr
-        state = json.loads(status.stdout)
-        if state["phase"] == "waiting: packages" or time.monotonic() > deadline:
-            break
+        state: dict[str, Any] = json.loads(status.stdout)
+        if state["phase"] == phase:
+            return state
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"agent still '{state['phase']}' after {AGENT_TIMEOUT}s; console: {keep_console(booted)}"
+            )
         time.sleep(10)
-    assert state["phase"] == "waiting: packages", state
+
+
+def picluster_verify(booted: Booted) -> tuple[int, str]:
+    """`picluster verify` as a user runs it, reaching the node through an ssh_config. No NTP
+    server answers inside QEMU's restricted network, so the time check is skipped, by name."""
+    done = subprocess.run(
+        [str(REPO / ".venv/bin/picluster"), "verify", "-f", str(booted.card.cluster_file),
+         "--ssh-config", str(booted.ssh_config), "--skip", "time_synchronised"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    print(done.stdout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_card_boots_to_an_ssh_key_login_as_itself(booted: Booted) -> None:
+    assert booted.ssh("hostname").stdout.strip() == "cp1"
+    assert "inet 10.0.2.15/24" in booted.ssh("ip -4 -o addr show dev eth0").stdout
+    assert booted.ssh("sudo -n true").returncode == 0, "passwordless sudo for the login user"
+    assert booted.ssh("cat /etc/machine-id").stdout.strip() not in ("", "uninitialized")
+    assert booted.ssh("findmnt -n -o FSTYPE /boot/firmware").stdout.strip() == "vfat"
+
+
+def test_the_agent_prepares_the_node_and_waits_for_packages(booted: Booted) -> None:
+    """preflight passes but for the clock (nothing to synchronise with), nothing is stale, and
+    with `packages: firstboot` the agent waits for the Kubernetes repository, retrying."""
+    state = agent_state_when(booted, "waiting: packages")
     assert "Release.key" in state["last_error"]
     checks = {check["name"]: check["status"] for check in state["preflight"]}
     assert checks == {"swap": "ok", "modules": "ok", "sysctls": "ok", "cgroups": "ok", "interface": "ok",
                       "clock": "failed", "containerd": "ok"}, state["preflight"]  # fmt: skip
     assert state["links"] == []
-    assert ssh(port, key, "systemctl is-active picluster-agent").stdout.strip() == "active"
+    assert booted.ssh("systemctl is-active picluster-agent").stdout.strip() == "active"
+
+
+def test_picluster_verify_passes_what_runs_without_kubernetes(booted: Booted) -> None:
+    agent_state_when(booted, "waiting: packages")
+    status, report = picluster_verify(booted)
+    assert status == 0, report
+    assert "0 failed" in report
+    for check in (
+        "hostname",
+        "address on the cluster interface",
+        "memory cgroup controller active",
+        "module loaded vxlan",
+        "containerd running, SystemdCgroup",
+        "agent: status truthful",
+    ):
+        assert f"\n{check} " in report and _cell(report, check) == "ok", check  # fmt: skip
+    assert _cell(report, "kubelet running with --node-ip") == "skip"
+    assert "Kubernetes is not installed on this node (agent phase 'waiting: packages'" in report
+    assert "skipped on request (--skip time_synchronised)" in report
+
+
+def _cell(report: str, check: str) -> str:
+    (row,) = [line for line in report.splitlines() if line.startswith(check + " ")]
+    return row.split()[-1]
+
+
+def test_the_agent_clears_stale_links_on_a_booted_node(booted_with_stale_links: Booted) -> None:
+    booted = booted_with_stale_links
+    state = agent_state_when(booted, "waiting: packages")
+    links = {record["target"]: record for record in state["links"]}
+    assert set(links) == {"flannel.1", "cni0"}, state["links"]
+    assert all(record["action"] == "deleted" for record in links.values())
+    shown = json.loads(booted.ssh("ip -j addr show").stdout)
+    names = {link["ifname"] for link in shown}
+    assert "flannel.1" not in names and "cni0" not in names
+    assert {"lo", "eth0", "eth1"} <= names  # the second NIC is untouched
+    status, report = picluster_verify(booted)
+    assert status == 0, report

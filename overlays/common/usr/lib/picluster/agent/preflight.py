@@ -43,7 +43,13 @@ class Result:
         return f"{self.name:<11} {self.status:<6} {self.detail}"
 
     def record(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "detail": self.detail}
+        blocks = self.status == "failed" and self.blocking
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "blocks_join": str(blocks).lower(),
+        }
 
 
 def preflight(host: Host, config: NodeConfig) -> list[Result]:

@@ -1,0 +1,175 @@
+"""picluster flash against real loop devices (root) and regular files.
+
+A loop device does not say it is removable, so writes to one pass --force-non-removable; the
+test of that refusal shows the flag is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.bmap import digest_image
+from builder.bmap_reader import parse_bmap
+from builder.cli import main
+from builder.flash import read_back
+
+pytestmark = pytest.mark.integration
+
+MIB = 2**20
+DATA = [(0, b"boot sector " * 100), (5 * MIB, os.urandom(3 * MIB)), (40 * MIB - 4096, b"end of root" * 300)]
+OLD = b"\xaa"
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """images/n1.img: 40 MiB, sparse, three data ranges, with its .sha256 and .bmap."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = folder / "n1.img"
+    with image.open("wb") as handle:
+        handle.truncate(40 * MIB)
+        for offset, data in DATA:
+            handle.seek(offset)
+            handle.write(data)
+    digests = digest_image(image)
+    (folder / "n1.img.sha256").write_text(f"{digests.sha256}  n1.img\n")
+    (folder / "n1.img.bmap").write_text(digests.bmap)
+    return folder
+
+
+def loop_device(backing: Path, size: int) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root (make test runs as root)")
+    backing.write_bytes(OLD * size)
+    made = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device here: {made.stderr.strip()}")
+    device = Path(made.stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", str(device)], check=True)
+
+
+@pytest.fixture
+def card(tmp_path: Path) -> Iterator[Path]:
+    yield from loop_device(tmp_path / "card.bin", 64 * MIB)
+
+
+def flash(images: Path, device: Path, *extra: str) -> int:
+    return main(["flash", "n1", "--device", str(device), "--yes", "-i", str(images), *extra])
+
+
+def test_writes_only_the_mapped_blocks_and_reads_them_back(
+    images: Path, card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert flash(images, card, "--force-non-removable") == 0
+    written = card.read_bytes()
+    image = (images / "n1.img").read_bytes()
+    for offset, data in DATA:
+        assert written[offset : offset + len(data)] == data
+    bmap = parse_bmap((images / "n1.img.bmap").read_text(), "n1.img.bmap")
+    for mapped in bmap.ranges:
+        assert written[mapped.start : mapped.end] == image[mapped.start : mapped.end]
+    assert written[20 * MIB : 21 * MIB] == OLD * MIB  # a hole in the image: not written
+    out = capsys.readouterr()
+    assert "holds n1.img exactly" in out.out
+    assert "100% written" in out.err
+
+
+def test_a_compressed_image_is_written_the_same(images: Path, card: Path) -> None:
+    subprocess.run(["zstd", "-q", "--rm", str(images / "n1.img")], check=True)
+    assert flash(images, card, "--force-non-removable") == 0
+    assert card.read_bytes()[5 * MIB : 8 * MIB] == DATA[1][1]
+
+
+def test_refuses_a_device_that_is_not_removable(
+    images: Path, card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert flash(images, card) == 2
+    assert "is not a removable device" in capsys.readouterr().err
+    assert card.read_bytes()[:4096] == OLD * 4096
+
+
+def test_refuses_a_regular_file(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "not-a-card"
+    target.write_bytes(b"precious")
+    assert flash(images, target, "--force-non-removable") == 2
+    assert f"{target} is not a block device" in capsys.readouterr().err
+    assert target.read_bytes() == b"precious"
+
+
+def test_refuses_a_device_smaller_than_the_image(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for small in loop_device(tmp_path / "small.bin", 16 * MIB):
+        assert flash(images, small, "--force-non-removable") == 2
+        assert "holds 16 MiB, smaller than the image (40 MiB)" in capsys.readouterr().err
+
+
+def test_refuses_a_mounted_device(
+    images: Path, card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", str(card)], check=True)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", str(card), str(mountpoint)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount ext4 here: {mounted.stderr.strip()}")
+    try:
+        assert flash(images, card, "--force-non-removable") == 2
+        assert f"is in use: mounted at {mountpoint}" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_refuses_a_partition(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for disk in loop_device(tmp_path / "disk.bin", 64 * MIB):
+        subprocess.run(["sfdisk", "-q", str(disk)], input="2048,,L\n", text=True, check=True)
+        subprocess.run(["partx", "-a", str(disk)], capture_output=True)
+        partition = Path(f"{disk}p1")
+        if not partition.exists():
+            pytest.skip(f"the kernel made no {partition} here")
+        assert flash(images, partition, "--force-non-removable") == 2
+        assert f"{partition} is a partition, not a whole card" in capsys.readouterr().err
+
+
+def test_refuses_an_image_that_does_not_match_its_checksum(
+    images: Path, card: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (images / "n1.img").open("r+b") as handle:
+        handle.seek(5 * MIB + 12345)
+        handle.write(b"X")
+    assert flash(images, card, "--force-non-removable") == 2
+    assert "does not match n1.img.sha256" in capsys.readouterr().err
+    assert card.read_bytes()[5 * MIB : 6 * MIB] == OLD * MIB  # nothing was written
+
+
+def test_read_back_names_ranges_that_differ(images: Path, tmp_path: Path) -> None:
+    bmap = parse_bmap((images / "n1.img.bmap").read_text(), "n1.img.bmap")
+    copy = tmp_path / "copy.img"
+    copy.write_bytes((images / "n1.img").read_bytes())
+    assert read_back(copy, bmap) == []
+    with copy.open("r+b") as handle:
+        handle.seek(5 * MIB)
+        handle.write(b"?")
+    assert len(read_back(copy, bmap)) == 1
+
+
+def test_without_a_device_it_lists_removable_devices(
+    images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["flash", "n1", "-i", str(images)]) == 2
+    out = capsys.readouterr()
+    assert out.out.startswith("removable devices:")
+    assert "no --device given" in out.err and "picluster flash n1 --device" in out.err
+
+
+def test_a_node_without_an_image(images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flash", "w9", "-i", str(images)]) == 2
+    assert "no image for w9" in capsys.readouterr().err
