@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,9 +78,10 @@ def build_images(
     reporter: Reporter,
     compress: Compression | None = None,
     rebuild_base: bool = False,
+    tokens: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Build every node whose card changed; return the names of the nodes built."""
-    plans = render_cluster(cluster, secrets)
+    plans = render_cluster(cluster, secrets, tokens)
     base = ensure_base(cluster, cache, reporter, rebuild=rebuild_base)
     epoch = clock_epoch(base)
     images.mkdir(parents=True, exist_ok=True)
@@ -133,9 +134,36 @@ def clock_epoch(base: BaseImage) -> int:
 
 
 def build_record(
-    plan: NodePlan, base: BaseImage, epoch: int, compress: Compression | None
+    plan: NodePlan, base: BaseImage | str, epoch: int | None, compress: Compression | None
 ) -> dict[str, object]:
-    return {"node": plan.node, "base": base.key, "files": plan.digest(), "epoch": epoch, "compress": compress}
+    """What a node's image was built from. `base` may be only the base's key and `epoch`
+    None when only telling whether an image is current (picluster status)."""
+    return {
+        "node": plan.node,
+        "base": base if isinstance(base, str) else base.key,
+        "files": plan.digest(),
+        "file_digests": plan.file_digests(),
+        "epoch": epoch,
+        "compress": compress,
+    }
+
+
+def stale_reasons(stored: dict[str, object], wanted: dict[str, object]) -> list[str]:
+    """Why an image built from `stored` is not the one `wanted` would give, for people."""
+    reasons = []
+    if stored.get("base") != wanted["base"]:
+        reasons.append("the base image changed")
+    if stored.get("files") != wanted["files"]:
+        old, new = stored.get("file_digests") or {}, wanted["file_digests"]
+        assert isinstance(old, dict) and isinstance(new, dict)
+        changed = sorted(path for path in old.keys() | new.keys() if old.get(path) != new.get(path))
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        reasons.append(f"files changed: {shown}" if changed else "its files changed")
+    if wanted["epoch"] is not None and stored.get("epoch") != wanted["epoch"]:
+        reasons.append("SOURCE_DATE_EPOCH changed")
+    if stored.get("compress") != wanted["compress"]:
+        reasons.append("the compression changed")
+    return reasons
 
 
 def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:

@@ -7,13 +7,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from builder import __version__, flash, run, state
+from builder import __version__, base, cluster_api, flash, kubeconfig, run, state, status, tokens
 from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
+from builder.files import write_atomic
 from builder.model import Cluster, warnings
 from builder.pki import ClusterSecrets
 from builder.progress import Reporter
@@ -154,6 +156,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     card.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     card.set_defaults(command=_flash)
+
+    token = commands.add_parser(
+        "token",
+        parents=[common],
+        help="make a new bootstrap token on the running cluster",
+        description="Create a fresh bootstrap token as a Secret through the API server (authenticated "
+        "with an admin certificate signed by the cluster CA, TLS pinned to it). Nodes built from "
+        "now on carry it; `build` does this itself when a new node needs it.",
+    )
+    token.set_defaults(command=_token)
+
+    admin = commands.add_parser(
+        "kubeconfig",
+        parents=[common],
+        help="write an admin kubeconfig for the cluster",
+        description="Write a kubeconfig with a client certificate (group system:masters, one year) "
+        "signed by the cluster CA; mode 0600.",
+    )
+    admin.add_argument(
+        "-o", "--out", type=Path, metavar="FILE", help="where (default: .picluster/admin.conf)"
+    )
+    admin.set_defaults(command=_kubeconfig)
+
+    show = commands.add_parser(
+        "status",
+        parents=[common],
+        help="images built or stale, and what the cluster says of each node",
+        description="Per node in cluster.yaml: image built, stale (and why) or missing; when the API "
+        "server answers, its Ready condition, kubelet version and address, and nodes the cluster has "
+        "that cluster.yaml does not.",
+    )
+    show.add_argument(
+        "-i",
+        "--images",
+        type=Path,
+        default=Path("images"),
+        metavar="DIR",
+        help="images folder (default: ./images)",
+    )
+    show.add_argument("--json", action="store_true", help="for scripts")
+    show.set_defaults(command=_status)
     return parser
 
 
@@ -196,7 +239,7 @@ def _render(args: argparse.Namespace) -> int:
     cluster = _load(args)
     secrets = _secrets(args.file)
     mtime = source_date_epoch()
-    for plan in render_cluster(cluster, secrets):
+    for plan in render_cluster(cluster, secrets, _node_tokens(args.file, cluster, secrets)):
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
     return 0
@@ -207,8 +250,10 @@ def _build(args: argparse.Namespace) -> int:
     cluster = _load(args)
     reporter = Reporter()
     start = time.monotonic()
+    secrets = _secrets(args.file)
+    tokens = _node_tokens(args.file, cluster, secrets)
     built = build_images(
-        cluster, _secrets(args.file), args.out, args.cache, reporter, args.compress, args.rebuild_base
+        cluster, secrets, args.out, args.cache, reporter, args.compress, args.rebuild_base, tokens
     )
     reporter.say(
         f"==> {len(built)} of {len(cluster.nodes)} images built in {time.monotonic() - start:.1f}s"
@@ -245,6 +290,58 @@ def _flash(args: argparse.Namespace) -> int:
         return input(f"type {disk.name} to go on: ").strip() == disk.name
 
     flash.flash(image, args.device, force_non_removable=args.force_non_removable, confirm=confirm, say=print)
+    return 0
+
+
+def _node_tokens(cluster_file: Path, cluster: Cluster, secrets: ClusterSecrets) -> dict[str, str]:
+    """The bootstrap token each node's card carries; a new node may need a new one (tokens.py)."""
+    state_dir = state.state_dir_for(cluster_file)
+    loaded = tokens.load_tokens(state_dir, secrets)
+    assigned = tokens.assign_tokens(cluster, secrets, loaded, datetime.now(UTC), say=print)
+    if assigned != loaded:
+        tokens.save_tokens(state_dir, assigned)
+    return assigned.nodes
+
+
+def _token(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    secrets = _secrets(args.file)
+    state_dir = state.state_dir_for(args.file)
+    issued = tokens.issue_token(cluster, secrets, tokens.load_tokens(state_dir, secrets), datetime.now(UTC))
+    tokens.save_tokens(state_dir, issued)
+    print(
+        f"made bootstrap token {issued.current_id} on the cluster, valid for "
+        f"{cluster.cluster.token_ttl_hours} h; nodes added from now on carry it"
+    )
+    return 0
+
+
+def _kubeconfig(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    out = args.out or state.state_dir_for(args.file) / "admin.conf"
+    text = kubeconfig.admin_kubeconfig(cluster, _secrets(args.file), datetime.now(UTC))
+    write_atomic(out, text.encode(), 0o600)
+    print(
+        f"wrote {out} (an admin credential for one year: keep it private)\n"
+        f"  kubectl --kubeconfig {out} get nodes"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    secrets = _secrets(args.file)
+    plans = render_cluster(
+        cluster, secrets, tokens.load_tokens(state.state_dir_for(args.file), secrets).nodes
+    )
+    statuses = status.image_status(plans, args.images, base.cache_key(base.manifest(cluster)))
+    try:
+        with cluster_api.connect(cluster.api_endpoint, secrets) as api:
+            statuses = status.add_cluster_view(statuses, cluster_api.list_nodes(api))
+        note = f"cluster: https://{cluster.api_endpoint} answered"
+    except cluster_api.Unreachable as why:
+        note = f"cluster: not reachable ({why})"
+    print(status.as_json(statuses, note) if args.json else status.format_status(statuses, note))
     return 0
 
 

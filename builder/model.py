@@ -114,6 +114,12 @@ class ClusterSettings(Strict):
         description="a mirror of the Kubernetes apt repository for this minor release, with "
         "its Release.key (default: https://pkgs.k8s.io/core:/stable:/v1.<minor>/deb/)",
     )
+    token_ttl_hours: int = Field(
+        24,
+        ge=1,
+        le=8760,
+        description="how long a bootstrap token lets new nodes join, in hours (1 to 8760; default 24)",
+    )
     control_plane_endpoint: (
         Annotated[str, _matches(ENDPOINT, "host:port (an address or DNS name and a port)")] | None
     ) = Field(

@@ -37,3 +37,12 @@ class NodePlan:
             hasher.update(f"{entry.partition}\0{entry.path}\0{entry.mode:o}\0{entry.link}\0".encode())
             hasher.update(hashlib.sha256(entry.data).digest())
         return hasher.hexdigest()
+
+    def file_digests(self) -> dict[str, str]:
+        """Each file's own short hash, so a changed card can say which files changed."""
+        return {
+            f"{entry.partition}/{entry.path}": hashlib.sha256(
+                f"{entry.mode:o}\0{entry.link}\0".encode() + entry.data
+            ).hexdigest()[:16]
+            for entry in self.files
+        }

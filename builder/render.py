@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,8 +43,18 @@ PKI_DIR = PurePosixPath("etc/kubernetes/pki")
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
 
 
-def render_cluster(cluster: Cluster, secrets: ClusterSecrets) -> list[NodePlan]:
-    return [render_node(cluster, node, secrets) for node in cluster.nodes]
+def render_cluster(
+    cluster: Cluster, secrets: ClusterSecrets, tokens: Mapping[str, str] | None = None
+) -> list[NodePlan]:
+    """`tokens`: the bootstrap token each node's card carries (builder.tokens), when not the
+    cluster's first one."""
+    chosen = tokens or {}
+    return [
+        render_node(
+            cluster, node, replace(secrets, bootstrap_token=chosen.get(node.name, secrets.bootstrap_token))
+        )
+        for node in cluster.nodes
+    ]
 
 
 def render_node(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> NodePlan:

@@ -69,7 +69,8 @@ def _ensure_packages(host: Host, config: NodeConfig, state: State) -> None:
         return
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
     while True:
-        state.enter(host, "installing: packages", state.last_error)
+        if state.phase != "waiting: packages":  # a retry stays `waiting`, with the new reason
+            state.enter(host, "installing: packages", state.last_error)
         try:
             packages.install(host, config)
             return

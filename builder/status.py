@@ -1,0 +1,73 @@
+"""`picluster status`: per node in cluster.yaml, whether its image is built, stale (and why) or
+missing, and, when the API server answers, the node's Ready condition, kubelet version and
+address; nodes the cluster has that cluster.yaml does not are listed too."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.build import IMAGE_SUFFIXES, build_record, stale_reasons
+from builder.plan import NodePlan
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    image: str  # built | stale | missing
+    why: list[str] = field(default_factory=list)
+    ready: str | None = None  # True | False | Unknown | None when the cluster was not asked
+    kubelet: str | None = None
+    internal_ip: str | None = None
+
+
+def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[NodeStatus]:
+    statuses = []
+    for plan in plans:
+        record_file = images / f"{plan.node}.img.json"
+        present = any((images / f"{plan.node}.img{suffix}").exists() for suffix in IMAGE_SUFFIXES)
+        if not present or not record_file.exists():
+            statuses.append(NodeStatus(plan.node, "missing", ["not built yet"]))
+            continue
+        stored = json.loads(record_file.read_text())
+        wanted = build_record(plan, base_key, None, stored.get("compress"))
+        reasons = stale_reasons(stored, wanted)
+        statuses.append(NodeStatus(plan.node, "stale" if reasons else "built", reasons))
+    return statuses
+
+
+def add_cluster_view(statuses: list[NodeStatus], nodes: list[dict[str, Any]]) -> list[NodeStatus]:
+    """Fill in what the cluster says of each node; add the ones cluster.yaml does not have."""
+    by_name = {status.name: status for status in statuses}
+    for item in nodes:
+        name = item["metadata"]["name"]
+        status = by_name.get(name) or NodeStatus(name, "not in cluster.yaml")
+        if name not in by_name:
+            statuses.append(status)
+        conditions = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}
+        status.ready = conditions.get("Ready", "Unknown")
+        status.kubelet = item.get("status", {}).get("nodeInfo", {}).get("kubeletVersion")
+        addresses = item.get("status", {}).get("addresses", [])
+        status.internal_ip = next((a["address"] for a in addresses if a["type"] == "InternalIP"), None)
+    for status in statuses:
+        if status.ready is None and status.image != "not in cluster.yaml":
+            status.ready = "not joined"
+    return statuses
+
+
+def format_status(statuses: list[NodeStatus], cluster_note: str) -> str:
+    rows = [("node", "image", "ready", "kubelet", "address")]
+    rows += [(s.name, s.image, s.ready or "-", s.kubelet or "-", s.internal_ip or "-") for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines += [f"{s.name}: {s.image}: {'; '.join(s.why)}" for s in statuses if s.image == "stale"]
+    lines.append(cluster_note)
+    return "\n".join(lines)
+
+
+def as_json(statuses: list[NodeStatus], cluster_note: str) -> str:
+    return json.dumps({"nodes": [asdict(s) for s in statuses], "cluster": cluster_note}, indent=2)
