@@ -146,14 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     card.add_argument(
         "--force-non-removable", action="store_true", help="allow a device that does not say it is removable"
     )
-    card.add_argument(
-        "-i",
-        "--images",
-        type=Path,
-        default=Path("images"),
-        metavar="DIR",
-        help="images folder (default: ./images)",
-    )
+    _images_option(card)
     card.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     card.set_defaults(command=_flash)
 
@@ -187,7 +180,14 @@ def _parser() -> argparse.ArgumentParser:
         "server answers, its Ready condition, kubelet version and address, and nodes the cluster has "
         "that cluster.yaml does not.",
     )
-    show.add_argument(
+    _images_option(show)
+    show.add_argument("--json", action="store_true", help="for scripts")
+    show.set_defaults(command=_status)
+    return parser
+
+
+def _images_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "-i",
         "--images",
         type=Path,
@@ -195,9 +195,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="images folder (default: ./images)",
     )
-    show.add_argument("--json", action="store_true", help="for scripts")
-    show.set_defaults(command=_status)
-    return parser
 
 
 def _common_options(file_default: object, flag_default: object) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from cryptography import x509
 
 from builder import state
 from builder.cli import main
+from builder.config_file import load_cluster
 from builder.tokens import TOKENS_FILE
 from tests.conftest import BUNDLED, FIXED_TOKEN, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
@@ -154,18 +155,24 @@ def test_unreachable_cluster_with_an_expired_token_writes_no_card(
     assert not (tmp_path / "after").exists()
 
 
-def test_build_after_adding_a_node_builds_only_that_node(
-    tmp_path: Path, api: APIStandin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from builder.config_file import load_cluster
-
+@pytest.fixture
+def built(tmp_path: Path, api: APIStandin, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """A project whose three images were built (on the stand-in base) with a three-day-old
+    token; returns cluster.yaml and the build command line."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(TINY_EPOCH))
     cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))
     cache = tmp_path / "cache"
     publish_tiny_base(load_cluster(cluster_file), cache)
-    images = tmp_path / "images"
-    build = ["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(cache)]
+    build = ["build", "-f", str(cluster_file), "-o", str(tmp_path / "images"), "--cache", str(cache)]
     assert main(build) == 0
+    return cluster_file, build
+
+
+def test_build_after_adding_a_node_builds_only_that_node(
+    built: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file, build = built
+    images = tmp_path / "images"
     before = {path.name: path.stat().st_mtime_ns for path in images.glob("*.img")}
     add_node(cluster_file)
     assert main(build) == 0
@@ -187,9 +194,7 @@ def test_kubeconfig_holds_an_admin_certificate_from_the_cluster_ca(tmp_path: Pat
     ca = x509.load_pem_x509_certificate(fixed_secrets().ca.public_pem)
     cert.verify_directly_issued_by(ca)
     assert cert.subject.rfc4514_string() == "CN=picluster-admin,O=system:masters"
-    (tmp_path / "c.crt").write_bytes(
-        cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.PEM)
-    )
+    (tmp_path / "c.crt").write_bytes(base64.b64decode(user["client-certificate-data"]))
     (tmp_path / "c.key").write_bytes(base64.b64decode(user["client-key-data"]))
     (tmp_path / "ca.crt").write_bytes(
         base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
@@ -211,16 +216,10 @@ def node_item(name: str, ready: str, ip: str) -> dict[str, Any]:
 
 
 def test_status_shows_images_and_the_clusters_view(
-    tmp_path: Path, api: APIStandin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    built: tuple[Path, list[str]], tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from builder.config_file import load_cluster
-
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(TINY_EPOCH))
-    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=1))
-    cache = tmp_path / "cache"
-    publish_tiny_base(load_cluster(cluster_file), cache)
+    cluster_file, _ = built
     images = tmp_path / "images"
-    assert main(["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(cache)]) == 0
     api.nodes = [node_item("cp1", "True", "192.168.50.10"), node_item("w1", "False", "192.168.50.21"),
                  node_item("old-pi", "Unknown", "192.168.50.99")]  # fmt: skip
     data = yaml.safe_load(cluster_file.read_text())
