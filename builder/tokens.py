@@ -2,10 +2,11 @@
 
 Every node keeps the token it was first built with, so adding a node changes no other card.
 The first build gives every node the token `kubeadm init` will create (valid for
-cluster.token_ttl_hours from the first boot). A node added later gets the current token while
-it is surely still valid; past that, picluster asks the API server whether the cluster still
-knows it, and if not creates a new one there (a bootstrap.kubernetes.io/token Secret). When the
-API server cannot be reached, the build stops before writing a card that could not join.
+cluster.token_ttl_hours from the first boot). For a node added later, picluster asks the API
+server whether the cluster still honours the current token for a while yet, and if not creates
+a new one there (a bootstrap.kubernetes.io/token Secret). When the API server cannot be reached,
+the current token is used while it is surely valid by its age; past that, the build stops
+before writing a card that could not join.
 """
 
 from __future__ import annotations
@@ -77,9 +78,8 @@ def assign_tokens(
     new = [node.name for node in cluster.nodes if node.name not in tokens.nodes]
     if not new:
         return tokens
-    ttl = timedelta(hours=cluster.cluster.token_ttl_hours)
-    if tokens.nodes and now + MARGIN > tokens.issued_at + ttl:
-        tokens = _live_token(cluster, secrets, tokens, new, now, ttl, connect, say)
+    if tokens.nodes:  # a cluster may be running: the new nodes need a token it honours
+        tokens = _live_token(cluster, secrets, tokens, new, now, connect, say)
     return replace(tokens, nodes={**tokens.nodes, **dict.fromkeys(new, tokens.current)})
 
 
@@ -89,11 +89,11 @@ def _live_token(
     tokens: Tokens,
     new: list[str],
     now: datetime,
-    ttl: timedelta,
     connect: Connect,
     say: Callable[[str], None],
 ) -> Tokens:
-    """The current token if the cluster still honours it long enough, else a new one made there."""
+    """The current token if the cluster honours it long enough, else a new one made there."""
+    ttl = timedelta(hours=cluster.cluster.token_ttl_hours)
     try:
         with connect(cluster.api_endpoint, secrets) as api:
             expiry = cluster_api.token_expiry(api, tokens.current)
@@ -102,13 +102,18 @@ def _live_token(
             token = new_bootstrap_token()
             cluster_api.create_token(api, token, ttl, now)
     except cluster_api.Unreachable as why:
+        if now + MARGIN <= tokens.issued_at + ttl:
+            say(f"the API server did not answer ({why}); {', '.join(new)} carry token {tokens.current_id}, "
+                f"valid until {(tokens.issued_at + ttl):%Y-%m-%d %H:%M} UTC at the latest")  # fmt: skip
+            return tokens
         age = int((now - tokens.issued_at).total_seconds() // 3600)
         raise UserError(
             f"{', '.join(new)} would join with bootstrap token {tokens.current_id}, made {age} h ago, "
             f"past its {cluster.cluster.token_ttl_hours} h lifetime, and the API server cannot be "
             f"asked for a new one: {why}",
             f"run the build where https://{cluster.api_endpoint} is reachable (or `picluster token` "
-            "there first); no card that could not join was written",
+            "there first); no card that could not join was written. If no node of this cluster has "
+            "booted yet, remove .picluster/tokens.json instead: kubeadm init makes the token anew",
         ) from None
     say(f"made bootstrap token {token.split('.')[0]} on the cluster for {', '.join(new)}")
     return Tokens(token, now, tokens.nodes)

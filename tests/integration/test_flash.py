@@ -16,7 +16,7 @@ import pytest
 from builder.bmap import digest_image
 from builder.bmap_reader import parse_bmap
 from builder.cli import main
-from builder.flash import read_back
+from builder.flash import Disk, read_back, uses
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +126,16 @@ def test_refuses_a_mounted_device(
         assert f"is in use: mounted at {mountpoint}" in capsys.readouterr().err
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_the_running_systems_disk_is_in_use() -> None:
+    root = next(
+        line.split()
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4] == "/"
+    )
+    disk = Disk(Path("/dev/rootdisk"), "rootdisk", 2**35, True, "", (), frozenset({root[2]}))
+    assert "mounted at / (the running system)" in uses(disk)
 
 
 def test_refuses_a_partition(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

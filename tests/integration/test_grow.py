@@ -105,17 +105,40 @@ def test_the_standin_refuses_a_client_without_the_cluster_certificate(
     assert api.clients == []
 
 
-def test_a_node_added_within_the_token_lifetime_gets_it_and_no_other_card_changes(
+def test_a_node_added_gets_the_current_token_while_the_cluster_honours_it_and_no_other_card_changes(
     tmp_path: Path, api: APIStandin
 ) -> None:
     cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))
+    api.add_token(OLD_TOKEN, (datetime.now(UTC) + timedelta(hours=22)).strftime("%Y-%m-%dT%H:%M:%SZ"))
     assert render(cluster_file, tmp_path / "before") == 0
+    assert api.clients == []  # nothing new: nothing asked
     add_node(cluster_file)
     assert render(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
-    assert api.clients == []  # surely valid: the cluster was not asked
+    assert len(api.clients) == 1 and api.created == []
     for node in ("cp1", "w1", "w2"):
         assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
+
+
+def test_a_young_token_the_cluster_does_not_know_is_replaced(tmp_path: Path, api: APIStandin) -> None:
+    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))  # e.g. deleted by an admin
+    add_node(cluster_file)
+    assert render(cluster_file, tmp_path / "after") == 0
+    (secret,) = api.created
+    assert (
+        join_token(tmp_path / "after", "w3")
+        == f"{secret['stringData']['token-id']}.{secret['stringData']['token-secret']}"
+    )
+
+
+def test_unreachable_cluster_with_a_young_token_goes_on_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, "127.0.0.1:9", timedelta(hours=2))
+    add_node(cluster_file)
+    assert render(cluster_file, tmp_path / "after") == 0
+    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
+    assert "the API server did not answer" in capsys.readouterr().out
 
 
 def test_a_node_added_after_the_token_expired_gets_a_new_one_made_on_the_cluster(
