@@ -92,6 +92,7 @@ def run_streaming(
         for line in process.stdout:
             # the log says when each line came, so a slow step can be found afterwards
             sink.write(f"[{time.monotonic() - start:7.1f}s] ".encode() + line)
+            sink.flush()  # someone may be following the log while the build runs
             text = line.decode(errors="replace").rstrip()
             if VERBOSE:
                 print(text, file=sys.stderr, flush=True)
