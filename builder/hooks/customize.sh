@@ -2,14 +2,16 @@
 # mmdebstrap --customize-hook: runs once every package is installed.
 # Usage: customize.sh ROOT
 #
-# Builds the one initramfs, lays out the boot partition the way config.txt expects it
+# Puts back what essential.sh deferred, builds the one initramfs, lays out the boot partition the way config.txt expects it
 # (vmlinuz, initrd.img, firmware blobs and device trees under /boot/firmware), and removes what
 # must differ between cards (SSH host keys, which each node makes on first boot; mmdebstrap
 # empties /etc/machine-id itself, and each card carries "uninitialized" there).
 set -eu
 root=$1
 
-for deferred in /usr/sbin/update-initramfs /usr/bin/py3compile; do
+python=$(cat "$root/etc/picluster-deferred-python")
+rm "$root/etc/picluster-deferred-python"
+for deferred in /usr/sbin/update-initramfs /usr/bin/py3compile /usr/bin/systemd-hwdb "$python"; do
     rm "$root$deferred"
     chroot "$root" dpkg-divert --quiet --local --rename --remove "$deferred"
 done

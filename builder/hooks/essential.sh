@@ -11,13 +11,26 @@ root=$1
 modules=$2
 
 # Stand-ins until customize.sh puts the real ones back: the initramfs is built once, at the end;
-# Python modules are byte-compiled on the Pi at first import instead of under emulation here.
-for deferred in /usr/sbin/update-initramfs /usr/bin/py3compile; do
-    chroot "$root" dpkg-divert --quiet --local --rename \
-        --divert "$deferred.picluster" --add "$deferred"
-    printf '#!/bin/sh\n# picluster: deferred during the base build\nexit 0\n' > "$root$deferred"
-    chmod 0755 "$root$deferred"
-done
+# Python modules are byte-compiled on the Pi at first import instead of under emulation here;
+# the hardware database is compiled by systemd-hwdb-update.service on the first boot (it runs
+# when /usr/lib/udev/hwdb.bin is missing), natively, in seconds instead of 40 s here.
+defer() {
+    chroot "$root" dpkg-divert --quiet --local --rename --divert "$1.picluster" --add "$1"
+    printf '#!/bin/sh\n# picluster: deferred during the base build\n%s\n' "$2" > "$root$1"
+    chmod 0755 "$root$1"
+}
+defer /usr/sbin/update-initramfs 'exit 0'
+defer /usr/bin/py3compile 'exit 0'
+defer /usr/bin/systemd-hwdb 'exit 0'
+# python3.X-minimal and python3.X byte-compile the whole standard library in their postinst
+# (45 s each here); the interpreter itself must keep working for every other package.
+# (read from apt's lists here, natively: apt-cache under emulation takes half a minute)
+python=$(sed -n '/^Package: python3-minimal$/,/^$/s/^Pre-Depends: \(python3\.[0-9]*\)-minimal.*/\1/p' \
+    "$root"/var/lib/apt/lists/*_Packages | head -n 1)
+[ -n "$python" ] || { echo "essential.sh: python3-minimal names no python3.X-minimal" >&2; exit 1; }
+defer "/usr/bin/$python" "case \"\$*\" in *\" /usr/lib/$python/py_compile.py \"*) exit 0 ;; esac
+exec /usr/bin/$python.picluster \"\$@\""
+echo "/usr/bin/$python" > "$root/etc/picluster-deferred-python"
 
 mkdir -p "$root/etc/initramfs-tools/conf.d" "$root/etc/initramfs-tools/hooks"
 printf 'MODULES=list\nCOMPRESS=zstd\n' > "$root/etc/initramfs-tools/conf.d/picluster"
