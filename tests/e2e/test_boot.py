@@ -226,6 +226,8 @@ def test_the_card_boots_to_an_ssh_key_login_as_itself(booted: Booted) -> None:
     assert booted.ssh("sudo -n true").returncode == 0, "passwordless sudo for the login user"
     assert booted.ssh("cat /etc/machine-id").stdout.strip() not in ("", "uninitialized")
     assert booted.ssh("findmnt -n -o FSTYPE /boot/firmware").stdout.strip() == "vfat"
+    # the base build leaves udev's hardware database to the first boot (systemd-hwdb-update)
+    assert booted.ssh("test -s /etc/udev/hwdb.bin && echo built").stdout.strip() == "built"
 
 
 def test_the_agent_prepares_the_node_and_waits_for_packages(booted: Booted) -> None:
