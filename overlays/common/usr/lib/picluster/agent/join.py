@@ -10,11 +10,10 @@ from __future__ import annotations
 from agent import api, packages
 from agent.config import NodeConfig
 from agent.host import Backoff, CommandFailed, Host, say
-from agent.links import clean_links, is_member
+from agent.links import KUBELET_CONF, clean_links, is_member
 from agent.state import JOINED, JOINING, WAITING_READY, State, now
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
-KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 
 
 def join(host: Host, config: NodeConfig, state: State) -> None:
