@@ -152,10 +152,15 @@ def image_stream(image: Path) -> Iterator[IO[bytes]]:
             process.kill()
 
 
+def _beside(image: Path, suffix: str) -> Path:
+    """The file describing the raw image (`n1.img.sha256` for `n1.img` and `n1.img.zst` alike)."""
+    raw_name = image.name.removesuffix(image.suffix) if image.suffix in DECOMPRESSORS else image.name
+    return image.with_name(raw_name + suffix)
+
+
 def check_checksum(image: Path) -> None:
     """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk)."""
-    raw_name = image.name.removesuffix(image.suffix) if image.suffix in DECOMPRESSORS else image.name
-    checksum_file = image.with_name(raw_name + ".sha256")
+    checksum_file = _beside(image, ".sha256")
     if not checksum_file.exists():
         raise UserError(f"{checksum_file} is missing", "rebuild the image: make images")
     expected = checksum_file.read_text().split()[0]
@@ -171,8 +176,7 @@ def check_checksum(image: Path) -> None:
 
 
 def load_bmap(image: Path) -> BlockMap:
-    raw_name = image.name.removesuffix(image.suffix) if image.suffix in DECOMPRESSORS else image.name
-    bmap_file = image.with_name(raw_name + ".bmap")
+    bmap_file = _beside(image, ".bmap")
     if not bmap_file.exists():
         raise UserError(f"{bmap_file} is missing", "rebuild the image: make images")
     return parse_bmap(bmap_file.read_text(), str(bmap_file))
