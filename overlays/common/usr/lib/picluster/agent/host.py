@@ -10,16 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SECRETS = (
-    re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b"),  # bootstrap tokens (kubeadm init prints one)
-    re.compile(r"(--certificate-key\s+)[0-9a-f]{64}"),
-)
+BOOTSTRAP_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")  # kubeadm init prints one
+CERTIFICATE_KEY = re.compile(r"(--certificate-key\s+)[0-9a-f]{64}")
 
 
 def redact(text: str) -> str:
     """Output goes to the journal; bootstrap tokens and certificate keys must not."""
-    text = SECRETS[0].sub("<token>", text)
-    return SECRETS[1].sub(r"\1<key>", text)
+    return CERTIFICATE_KEY.sub(r"\1<key>", BOOTSTRAP_TOKEN.sub("<token>", text))
 
 
 def say(line: str) -> None:

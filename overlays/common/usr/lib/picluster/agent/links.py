@@ -82,7 +82,8 @@ def _links(host: Host) -> list[dict[str, Any]]:
     return links
 
 
-def _ipv4(link: dict[str, Any]) -> list[ipaddress.IPv4Interface]:
+def ipv4(link: dict[str, Any]) -> list[ipaddress.IPv4Interface]:
+    """A link's IPv4 addresses with their prefixes, from `ip -j addr` output."""
     return [
         ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
         for a in link.get("addr_info", [])
@@ -97,7 +98,7 @@ def _stale_reason(
     kind = link.get("linkinfo", {}).get("info_kind")
     if name == config.iface:
         return None
-    addresses = _ipv4(link)
+    addresses = ipv4(link)
     listed = ", ".join(map(str, addresses)) or "none"
     if name.startswith("flannel.") and kind == "vxlan":
         if not member:

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agent.config import NodeConfig
 from agent.host import CommandFailed, Host
+from agent.links import ipv4
 
 MODULES = ("overlay", "br_netfilter", "vxlan")
 SYSCTLS = {
@@ -131,23 +133,17 @@ def check_cgroups(host: Host, config: NodeConfig) -> Result:
     )
 
 
-def _link(host: Host, name: str) -> dict[str, object] | None:
+def _link(host: Host, name: str) -> dict[str, Any] | None:
     try:
         output = host.run(["ip", "-j", "addr", "show", "dev", name], changes=False)
     except CommandFailed:
         return None
-    links: list[dict[str, object]] = json.loads(output or "[]")
+    links: list[dict[str, Any]] = json.loads(output or "[]")
     return links[0] if links else None
 
 
-def _addresses(link: dict[str, object]) -> list[str]:
-    infos = link.get("addr_info", [])
-    assert isinstance(infos, list)
-    return [f"{a['local']}/{a['prefixlen']}" for a in infos if a.get("family") == "inet"]
-
-
 def check_interface(host: Host, config: NodeConfig) -> Result:
-    name, wanted = config.iface, str(config.address)
+    name, wanted = config.iface, config.address
     link = _link(host, name)
     if link is None:
         return Result("interface", "failed", f"{name} does not exist; is the cable's port {name}?")
@@ -160,15 +156,15 @@ def check_interface(host: Host, config: NodeConfig) -> Result:
             return Result("interface", "failed", f"{name} is down: {error.summary}")
         raised = True
     deadline = time.monotonic() + config.timing.address_timeout
-    while wanted not in _addresses(link) and time.monotonic() < deadline and not host.dry_run:
+    while wanted not in ipv4(link) and time.monotonic() < deadline and not host.dry_run:
         host.sleep(1)  # systemd-networkd may still be configuring it
         link = _link(host, name) or link
-    held = _addresses(link)
+    held = ipv4(link)
     if wanted not in held:
         return Result(
             "interface",
             "failed",
-            f"{name} holds {', '.join(held) or 'no IPv4 address'}, not {wanted}; "
+            f"{name} holds {', '.join(map(str, held)) or 'no IPv4 address'}, not {wanted}; "
             "check /etc/systemd/network/10-cluster.network and `networkctl status " + name + "`",
         )
     if raised:
