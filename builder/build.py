@@ -92,7 +92,7 @@ def build_images(
     done = 0
     for plan in plans:
         outputs = NodeOutputs(images, plan.node, compress)
-        record = build_record(plan, base, epoch, compress)
+        record = build_record(plan, base.key, epoch, compress)
         if is_current(outputs, record):
             done += 1
             reporter.item(done, len(plans), f"{plan.node}: unchanged")
@@ -134,13 +134,13 @@ def clock_epoch(base: BaseImage) -> int:
 
 
 def build_record(
-    plan: NodePlan, base: BaseImage | str, epoch: int | None, compress: Compression | None
+    plan: NodePlan, base_key: str, epoch: int | None, compress: Compression | None
 ) -> dict[str, object]:
-    """What a node's image was built from. `base` may be only the base's key and `epoch`
-    None when only telling whether an image is current (picluster status)."""
+    """What a node's image was built from; `epoch` is None when only telling whether an image
+    is current (picluster status)."""
     return {
         "node": plan.node,
-        "base": base if isinstance(base, str) else base.key,
+        "base": base_key,
         "files": plan.digest(),
         "file_digests": plan.file_digests(),
         "epoch": epoch,

@@ -21,6 +21,7 @@ from builder.errors import UserError
 from builder.pki import ClusterSecrets, make_admin_client
 
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
+SECRETS = "/api/v1/namespaces/kube-system/secrets"
 
 
 class Unreachable(Exception):
@@ -104,7 +105,7 @@ def token_secret(token: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
 
 def token_expiry(api: ClusterAPI, token: str) -> datetime | None:
     """When the cluster will drop this token; None when it does not know it."""
-    secret = api.get(f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{token.split('.')[0]}")
+    secret = api.get(f"{SECRETS}/bootstrap-token-{token.split('.')[0]}")
     if secret is None:
         return None
     encoded = secret.get("data", {}).get("expiration")
@@ -114,7 +115,7 @@ def token_expiry(api: ClusterAPI, token: str) -> datetime | None:
 
 
 def create_token(api: ClusterAPI, token: str, ttl: timedelta, now: datetime) -> None:
-    _check(api.request("POST", "/api/v1/namespaces/kube-system/secrets", token_secret(token, ttl, now)))
+    _check(api.request("POST", SECRETS, token_secret(token, ttl, now)))
 
 
 def list_nodes(api: ClusterAPI) -> list[dict[str, Any]]:

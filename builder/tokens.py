@@ -99,8 +99,7 @@ def _live_token(
             expiry = cluster_api.token_expiry(api, tokens.current)
             if expiry is not None and expiry > now + MARGIN:
                 return tokens
-            token = new_bootstrap_token()
-            cluster_api.create_token(api, token, ttl, now)
+            made = _make_token(api, cluster, tokens, now)
     except cluster_api.Unreachable as why:
         if now + MARGIN <= tokens.issued_at + ttl:
             say(f"the API server did not answer ({why}); {', '.join(new)} carry token {tokens.current_id}, "
@@ -115,7 +114,14 @@ def _live_token(
             "there first); no card that could not join was written. If no node of this cluster has "
             "booted yet, remove .picluster/tokens.json instead: kubeadm init makes the token anew",
         ) from None
-    say(f"made bootstrap token {token.split('.')[0]} on the cluster for {', '.join(new)}")
+    say(f"made bootstrap token {made.current_id} on the cluster for {', '.join(new)}")
+    return made
+
+
+def _make_token(api: cluster_api.ClusterAPI, cluster: Cluster, tokens: Tokens, now: datetime) -> Tokens:
+    """A new token, created on the cluster, becomes the current one."""
+    token = new_bootstrap_token()
+    cluster_api.create_token(api, token, timedelta(hours=cluster.cluster.token_ttl_hours), now)
     return Tokens(token, now, tokens.nodes)
 
 
@@ -127,16 +133,10 @@ def issue_token(
     connect: Connect = cluster_api.connect,
 ) -> Tokens:
     """`picluster token`: a new token on the cluster, carried by nodes built from now on."""
-    token = new_bootstrap_token()
     try:
         with connect(cluster.api_endpoint, secrets) as api:
-            cluster_api.create_token(api, token, timedelta(hours=cluster.cluster.token_ttl_hours), now)
+            return _make_token(api, cluster, tokens, now)
     except cluster_api.Unreachable as why:
         raise UserError(
             f"cannot reach the API server: {why}", f"run it where https://{cluster.api_endpoint} is reachable"
         ) from None
-    return Tokens(token, now, tokens.nodes)
-
-
-def node_secrets(secrets: ClusterSecrets, tokens: Tokens, node: str) -> ClusterSecrets:
-    return replace(secrets, bootstrap_token=tokens.nodes.get(node, tokens.current))

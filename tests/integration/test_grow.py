@@ -65,6 +65,12 @@ def join_token(out: Path, node: str) -> str:
     return token
 
 
+def created_token(api: APIStandin) -> str:
+    """The one token the stand-in was asked to create."""
+    (secret,) = api.created
+    return f"{secret['stringData']['token-id']}.{secret['stringData']['token-secret']}"
+
+
 def render(cluster_file: Path, out: Path) -> int:
     return main(["render", "-f", str(cluster_file), "-o", str(out)])
 
@@ -124,11 +130,7 @@ def test_a_young_token_the_cluster_does_not_know_is_replaced(tmp_path: Path, api
     cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))  # e.g. deleted by an admin
     add_node(cluster_file)
     assert render(cluster_file, tmp_path / "after") == 0
-    (secret,) = api.created
-    assert (
-        join_token(tmp_path / "after", "w3")
-        == f"{secret['stringData']['token-id']}.{secret['stringData']['token-secret']}"
-    )
+    assert join_token(tmp_path / "after", "w3") == created_token(api)
 
 
 def test_unreachable_cluster_with_a_young_token_goes_on_with_it(
@@ -148,9 +150,7 @@ def test_a_node_added_after_the_token_expired_gets_a_new_one_made_on_the_cluster
     assert render(cluster_file, tmp_path / "before") == 0  # nothing new: nothing asked
     add_node(cluster_file)
     assert render(cluster_file, tmp_path / "after") == 0
-    (secret,) = api.created
-    new_token = f"{secret['stringData']['token-id']}.{secret['stringData']['token-secret']}"
-    assert join_token(tmp_path / "after", "w3") == new_token != OLD_TOKEN
+    assert join_token(tmp_path / "after", "w3") == created_token(api) != OLD_TOKEN
     for node in ("cp1", "w1", "w2"):
         assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
 
