@@ -48,6 +48,15 @@ def read_root(base: BaseImage, path: str) -> bytes:
     ).stdout
 
 
+def stat_root(base: BaseImage, path: str) -> str:
+    return subprocess.run(
+        ["debugfs", "-R", f"stat {path}", base.layout.root_target(base.image)],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+
+
 def copy_boot_file(base: BaseImage, name: str, target: Path) -> None:
     subprocess.run(["mcopy", "-i", base.layout.boot_target(base.image), f"::/{name}", str(target)],
                    check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
@@ -87,9 +96,40 @@ def test_root_filesystem_is_ready_to_become_any_node(real_base: BaseImage) -> No
     fstab = read_root(real_base, "/etc/fstab").decode()
     assert "LABEL=RASPIROOT" in fstab and "LABEL=RASPIFIRM" in fstab
     assert "etc/systemd/system/multi-user.target.wants/systemd-networkd.service" in real_base.others
-    for deferred in ("/usr/sbin/update-initramfs", "/usr/bin/py3compile"):
+    for deferred in ("/usr/sbin/update-initramfs", "/usr/bin/py3compile", "/usr/sbin/update-ca-certificates"):
         assert b"picluster" not in read_root(real_base, deferred), f"the real {deferred} is back"
+    assert 'Fast link dest: "../bin/kmod"' in stat_root(real_base, "/usr/sbin/depmod"), (
+        "the real depmod is back"
+    )
     assert "boot/firmware" in real_base.dirs, "the boot partition's mount point"
+
+
+def test_module_index_is_made_for_the_kernel(real_base: BaseImage) -> None:
+    """depmod runs natively at the end of the build; the index must be the one modprobe reads."""
+    (modules,) = [
+        path for path in real_base.dirs if path.startswith("usr/lib/modules/") and path.count("/") == 3
+    ]
+    dependencies = read_root(real_base, f"/{modules}/modules.dep").decode()
+    assert (
+        "kernel/drivers/mmc/host/sdhci-iproc.ko.xz: kernel/drivers/mmc/host/sdhci-pltfm.ko.xz" in dependencies
+    )
+    aliases = read_root(real_base, f"/{modules}/modules.alias").decode()
+    assert "alias of:N*T*Cbrcm,bcm2835-sdhciC* sdhci_iproc" in aliases, (
+        "device tree aliases for the Pi's SD card"
+    )
+    assert len(read_root(real_base, f"/{modules}/modules.dep.bin")) > 10_000
+
+
+def test_certificate_store_links_the_trusted_authorities(real_base: BaseImage) -> None:
+    """update-ca-certificates runs natively at the end of the build: its links must name the
+    certificates where the node sees them, not where the build machine saw them."""
+    bundle = read_root(real_base, "/etc/ssl/certs/ca-certificates.crt").decode()
+    assert bundle.count("BEGIN CERTIFICATE") > 100
+    link = stat_root(real_base, "/etc/ssl/certs/ISRG_Root_X1.pem")
+    assert 'Fast link dest: "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"' in link
+    assert 'Fast link dest: "ISRG_Root_X1.pem"' in stat_root(real_base, "/etc/ssl/certs/4042bcee.0"), (
+        "subject hash"
+    )
 
 
 def test_every_link_the_overlays_make_points_into_the_base(real_base: BaseImage) -> None:
