@@ -30,7 +30,7 @@ from builder.base import ensure_base
 from builder.build import build_images, clock_epoch
 from builder.cli import default_cache
 from builder.config_file import load_cluster
-from builder.image import stamp
+from builder.image import ROOT_OFFSET, stamp
 from builder.plan import FileEntry, NodePlan
 from builder.progress import Reporter, silent
 from builder.render import render_node
@@ -41,6 +41,8 @@ pytestmark = pytest.mark.e2e
 
 BOOT_TIMEOUT = 600
 AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
+CARD_SIZE = 3 * 2**30
+"""The plain boot's disk: larger than the image, as every SD card is, so the root must grow."""
 KERNEL_ARGS = (
     "console=ttyAMA0 root=LABEL=RASPIROOT rw rootwait net.ifnames=0 cgroup_enable=memory cgroup_memory=1"
 )
@@ -117,7 +119,10 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
 
 @pytest.fixture(scope="module")
 def booted(card: Card) -> Iterator[Booted]:
-    with boot(card, card.image, "plain") as running:
+    card_image = card.work / "cp1-on-a-3-GiB-card.img"
+    subprocess.run(["cp", "--sparse=always", str(card.image), str(card_image)], check=True)
+    os.truncate(card_image, CARD_SIZE)
+    with boot(card, card_image, "plain") as running:
         yield running
 
 
@@ -228,6 +233,18 @@ def test_the_card_boots_to_an_ssh_key_login_as_itself(booted: Booted) -> None:
     assert booted.ssh("findmnt -n -o FSTYPE /boot/firmware").stdout.strip() == "vfat"
     # the base build leaves udev's hardware database to the first boot (systemd-hwdb-update)
     assert booted.ssh("test -s /etc/udev/hwdb.bin && echo built").stdout.strip() == "built"
+
+
+def test_the_root_filesystem_grows_to_fill_the_card(booted: Booted, card: Card) -> None:
+    deadline = time.monotonic() + 120
+    while booted.ssh("test -e /var/lib/picluster/root-grown").returncode != 0:
+        assert time.monotonic() < deadline, f"root not grown; console: {keep_console(booted)}"
+        time.sleep(5)
+    root_bytes = int(booted.ssh("findmnt -n -b -o SIZE /").stdout)
+    image_root = card.image.stat().st_size - ROOT_OFFSET
+    assert root_bytes > image_root + 1.5 * 2**30, (root_bytes, image_root)
+    partition_sectors = int(booted.ssh("cat /sys/class/block/vda2/size").stdout)
+    assert partition_sectors * 512 > CARD_SIZE - ROOT_OFFSET - 2**20, "the partition reaches the card's end"
 
 
 def test_the_agent_prepares_the_node_and_waits_for_packages(booted: Booted) -> None:
