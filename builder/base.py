@@ -114,6 +114,7 @@ def load_base(folder: Path) -> BaseImage:
 def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter: Reporter) -> None:
     """mmdebstrap into a scratch folder, then publish the result into the cache."""
     _require_root()
+    require_host_tools()
     ensure_binfmt(cluster.base.arch)
     work = folder.with_name(f".{folder.name}.building")
     remove_tree(work)
@@ -281,6 +282,21 @@ def ensure_binfmt(arch: str) -> None:
             "install qemu-user-static (make images does this)",
         )
     Path("/proc/sys/fs/binfmt_misc/register").write_text(rule.read_text().strip())
+
+
+HOST_TOOLS = {"mmdebstrap": "mmdebstrap", "depmod": "kmod", "openssl": "openssl", "unshare": "util-linux"}
+"""Programs the base build runs on this machine (customize.sh runs the last three natively),
+and the Debian package of each."""
+
+
+def require_host_tools() -> None:
+    """Fail before a long build, not minutes into it, when a program it needs is missing."""
+    missing = sorted(package for tool, package in HOST_TOOLS.items() if shutil.which(tool) is None)
+    if missing:
+        raise UserError(
+            f"the base build needs programs from these Debian packages: {', '.join(missing)}",
+            f"run `make images`, which installs them, or `apt-get install {' '.join(missing)}`",
+        )
 
 
 def _require_root() -> None:

@@ -11,6 +11,7 @@ import pytest
 from builder import base
 from builder.bmap import bmap_text
 from builder.config_file import load_cluster
+from builder.errors import UserError
 from builder.image import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
 from builder.plan import FileEntry
 from tests.conftest import BUNDLED
@@ -137,3 +138,14 @@ def test_kubernetes_source_carries_its_key_inline(tmp_path: Path) -> None:
         " -----END PGP PUBLIC KEY BLOCK-----",
     ]
     assert kubernetes_apt.key_url(cluster) == "https://pkgs.k8s.io/core:/stable:/v1.34/deb/Release.key"
+
+
+def test_a_missing_host_tool_is_named_with_its_package_before_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(base.shutil, "which", lambda tool: None if tool == "depmod" else f"/usr/bin/{tool}")
+    with pytest.raises(UserError) as raised:
+        base.require_host_tools()
+    assert "kmod" in raised.value.message and "apt-get install kmod" in raised.value.hint
+    monkeypatch.setattr(base.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    base.require_host_tools()
