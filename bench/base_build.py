@@ -1,6 +1,6 @@
 """Cold base build: picluster's base image versus a plain mmdebstrap of the same packages.
 
-Run as root on the build machine (about 30 minutes; both builds run one after the other in the
+Run as root on the build machine (about 20 minutes; both builds run one after the other in the
 same run, so they see the same mirror and the same machine):
 
     sudo .venv/bin/python bench/base_build.py
