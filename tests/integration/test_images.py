@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,51 @@ STALL_DEBUGFS = """#!/bin/sh
 touch "$STALL_MARKER"
 sleep 60
 """
+
+
+@pytest.fixture
+def reflink_folder(tmp_path: Path) -> Iterator[Path]:
+    """An XFS filesystem on a loop device: where the filesystem can share blocks between files,
+    a node's image is a reflink copy of the base."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root (make test runs as root)")
+    require_tools("mkfs.xfs", "filefrag")
+    backing = tmp_path / "xfs.bin"
+    with backing.open("wb") as handle:
+        handle.truncate(2**30)
+    subprocess.run(["mkfs.xfs", "-q", str(backing)], check=True)
+    folder = tmp_path / "xfs"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(backing), str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount XFS here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def extent_flags(image: Path) -> list[str]:
+    """The flags of each of a file's extents, as filefrag reports them ("shared", "last", ...)."""
+    lines = subprocess.run(["filefrag", "-v", str(image)], capture_output=True, check=True, text=True).stdout
+    return [line.rsplit(":", 1)[1] for line in lines.splitlines() if line.strip()[:1].isdigit()]
+
+
+def test_on_a_reflink_filesystem_nodes_share_the_bases_blocks_and_never_change_it(
+    reflink_folder: Path, cluster: Cluster
+) -> None:
+    cache = reflink_folder / "cache"
+    base_image = publish_tiny_base(cluster, cache) / "base.img"
+    before = sha256(base_image)
+    images = reflink_folder / "images"
+    build(cluster, images, cache)
+    flags = extent_flags(images / "w1.img")
+    assert sum("shared" in flag for flag in flags) >= len(flags) // 2, f"a reflink copy: {flags}"
+    assert any("shared" not in flag for flag in flags), f"the node's own writes are its own: {flags}"
+    assert sha256(base_image) == before, "copy-on-write: no node's write reaches the base"
+    assert debugfs(images / "w1.img", "cat /etc/hostname") == "w1\n"
 
 
 def test_a_build_killed_mid_node_leaves_the_previous_images(
