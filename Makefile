@@ -10,9 +10,9 @@ IMAGES     ?= images
 PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluster-agent
 # Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
 # for the arm base, kmod (the base's module index is made natively), the filesystem tools that
-# write images without mounting them, compressors, bmaptool; for the tests, openssl (to cross-check the CA pin), gnupg and dpkg-dev (a signed
-# stand-in apt repository), xfsprogs (a filesystem with reflink copies), qemu-system-arm and ssh
-# (booting a card in QEMU).
+# write images without mounting them, compressors, bmaptool; for the tests, openssl (to
+# cross-check the CA pin), gnupg and dpkg-dev (a signed stand-in apt repository), xfsprogs (a
+# filesystem with reflink copies), qemu-system-arm and ssh (booting a card in QEMU).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
 	openssh-client
