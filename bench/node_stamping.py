@@ -8,10 +8,11 @@ For N = 1, 4 and 16 nodes it prints seconds and MiB written per node for:
   picluster   what build does: copy, write the node's files into the filesystems, sha256 + bmap,
               two nodes at a time on this 2-core machine
   stamp only  copy and write the files, one node after another, no checksums
-  plain cp    `cp --sparse=always base.img node.img` alone: the floor without reflink
+  plain cp    `cp --reflink=never --sparse=always base.img node.img` alone: the floor without reflink
   loop mount  copy, `losetup -P`, mount both partitions, write the same files, unmount
-and the time of a no-op `picluster build` of the bundled 3-node cluster. Each figure is the median
-of three runs.
+first in the cache's own filesystem, then again on XFS (a loop device), where copies are
+reflinks; and the time of a no-op `picluster build` of the bundled 3-node cluster. Each figure is
+the median of three runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from builder import state
-from builder.base import ensure_base
+from builder.base import ensure_base, load_base
 from builder.bmap import digest_image
 from builder.build import build_images
 from builder.cli import default_cache
@@ -63,27 +66,26 @@ def cluster_of(count: int, folder: Path) -> Cluster:
     return load_cluster(path)
 
 
-def written_mib(paths: list[Path]) -> float:
-    return sum(p.stat().st_blocks * 512 for p in paths) / 2**20
+def used_bytes(folder: Path) -> int:
+    """Space in use on folder's filesystem: what a method adds to it is what it wrote, blocks a
+    reflink copy shares with the base not counted."""
+    stats = os.statvfs(folder)
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
 
-def plain_copy(base: BaseImage, plans: list[NodePlan], out: Path) -> list[Path]:
-    images = []
+def plain_copy(base: BaseImage, plans: list[NodePlan], out: Path) -> None:
     for plan in plans:
         target = out / f"{plan.node}.img"
-        subprocess.run(["cp", "--sparse=always", str(base.image), str(target)], check=True)
-        images.append(target)
-    return images
+        subprocess.run(["cp", "--reflink=never", "--sparse=always", str(base.image), str(target)], check=True)
 
 
-def loop_mount(base: BaseImage, plans: list[NodePlan], out: Path) -> list[Path]:
+def loop_mount(base: BaseImage, plans: list[NodePlan], out: Path) -> None:
     """The usual way: copy, attach a loop device, mount, write the files, unmount.
 
     The root partition is mounted by offset (`mount -o loop,offset=`, what `losetup -P` gives
     where udev makes partition devices; this machine has none). Its kernel has no vfat either, so
     the two boot files go in with mtools: the peer is, if anything, faster than the real thing.
     """
-    images = []
     mount = out / "mnt-root"
     mount.mkdir()
     for plan in plans:
@@ -109,8 +111,6 @@ def loop_mount(base: BaseImage, plans: list[NodePlan], out: Path) -> list[Path]:
                     os.chmod(path, entry.mode)
         finally:
             subprocess.run(["umount", str(mount)], check=True)
-        images.append(target)
-    return images
 
 
 def measure(name: str, base: BaseImage, cluster: Cluster, secrets: ClusterSecrets, cache: Path,
@@ -119,20 +119,19 @@ def measure(name: str, base: BaseImage, cluster: Cluster, secrets: ClusterSecret
     out = scratch / name.replace(" ", "-")
     out.mkdir(parents=True)
     subprocess.run(["sync"], check=True)  # each method starts with no earlier writes pending
+    used_before = used_bytes(out)
     start = time.monotonic()
     if name == "picluster":
         build_images(cluster, secrets, out, cache, Reporter(stream=None))
-        outputs = sorted(out.iterdir())
     elif name == "stamp only":
-        outputs = [out / f"{plan.node}.img" for plan in plans]
-        for plan, image in zip(plans, outputs, strict=True):
-            stamp(base, plan, image, base.built_at)
+        for plan in plans:
+            stamp(base, plan, out / f"{plan.node}.img", base.built_at)
     elif name == "plain cp":
-        outputs = plain_copy(base, plans, out)
+        plain_copy(base, plans, out)
     else:
-        outputs = loop_mount(base, plans, out)
+        loop_mount(base, plans, out)
     seconds = time.monotonic() - start
-    mib = written_mib(outputs)
+    mib = max(0, used_bytes(out) - used_before) / 2**20  # a reflink copy can round below zero
     shutil.rmtree(out)
     return seconds / len(plans), mib / len(plans)
 
@@ -168,29 +167,69 @@ def _hash_seconds(size: int) -> float:
     return time.monotonic() - start
 
 
+def table(base: BaseImage, cache: Path, secrets: ClusterSecrets, work: Path) -> None:
+    """Per-node seconds and MiB of each method for N = 1, 4, 16, the base and outputs in `work`'s
+    filesystem; each figure the median of REPEATS runs."""
+    print(f"{'nodes':>5}  {'method':<11} {'s/node':>7} {'MiB/node':>9}  {'vs plain cp':>11}")
+    for count in COUNTS:
+        cluster = cluster_of(count, work)
+        plans = render_cluster(cluster, secrets)
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in METHODS}
+        for attempt in range(REPEATS):  # the methods take turns, so drift hits them alike
+            for name in METHODS:
+                scratch_dir = work / f"n{count}-{attempt}"
+                runs[name].append(measure(name, base, cluster, secrets, cache, plans, scratch_dir))
+        results = {name: (statistics.median(seconds for seconds, _ in times), times[0][1])
+                   for name, times in runs.items()}  # fmt: skip
+        floor = results["plain cp"][0]
+        for name, (per_node, mib) in results.items():
+            print(f"{count:>5}  {name:<11} {per_node:>7.2f} {mib:>9.0f}  {per_node / floor:>10.2f}x")
+
+
+@contextmanager
+def reflink_filesystem(folder: Path) -> Iterator[Path | None]:
+    """A 24 GiB XFS filesystem (sparse, on a loop device) in `folder`, or None where this
+    machine cannot make or mount one."""
+    backing = folder / "xfs.bin"
+    with backing.open("wb") as handle:
+        handle.truncate(24 * 2**30)
+    mountpoint = folder / "xfs"
+    mountpoint.mkdir()
+    made = subprocess.run(["mkfs.xfs", "-q", str(backing)], capture_output=True)
+    if (
+        made.returncode != 0
+        or subprocess.run(["mount", "-o", "loop", str(backing), str(mountpoint)]).returncode
+    ):
+        yield None
+        return
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
 def main() -> None:
     cache = default_cache()
     bundled = load_cluster(REPO / "cluster.yaml")
     base = ensure_base(bundled, cache, Reporter())
     allocated = base.image.stat().st_blocks * 512 / 2**30
     print(f"base image: {base.image.stat().st_size / 2**30:.2f} GiB, {allocated:.2f} GiB allocated")
-    print(f"{'nodes':>5}  {'method':<11} {'s/node':>7} {'MiB/node':>9}  {'vs plain cp':>11}")
     with tempfile.TemporaryDirectory(prefix="picluster-bench-", dir=cache) as scratch:
         work = Path(scratch)
         secrets = state.load_or_create(work / ".picluster")
-        for count in COUNTS:
-            cluster = cluster_of(count, work)
-            plans = render_cluster(cluster, secrets)
-            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in METHODS}
-            for attempt in range(REPEATS):  # the methods take turns, so drift hits them alike
-                for name in METHODS:
-                    scratch_dir = work / f"n{count}-{attempt}"
-                    runs[name].append(measure(name, base, cluster, secrets, cache, plans, scratch_dir))
-            results = {name: (statistics.median(seconds for seconds, _ in times), times[0][1])
-                       for name, times in runs.items()}  # fmt: skip
-            floor = results["plain cp"][0]
-            for name, (per_node, mib) in results.items():
-                print(f"{count:>5}  {name:<11} {per_node:>7.2f} {mib:>9.0f}  {per_node / floor:>10.2f}x")
+        print(f"in {cache}'s filesystem:")
+        table(base, cache, secrets, work)
+        with reflink_filesystem(work) as xfs:
+            if xfs is None:
+                print("XFS: not available here, so no reflink figures")
+            else:
+                print("on XFS (reflink copies; a loop device over a file in the cache's filesystem):")
+                xfs_cache = xfs / "cache"
+                folder = xfs_cache / "base" / base.image.parent.name
+                folder.mkdir(parents=True)
+                shutil.copy(base.image.parent / "base.json", folder)
+                subprocess.run(["cp", "--sparse=always", str(base.image), str(folder)], check=True)
+                table(load_base(folder), xfs_cache, secrets, xfs)
         breakdown(base, render_cluster(cluster_of(1, work), secrets)[0], work)
         images = work / "noop"
         example = work / "cluster.yaml"
