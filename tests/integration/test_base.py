@@ -42,19 +42,18 @@ def boot_files(base: BaseImage) -> set[str]:
     return {line.removeprefix("::/") for line in listing.split()}
 
 
-def read_root(base: BaseImage, path: str) -> bytes:
+def debugfs(base: BaseImage, request: str) -> bytes:
     return subprocess.run(
-        ["debugfs", "-R", f"cat {path}", base.layout.root_target(base.image)], capture_output=True, check=True
+        ["debugfs", "-R", request, base.layout.root_target(base.image)], capture_output=True, check=True
     ).stdout
+
+
+def read_root(base: BaseImage, path: str) -> bytes:
+    return debugfs(base, f"cat {path}")
 
 
 def stat_root(base: BaseImage, path: str) -> str:
-    return subprocess.run(
-        ["debugfs", "-R", f"stat {path}", base.layout.root_target(base.image)],
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout
+    return debugfs(base, f"stat {path}").decode()
 
 
 def copy_boot_file(base: BaseImage, name: str, target: Path) -> None:
