@@ -29,7 +29,7 @@ from builder.model import Cluster
 from builder.pki import ClusterSecrets
 from builder.plan import NodePlan
 from builder.progress import Reporter
-from builder.render import render_cluster
+from builder.render import CLOCK_FILE, render_cluster
 from builder.run import run
 
 Compression = Literal["zst", "xz"]
@@ -88,6 +88,7 @@ def build_images(
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
     reporter.say(f"==> node images in {images}")
+    seed = clock_seed(epoch, secrets)
     stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
     done = 0
     for plan in plans:
@@ -97,7 +98,7 @@ def build_images(
             done += 1
             reporter.item(done, len(plans), f"{plan.node}: unchanged")
         else:
-            stale.append((plan, outputs, record))
+            stale.append((plan.with_mtime(CLOCK_FILE, seed), outputs, record))
     # Nodes are independent and their work is copying and hashing, which run outside the GIL:
     # one node per core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -125,12 +126,19 @@ def _timed_build(
 
 
 def clock_epoch(base: BaseImage) -> int:
-    """The time stamped on every file: SOURCE_DATE_EPOCH, or else when the base was built.
-
-    It also seeds a Pi's clock (no RTC): systemd-timesyncd starts from the mtime of its clock file.
-    """
+    """The time stamped on every file: SOURCE_DATE_EPOCH, or else when the base was built."""
     pinned = source_date_epoch()
     return base.built_at if pinned is None else pinned
+
+
+def clock_seed(epoch: int, secrets: ClusterSecrets) -> int:
+    """Where a Pi's clock starts (it has no real-time clock): systemd-timesyncd never sets it
+    earlier than its clock file's mtime. The latest of the build's time stamp, the start of the
+    cluster's CAs (they may be newer than a cached base) and the time the card is stamped
+    (SOURCE_DATE_EPOCH pins that too, so the same inputs still give the same bytes). A node
+    without NTP then starts inside the certificates' validity, not before it."""
+    stamped = source_date_epoch() or int(time.time())
+    return max(epoch, int(secrets.ca_not_before.timestamp()), stamped)
 
 
 def build_record(

@@ -186,7 +186,8 @@ def stage_files(entries: Iterable[FileEntry], folder: Path, epoch: int) -> dict[
         path = folder / entry.partition / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(entry.data)
-        os.utime(path, (epoch, epoch))
+        mtime = epoch if entry.mtime is None else entry.mtime
+        os.utime(path, (mtime, mtime))
         staged[entry] = path
     return staged
 
@@ -212,7 +213,8 @@ def debugfs_script(entries: list[FileEntry], staged: dict[FileEntry, Path], base
         if entry.link is not None:
             lines += [f"symlink /{path} {entry.link}", *_times(path, epoch)]
         else:
-            lines += [f"write {staged[entry]} /{path}", *_attributes(path, 0o100000 | entry.mode, epoch)]
+            mtime = epoch if entry.mtime is None else entry.mtime
+            lines += [f"write {staged[entry]} /{path}", *_attributes(path, 0o100000 | entry.mode, mtime)]
     return "\n".join(lines) + "\n"
 
 

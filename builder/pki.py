@@ -79,6 +79,15 @@ class ClusterSecrets:
     def ca_cert_hash(self) -> str:
         return ca_cert_hash(self.ca.public_pem)
 
+    @property
+    def ca_not_before(self) -> datetime:
+        """When the newest of the cluster's CAs became valid: a node whose clock is earlier
+        fails every TLS handshake with the cluster."""
+        return max(
+            x509.load_pem_x509_certificate(pair.public_pem).not_valid_before_utc
+            for pair in (self.ca, self.front_proxy_ca, self.etcd_ca)
+        )
+
 
 def ca_cert_hash(cert_pem: bytes) -> str:
     """kubeadm's CA pin: SHA-256 of the DER SubjectPublicKeyInfo, as `sha256:<hex>`."""

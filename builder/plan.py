@@ -7,7 +7,7 @@ Every file is owned by root; directories that do not exist yet are created 0755.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Literal
 
@@ -23,12 +23,25 @@ class FileEntry:
     mode: int = 0o644
     link: str | None = None
     """A symlink's target; data and mode are then unused."""
+    mtime: int | None = None
+    """Its modification time when that time means something (the clock seed); None: the
+    build's time stamp, like every other file."""
 
 
 @dataclass(frozen=True)
 class NodePlan:
     node: str
     files: tuple[FileEntry, ...]
+
+    def with_mtime(self, path: PurePosixPath, mtime: int) -> NodePlan:
+        """The same plan with one root file's modification time set."""
+        return replace(
+            self,
+            files=tuple(
+                replace(entry, mtime=mtime) if (entry.partition, entry.path) == ("root", path) else entry
+                for entry in self.files
+            ),
+        )
 
     def digest(self) -> str:
         """A hash of everything the plan would write, to tell whether a node's card changed."""

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from builder.boards import FIRMWARE_DIR, OVERLAYS_DIR, ROOT, boards, kubernetes_arch
+from builder.boards import FIRMWARE_DIR, OVERLAYS_DIR, ROOT, boards
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.pki import ClusterSecrets
@@ -34,12 +34,17 @@ FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel
 PAUSE_VERSIONS = {31: "3.10", 32: "3.10", 33: "3.10"}
 PAUSE_VERSION_LATEST = "3.10.1"
 """The pause image kubeadm pins per minor release (constants.PauseVersion); newer minors use
-the latest known. kubeadm only warns on a mismatch, and the agent checks against
-`kubeadm config images list` on the node."""
+the latest known. containerd's sandbox image is set to it; on a mismatch kubeadm only warns
+("detected that the sandbox image ... is inconsistent"), and the cluster still works."""
 
 AGENT_CONFIG = PurePosixPath("etc/picluster/node.json")
 CLUSTER_CA = PurePosixPath("etc/picluster/cluster-ca.crt")
-PKI_DIR = PurePosixPath("etc/kubernetes/pki")
+PKI_SEED = PurePosixPath("etc/picluster/pki")
+"""Where a control plane's card carries the cluster's CAs. Not /etc/kubernetes/pki: `kubeadm
+reset -f` empties that folder (cmd/kubeadm/app/cmd/phases/reset/cleanupnode.go), and the agent
+resets after every failed attempt, so a retried `kubeadm init` would make a new CA that no
+worker card pins. The agent copies the seed into /etc/kubernetes/pki before each init or
+control-plane join."""
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
 
 
@@ -83,11 +88,9 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "cluster": cluster,
         "node": node,
         "board": boards()[node.model],
-        "arch": cluster.base.arch,
         "kernel_args": KERNEL_CGROUP_ARGS,
         "kube_minor": f"1.{minor}",
         "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
-        "flannel_arches": sorted({kubernetes_arch(cluster.base.arch)}),
         "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
         "bootstrap_token": secrets.bootstrap_token,
         "ca_cert_hash": secrets.ca_cert_hash,
@@ -156,12 +159,12 @@ def _generated_files(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> I
         link=f"/usr/share/zoneinfo/{cluster.timezone}",
     )
     # A Pi has no real-time clock: systemd-timesyncd starts from this file's mtime, which the
-    # image stamps with the build's time, so the first boot does not begin in 1970.
+    # build sets (build.clock_seed), so the first boot begins inside the CAs' validity, not in 1970.
     yield FileEntry("root", CLOCK_FILE, b"")
     if node.role == "control-plane":
         for name, data in secrets.pki_files().items():
             mode = 0o600 if name.endswith(".key") else 0o644
-            yield FileEntry("root", PKI_DIR / name, data, mode)
+            yield FileEntry("root", PKI_SEED / name, data, mode)
 
 
 def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes:
@@ -188,8 +191,14 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes
             "api_endpoint": cluster.api_endpoint,
             "ca_cert": f"/{CLUSTER_CA}",
             "ca_cert_hash": secrets.ca_cert_hash,
+            # kubeadm must not run before the CA is valid: TLS would fail as if the network did
+            "ca_not_before": int(secrets.ca_not_before.timestamp()),
         },
-        "kubeadm": {"action": action, "config": "/etc/picluster/kubeadm.yaml"},
+        "kubeadm": {
+            "action": action,
+            "config": "/etc/picluster/kubeadm.yaml",
+            "pki_seed": f"/{PKI_SEED}" if node.role == "control-plane" else None,
+        },
         "packages": {
             "install": cluster.cluster.packages,
             "apt_repository": cluster.kubernetes_repository,

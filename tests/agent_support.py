@@ -1,10 +1,7 @@
 """Running the first-boot agent in tests: a node root in a folder, and stand-ins on PATH.
 
-kubeadm, kubelet and kubectl cannot be installed on these machines. The stand-ins written here
-are small Python programs named `kubeadm` and `kubectl` that record every call (one JSON line in
-calls.jsonl) and do the least the agent can observe: a successful init/join writes
-/etc/kubernetes/kubelet.conf (and admin.conf) under the node root, `reset -f` removes them.
-They fail or hang on demand, steered by files in the stand-in folder.
+kubeadm, kubelet and kubectl cannot be installed on these machines: tests/standins.py stands in
+for them, doing to the node root what the real programs do, and records every call.
 """
 
 from __future__ import annotations
@@ -29,7 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from builder.config_file import load_cluster
-from builder.render import agent_config
+from builder.render import render_node
+from builder.tree import write_tree
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 
 AGENT_LAUNCHER = REPO / "overlays/common/usr/sbin/picluster-agent"
@@ -38,60 +36,43 @@ FAST = {"retry_initial": 0.05, "retry_max": 0.2, "clock_timeout": 0.2, "address_
 """Timings that make a test's waits and backoffs take fractions of a second."""
 LOCALHOST = ipaddress.ip_address("127.0.0.1")
 
-STANDIN = r'''#!/usr/bin/env python3
-"""STAND-IN for {tool}: records its call; not the real program (it cannot be installed here)."""
-import json, os, pathlib, sys, time
-folder = pathlib.Path(__file__).resolve().parent
-root = pathlib.Path(os.environ["STANDIN_NODE_ROOT"])
-argv = sys.argv[1:]
-with open(folder / "calls.jsonl", "a") as log:
-    log.write(json.dumps(["{tool}", *argv]) + "\n")
-kube = root / "etc/kubernetes"
-verb = argv[0] if argv else ""
-if "{tool}" == "kubeadm" and verb in ("init", "join"):
-    if (folder / "hang").exists():
-        time.sleep(600)
-    failures = folder / "fail-times"
-    if failures.exists() and int(failures.read_text()) > 0:
-        failures.write_text(str(int(failures.read_text()) - 1))
-        print("[preflight] stand-in failure on demand", file=sys.stderr)
-        sys.exit(1)
-    kube.mkdir(parents=True, exist_ok=True)
-    (kube / "kubelet.conf").write_text("stand-in kubelet.conf\n")
-    if verb == "init":
-        (kube / "admin.conf").write_text("stand-in admin.conf\n")
-        print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
-elif "{tool}" == "kubeadm" and verb == "reset":
-    for name in ("kubelet.conf", "admin.conf"):
-        (kube / name).unlink(missing_ok=True)
-elif "{tool}" == "kubectl" and "get" in argv:
-    print("True" if not (folder / "not-ready").exists() else "False", end="")
-'''
+
+HA_CLUSTER = REPO / "tests/unit/golden/ha-wifi/cluster.yaml"
+"""Three control planes: cp-a runs kubeadm init, cp-b and cp-c join as control planes."""
 
 
-def node_root(tmp_path: Path, node: str = "cp1", **changes: Any) -> Path:
-    """A folder standing for a node's filesystem with the node.json render writes for `node`
-    of the bundled cluster, fast timings, and `changes` merged into its top-level sections."""
-    cluster = load_cluster(BUNDLED)
+def node_root(tmp_path: Path, node: str = "cp1", source: Path = BUNDLED, **changes: Any) -> Path:
+    """A folder standing for a node's filesystem: every file the card of `node` of `source`
+    carries on its root partition, with fast timings and `changes` merged into the top-level
+    sections of its node.json."""
+    cluster = load_cluster(source)
     chosen = next(n for n in cluster.nodes if n.name == node)
-    config = json.loads(agent_config(cluster, chosen, fixed_secrets()))
+    root = write_tree(render_node(cluster, chosen, fixed_secrets()), tmp_path / "card") / "root"
+    config = json.loads((root / "etc/picluster/node.json").read_text())
     config["agent"] = FAST
     for section, values in changes.items():
         config.setdefault(section, {}).update(values)
-    root = tmp_path / "node"
-    (root / "etc/picluster").mkdir(parents=True)
     (root / "etc/picluster/node.json").write_text(json.dumps(config, indent=2))
-    (root / "etc/picluster/cluster-ca.crt").write_bytes(fixed_secrets().ca.public_pem)
     return root
 
 
 def install_standins(folder: Path, *tools: str) -> Path:
+    """A launcher named after each tool that runs its STAND-IN in tests/standins.py."""
     folder.mkdir(parents=True, exist_ok=True)
     for tool in tools:
         path = folder / tool
-        path.write_text(STANDIN.replace("{tool}", tool))
+        path.write_text(
+            f"#!/bin/sh\n# STAND-IN for {tool}, not the real program\n"
+            f'exec {sys.executable} {REPO / "tests/standins.py"} {tool} {folder} "$@"\n'
+        )
         path.chmod(0o755)
     return folder
+
+
+def cas_seen(folder: Path) -> list[dict[str, Any]]:
+    """What each kubeadm init or control-plane join found in /etc/kubernetes/pki (sha256s)."""
+    log = folder / "cas.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def calls(folder: Path) -> list[list[str]]:

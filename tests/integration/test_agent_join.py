@@ -3,6 +3,7 @@ programs (tests/agent_support.py) and the API server by an HTTPS stand-in on 127
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,17 +17,21 @@ from agent.config import load_config
 from agent.host import Host
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from builder.pki import ca_cert_hash
 from tests.agent_support import (
+    HA_CLUSTER,
     agent_command,
     agent_env,
     api_server_standin,
     calls,
+    cas_seen,
     install_standins,
     make_ca,
     make_server_cert,
     node_root,
     state,
 )
+from tests.conftest import fixed_secrets
 from tests.integration.conftest import serve_folder
 
 pytestmark = pytest.mark.integration
@@ -72,9 +77,72 @@ def test_a_failed_join_is_reset_cleaned_and_retried(tmp_path: Path) -> None:
     assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init", "kubeadm reset",
                                        "kubeadm init"]  # fmt: skip
     assert ["kubeadm", "reset", "-f"] in calls(standins)
-    assert "attempt 2 failed" in done.stdout and "stand-in failure on demand" in done.stdout
+    assert "attempt 2 failed" in done.stdout and "couldn't initialize a Kubernetes cluster" in done.stdout
     recorded = state(root)
     assert (recorded["phase"], recorded["attempts"], recorded["last_error"]) == ("joined", 3, None)
+
+
+def test_a_failed_first_init_keeps_the_clusters_ca(tmp_path: Path) -> None:
+    """kubeadm reset -f empties /etc/kubernetes/pki; the retried init must still find the CA
+    every worker card pins, byte for byte, and not make a new one."""
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    (standins / "fail-times").write_text("1")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init"]
+    assert "[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet " \
+        "/etc/kubernetes/pki]" in done.stdout  # fmt: skip
+    secrets = fixed_secrets()
+    rendered = {name: hashlib.sha256(data).hexdigest() for name, data in secrets.pki_files().items()}
+    for attempt in cas_seen(standins):
+        assert attempt["found"] == {name: rendered[name] for name in attempt["found"]}
+        assert set(attempt["found"]) == {"ca.crt", "ca.key", "etcd/ca.key", "front-proxy-ca.key", "sa.key"}
+    assert len(cas_seen(standins)) == 2
+    assert "[certs] Using existing ca certificate authority" in done.stdout
+    assert '[certs] Generating "ca"' not in done.stdout
+    # what the cluster now runs with is the CA a worker card pins
+    in_use = (root / "etc/kubernetes/pki/ca.crt").read_bytes()
+    worker = json.loads((node_root(tmp_path / "w1", "w1") / "etc/picluster/node.json").read_text())
+    assert ca_cert_hash(in_use) == worker["cluster"]["ca_cert_hash"] == secrets.ca_cert_hash
+    assert (root / "etc/kubernetes/pki/ca.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_control_plane_join_retried_after_a_reset_still_has_the_cas(tmp_path: Path) -> None:
+    """Without the CAs restored, the real kubeadm refuses a control-plane join ("One or more
+    conditions for hosting a new control plane instance is not satisfied")."""
+    ca = make_ca("cluster CA")
+    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
+        endpoint = {"api_endpoint": f"127.0.0.1:{port}"}
+        root = node_root(tmp_path, "cp-b", HA_CLUSTER, cluster=endpoint, **IMAGE_PACKAGES)
+        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
+        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        (standins / "fail-times").write_text("1")
+        done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert kubeadm_verbs(standins) == ["kubeadm join", "kubeadm reset", "kubeadm join"]
+    rendered = hashlib.sha256(fixed_secrets().ca.key_pem).hexdigest()
+    assert [attempt["found"]["ca.key"] for attempt in cas_seen(standins)] == [rendered, rendered]
+    assert state(root)["phase"] == "joined"
+
+
+def test_the_agent_waits_for_a_clock_before_the_cas_start(tmp_path: Path) -> None:
+    """Before the CA's NotBefore every TLS handshake fails; kubeadm must not run, and the agent
+    says why it waits (a Pi has no real-time clock and NTP may be late)."""
+    root = node_root(tmp_path, "cp1", cluster={"ca_not_before": time.time() + 3600}, **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    recorded = run_until_phase(root, standins, "waiting: clock", says="waiting: clock")
+    assert "before the cluster's CA became valid" in recorded["last_error"]
+    assert calls(standins) == []
+
+
+def test_the_agent_goes_on_once_the_clock_passes_the_cas_start(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "cp1", cluster={"ca_not_before": time.time() + 1.5}, **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert "waiting: clock" in done.stdout
+    assert kubeadm_verbs(standins) == ["kubeadm init"]
 
 
 def test_a_joined_node_does_nothing(tmp_path: Path) -> None:

@@ -104,6 +104,22 @@ def test_images_have_partitions_filesystems_and_the_nodes_files(
         assert (images / f"{plan.node}.img.sha256").read_text() == f"{sha256(image)}  {plan.node}.img\n"
 
 
+def test_the_clock_seed_is_never_before_the_clusters_ca(
+    tmp_path: Path, cluster: Cluster, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base cached (or a SOURCE_DATE_EPOCH pinned) before the cluster's CAs were made must not
+    start a Pi's clock before them: every TLS handshake would fail until NTP answered."""
+    ca_start = int(fixed_secrets().ca_not_before.timestamp())
+    earlier = ca_start - 90 * 86400
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(earlier))
+    images = tmp_path / "images"
+    build(cluster, images, cache)
+    clock = debugfs(images / "w1.img", "stat /var/lib/systemd/timesync/clock")
+    assert f"mtime: 0x{ca_start:08x}" in clock, "the clock starts when the CAs do"
+    hostname = debugfs(images / "w1.img", "stat /etc/hostname")
+    assert f"mtime: 0x{earlier:08x}" in hostname, "every other file keeps the pinned time"
+
+
 def test_bmap_lets_bmaptool_write_an_identical_copy(tmp_path: Path, cluster: Cluster, cache: Path) -> None:
     require_tools("bmaptool")
     images = tmp_path / "images"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ from agent.host import Host
 
 from tests.agent_support import node_root
 
+BRIDGE_AND_FORWARDING = (
+    "net.ipv4.ip_forward",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+)
+LEGACY_IPTABLES = ("ip_tables", "iptable_nat", "iptable_filter")
 SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 
 
@@ -27,7 +34,7 @@ def root(tmp_path: Path) -> Path:
     (root / "proc/cmdline").write_text("console=tty0 root=LABEL=RASPIROOT rw\n")
     (root / "sys/fs/cgroup").mkdir(parents=True)
     (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    for key in preflight.SYSCTLS:
+    for key in BRIDGE_AND_FORWARDING:
         (root / "proc/sys" / key.replace(".", "/")).write_text("1\n")
     return root
 
@@ -70,8 +77,31 @@ def test_missing_modules_are_loaded(
     (root / "sys/module/overlay").mkdir(parents=True)
     standin(tmp_path / "bin", "modprobe", f'mkdir -p {root}/sys/module/"$1"', monkeypatch)
     result = preflight.check_modules(Host(root), config)
-    assert (result.status, result.detail) == ("fixed", "loaded br_netfilter, vxlan")
+    assert (result.status, result.detail) == (
+        "fixed",
+        f"loaded br_netfilter, vxlan, {', '.join(LEGACY_IPTABLES)}",
+    )
     assert preflight.check_modules(Host(root), config).status == "ok"
+
+
+def test_flannels_legacy_iptables_modules_are_required(
+    root: Path, config: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    """flannel v0.10.0's own iptables is legacy-only and its container cannot load modules: the
+    node must have loaded them (network/iptables.go only logs a failure)."""
+    for name in ("overlay", "br_netfilter", "vxlan"):
+        (root / "sys/module" / name).mkdir(parents=True)
+    standin(
+        tmp_path / "bin", "modprobe", 'echo "modprobe: FATAL: Module $1 not found" >&2; exit 1', monkeypatch
+    )
+    result = preflight.check_modules(Host(root), config)
+    assert result.status == "failed" and "Module ip_tables not found" in result.detail
+
+
+def test_a_card_without_its_module_list_fails_and_says_so(root: Path, config: NodeConfig) -> None:
+    (root / "etc/modules-load.d/kubernetes.conf").unlink()
+    result = preflight.check_modules(Host(root), config)
+    assert result.status == "failed" and "/etc/modules-load.d/kubernetes.conf" in result.detail
 
 
 def test_a_module_that_cannot_load_fails_with_modprobes_words(
@@ -118,25 +148,20 @@ def test_clock_synchronised(root: Path, config: NodeConfig) -> None:
     assert preflight.check_clock(Host(root), config).status == "ok"
 
 
-def test_unsynchronised_clock_after_the_build_time_does_not_block(root: Path, config: NodeConfig) -> None:
-    seed = root / "var/lib/systemd/timesync/clock"
-    seed.parent.mkdir(parents=True)
-    seed.touch()
-    os.utime(seed, (time.time() - 3600, time.time() - 3600))
+def test_unsynchronised_clock_after_the_cas_start_does_not_block(root: Path, config: NodeConfig) -> None:
     started = time.monotonic()
-    result = preflight.check_clock(Host(root), config)
+    result = preflight.check_clock(Host(root), replace(config, ca_not_before=time.time() - 3600))
     assert time.monotonic() - started >= config.timing.clock_timeout  # it waited, boundedly
     assert result.status == "failed" and not result.blocking
     assert "not synchronised after 0.2 s" in result.detail and "going on" in result.detail
 
 
-def test_a_clock_before_the_build_time_blocks(root: Path, config: NodeConfig) -> None:
-    seed = root / "var/lib/systemd/timesync/clock"
-    seed.parent.mkdir(parents=True)
-    seed.touch()
-    os.utime(seed, (time.time() + 86400, time.time() + 86400))
-    result = preflight.check_clock(Host(root), config)
-    assert result.status == "failed" and result.blocking and "TLS would fail" in result.detail
+def test_a_clock_before_the_cas_start_says_kubeadm_waits(root: Path, config: NodeConfig) -> None:
+    """The join waits for the clock (test_agent_join); preflight only says so, and the agent
+    goes on to clean the links instead of exiting into a restart loop."""
+    result = preflight.check_clock(Host(root), replace(config, ca_not_before=time.time() + 86400))
+    assert result.status == "failed" and not result.blocking
+    assert "before the cluster's CA became valid" in result.detail and "kubeadm waits" in result.detail
 
 
 def test_containerd_answering(root: Path, config: NodeConfig) -> None:

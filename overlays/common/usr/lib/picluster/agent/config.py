@@ -34,8 +34,12 @@ class NodeConfig:
     kubernetes_version: str
     api_endpoint: str
     ca_cert: str
+    ca_not_before: float
+    """When the cluster's newest CA became valid (Unix seconds)."""
     action: str  # init | join-control-plane | join
     kubeadm_config: str
+    pki_seed: str | None
+    """A control plane's copy of the cluster's CAs, out of `kubeadm reset`'s reach."""
     packages_install: str  # image | firstboot
     apt_repository: str
     manifests: tuple[str, ...]
@@ -54,8 +58,10 @@ def load_config(path: Path) -> NodeConfig:
         kubernetes_version=cluster["kubernetes_version"],
         api_endpoint=cluster["api_endpoint"],
         ca_cert=cluster["ca_cert"],
+        ca_not_before=float(cluster["ca_not_before"]),
         action=raw["kubeadm"]["action"],
         kubeadm_config=raw["kubeadm"]["config"],
+        pki_seed=raw["kubeadm"]["pki_seed"],
         packages_install=packages["install"],
         apt_repository=packages["apt_repository"],
         manifests=tuple(raw["manifests"]),

@@ -23,6 +23,10 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 class CommandFailed(Exception):
     def __init__(self, argv: list[str], status: int, output: str) -> None:
         self.argv, self.status, self.output = argv, status, output

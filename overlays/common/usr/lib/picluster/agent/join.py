@@ -7,13 +7,18 @@ knows the previous run died inside kubeadm, resets what it left and tries again.
 
 from __future__ import annotations
 
+import os
+import time
+
 from agent import api, packages
 from agent.config import NodeConfig
-from agent.host import Backoff, CommandFailed, Host, say
+from agent.host import Backoff, CommandFailed, Host, say, utc
 from agent.links import KUBELET_CONF, clean_links, is_member
 from agent.state import JOINED, JOINING, WAITING_READY, State, now
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+PKI_DIR = "/etc/kubernetes/pki"
+WAITING_CLOCK = "waiting: clock"
 
 
 def join(host: Host, config: NodeConfig, state: State) -> None:
@@ -30,13 +35,15 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
     _ensure_packages(host, config, state)
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
     while True:
+        _wait_for_clock(host, config, state)  # before the API: TLS fails before the CA's start
         if config.action != "init":
             _wait_for_api(host, config, state)
         state.attempts += 1
         state.enter(host, JOINING, state.last_error)
         try:
+            restore_pki(host, config)
             host.run(_kubeadm_command(host, config), timeout=1800)
-        except CommandFailed as error:
+        except CommandFailed as error:  # kubeadm's, or restoring the CAs
             say(f"attempt {state.attempts} failed: {error.summary}")
             state.last_error = error.summary
             _reset(host, config, state)  # the phase stays `joining` until this is done
@@ -51,6 +58,50 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
 def _kubeadm_command(host: Host, config: NodeConfig) -> list[str]:
     verb = "init" if config.action == "init" else "join"
     return ["kubeadm", verb, "--config", str(host.path(config.kubeadm_config))]
+
+
+def restore_pki(host: Host, config: NodeConfig) -> None:
+    """Put the card's CAs where kubeadm looks for them, before every init or control-plane join.
+
+    kubeadm uses a CA it finds in /etc/kubernetes/pki ("[certs] Using existing ca certificate
+    authority") and makes a new one otherwise (cmd/kubeadm/app/phases/certs/certs.go); `kubeadm
+    reset -f` empties that folder. Without this, the retry after a failed first init would give
+    the cluster a CA no worker card pins, and a joining control plane would have none to share.
+    """
+    if config.pki_seed is None:
+        return
+    seed, target = host.path(config.pki_seed), host.path(PKI_DIR)
+    argv = ["restore-pki", config.pki_seed, PKI_DIR]
+    verb = "would restore" if host.dry_run else "restoring"
+    say(f"{verb} the cluster's CAs: {config.pki_seed} -> {PKI_DIR}")
+    try:
+        sources = sorted(path for path in seed.rglob("*") if path.is_file())
+        if not any(path.name == "ca.key" for path in sources):
+            damaged = f"{config.pki_seed} holds no ca.key: the card is damaged; reflash it"
+            raise CommandFailed(argv, 1, damaged)
+        for source in [] if host.dry_run else sources:
+            destination = target / source.relative_to(seed)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            partial = destination.with_name(f".{destination.name}.partial")
+            partial.write_bytes(source.read_bytes())
+            partial.chmod(source.stat().st_mode & 0o777)  # the keys stay 0600
+            os.replace(partial, destination)
+    except OSError as error:
+        raise CommandFailed(argv, 1, f"{type(error).__name__}: {error}") from None
+
+
+def _wait_for_clock(host: Host, config: NodeConfig, state: State) -> None:
+    """A Pi has no real-time clock. Before the CA's start every TLS handshake with the cluster
+    fails, in ways that look like network faults: wait for NTP rather than run kubeadm."""
+    backoff = Backoff(config.timing.retry_initial, config.timing.retry_max / 5)
+    while not host.dry_run and time.time() < config.ca_not_before:
+        reason = (
+            f"the clock ({utc(time.time())}) is before the cluster's CA became valid "
+            f"({utc(config.ca_not_before)}); waiting for NTP to set it (`timedatectl timesync-status`)"
+        )
+        say(f"{WAITING_CLOCK}: {reason}")
+        state.enter(host, WAITING_CLOCK, reason)
+        host.sleep(backoff.next())
 
 
 def _reset(host: Host, config: NodeConfig, state: State) -> None:

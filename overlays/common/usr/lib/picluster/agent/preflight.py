@@ -12,24 +12,19 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import NodeConfig
-from agent.host import CommandFailed, Host
+from agent.host import CommandFailed, Host, utc
 from agent.links import ipv4
 
-MODULES = ("overlay", "br_netfilter", "vxlan")
-SYSCTLS = {
-    "net.ipv4.ip_forward": "1",
-    "net.bridge.bridge-nf-call-iptables": "1",
-    "net.bridge.bridge-nf-call-ip6tables": "1",
-}
+MODULES_LOAD = "/etc/modules-load.d/kubernetes.conf"
+SYSCTL_CONF = "/etc/sysctl.d/90-kubernetes.conf"
+"""The card's own lists of what Kubernetes and flannel need: systemd applies them at boot, and
+preflight checks (and repairs) the running node against the same files."""
 TIME_SYNCHRONISED = "/run/systemd/timesync/synchronized"
 """systemd-timesyncd creates this file once it has synchronised the clock."""
-CLOCK_SEED = "/var/lib/systemd/timesync/clock"
-"""Stamped with the image's build time; timesyncd never lets the clock start before it."""
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 
 
@@ -89,11 +84,20 @@ def check_swap(host: Host, config: NodeConfig) -> Result:
     return _fixed("swap", f"turned off swap on {', '.join(active)}", host)
 
 
+def _entries(host: Host, path: str) -> list[str]:
+    lines = (line.strip() for line in host.path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(("#", ";"))]
+
+
 def check_modules(host: Host, config: NodeConfig) -> Result:
+    try:
+        modules = _entries(host, MODULES_LOAD)
+    except OSError as error:
+        return Result("modules", "failed", f"cannot read {MODULES_LOAD} ({error.strerror}); reflash the card")
     # /sys/module/<name> exists for loaded modules and for ones built into the kernel
-    missing = [name for name in MODULES if not host.path(f"/sys/module/{name}").exists()]
+    missing = [name for name in modules if not host.path(f"/sys/module/{name}").exists()]
     if not missing:
-        return Result("modules", "ok", ", ".join(MODULES) + " loaded")
+        return Result("modules", "ok", ", ".join(modules) + " loaded")
     try:
         for name in missing:
             host.run(["modprobe", name])
@@ -103,8 +107,13 @@ def check_modules(host: Host, config: NodeConfig) -> Result:
 
 
 def check_sysctls(host: Host, config: NodeConfig) -> Result:
+    try:
+        pairs = (entry.partition("=") for entry in _entries(host, SYSCTL_CONF))
+        sysctls = {key.strip(): value.strip() for key, _, value in pairs}
+    except OSError as error:
+        return Result("sysctls", "failed", f"cannot read {SYSCTL_CONF} ({error.strerror}); reflash the card")
     changed = []
-    for key, wanted in SYSCTLS.items():
+    for key, wanted in sysctls.items():
         path = host.path("/proc/sys/" + key.replace(".", "/"))
         if not path.exists():
             return Result("sysctls", "failed", f"{key} does not exist (is br_netfilter loaded?)")
@@ -115,7 +124,7 @@ def check_sysctls(host: Host, config: NodeConfig) -> Result:
             changed.append(f"{key} {value} -> {wanted}")
     if changed:
         return _fixed("sysctls", "; ".join(changed), host)
-    return Result("sysctls", "ok", ", ".join(f"{key}={value}" for key, value in SYSCTLS.items()))
+    return Result("sysctls", "ok", ", ".join(f"{key}={value}" for key, value in sysctls.items()))
 
 
 def check_cgroups(host: Host, config: NodeConfig) -> Result:
@@ -173,29 +182,31 @@ def check_interface(host: Host, config: NodeConfig) -> Result:
 
 
 def check_clock(host: Host, config: NodeConfig) -> Result:
+    """Never blocks: kubeadm waits for the clock itself (join), so the node's other checks and
+    clean-links still run while NTP is unreachable."""
     marker = host.path(TIME_SYNCHRONISED)
     deadline = time.monotonic() + config.timing.clock_timeout
     while not marker.exists() and time.monotonic() < deadline and not host.dry_run:
         host.sleep(1)
-    clock = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    clock = utc(time.time())
     if marker.exists():
         return Result("clock", "ok", f"synchronised ({clock})")
-    seed = host.path(CLOCK_SEED)
-    built = seed.stat().st_mtime if seed.exists() else 0.0
     waited = f"not synchronised after {config.timing.clock_timeout:g} s (is an NTP server reachable?)"
-    if time.time() >= built:
+    if time.time() >= config.ca_not_before:
         return Result(
             "clock",
             "failed",
-            f"{waited}; going on: the clock ({clock}) is past the "
-            "image's build time, so the cluster's certificates are valid",
+            f"{waited}; going on: the clock ({clock}) is past the start of the cluster's CA "
+            f"({utc(config.ca_not_before)}), so its certificates are valid",
             blocking=False,
         )
     return Result(
         "clock",
         "failed",
-        f"{waited}, and the clock ({clock}) is before the image was "
-        "built: TLS would fail; check `timedatectl timesync-status`",
+        f"{waited}, and the clock ({clock}) is before the cluster's CA became valid "
+        f"({utc(config.ca_not_before)}): TLS would fail, so kubeadm waits for NTP; "
+        "check `timedatectl timesync-status`",
+        blocking=False,
     )
 
 

@@ -1,0 +1,277 @@
+"""STAND-INS for kubeadm, kubectl, kubelet, apt-get and apt-mark: the real programs cannot run on
+these machines (no cluster, no Pi). tests/agent_support.py puts a small launcher for each on PATH
+that runs this file.
+
+Every call is recorded (one JSON line in calls.jsonl beside the launchers). kubeadm does to the
+node's files what the real kubeadm does, read from its source (kubernetes/kubernetes,
+cmd/kubeadm/app), because the agent's recovery depends on exactly those files: a stand-in kinder
+than kubeadm would hide the bug where a retried `kubeadm init` found an empty
+/etc/kubernetes/pki and made the cluster a new CA. Which CA each init or control-plane join
+found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `fail-times`
+(the next N inits or joins fail after writing their files, as a wait for the control plane or
+the kubelet's TLS bootstrap does) and `hang` (they hang there instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+KUBERNETES = Path("etc/kubernetes")
+PKI = KUBERNETES / "pki"
+MANIFESTS = KUBERNETES / "manifests"
+KUBELET_DIR = Path("var/lib/kubelet")
+ETCD_DATA = Path("var/lib/etcd")
+CONTROL_PLANE_MANIFESTS = ("etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml",
+                           "kube-scheduler.yaml")  # fmt: skip
+RESET_FILES = ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kubelet.conf",
+               "controller-manager.conf", "scheduler.conf")  # fmt: skip
+"""cmd/kubeadm/app/cmd/phases/reset/cleanupnode.go: the kubeconfig files reset deletes."""
+CAS = ("ca", "front-proxy-ca", "etcd/ca")
+SHARED_CERTIFICATES = ("ca.crt", "sa.key", "sa.pub", "front-proxy-ca.crt", "etcd/ca.crt")
+"""cmd/kubeadm/app/phases/certs/certs.go SharedCertificateExists: what a control plane joining
+without --certificate-key must find (a missing CA key is only warned about since 1.20)."""
+
+
+class Failed(Exception):
+    pass
+
+
+def main(tool: str, folder: Path, argv: list[str]) -> int:
+    with open(folder / "calls.jsonl", "a") as log:
+        log.write(json.dumps([tool, *argv]) + "\n")
+    root = Path(os.environ["STANDIN_NODE_ROOT"])
+    try:
+        if tool == "kubeadm":
+            kubeadm(root, folder, argv)
+        elif tool == "kubectl" and "get" in argv:
+            print("False" if (folder / "not-ready").exists() else "True", end="")
+    except Failed as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
+    verb = argv[0] if argv else ""
+    if verb == "reset":
+        reset(root)
+    elif verb in ("init", "join"):
+        config = _documents(Path(argv[argv.index("--config") + 1]))
+        if verb == "init":
+            init(root, folder)
+        elif "controlPlane" in config["JoinConfiguration"]:
+            join_control_plane(root, folder)
+        else:
+            join_worker(root, folder)
+
+
+def init(root: Path, folder: Path) -> None:
+    """`kubeadm init`: preflight, certs, kubeconfig, etcd and control-plane manifests,
+    kubelet-start, then the wait for the control plane, where a Pi's first init usually fails."""
+    # cmd/kubeadm/app/preflight/checks.go RunInitNodeChecks: the manifests must not exist and
+    # the local etcd's data directory must be empty
+    _preflight(
+        [
+            *(f"[ERROR FileAvailable--etc-kubernetes-manifests-{name}]: /{MANIFESTS / name} already exists"
+              for name in CONTROL_PLANE_MANIFESTS if (root / MANIFESTS / name).exists()),
+            *([f"[ERROR DirAvailable--var-lib-etcd]: /{ETCD_DATA} is not empty"]
+              if _has_contents(root / ETCD_DATA) else []),
+        ]
+    )  # fmt: skip
+    _record_cas(root, folder, "init")
+    for name in CAS:  # cmd/kubeadm/app/cmd/phases/init/certs.go runCAPhase
+        if (root / PKI / f"{name}.crt").exists() and (root / PKI / f"{name}.key").exists():
+            print(f"[certs] Using existing {name} certificate authority")
+        else:
+            print(f'[certs] Generating "{name}" certificate and key')
+            _write_new_ca(root / PKI, name)
+    if (root / PKI / "sa.key").exists():
+        print('[certs] Using the existing "sa" key')
+    else:
+        print('[certs] Generating "sa" key and public key')
+        _write(root / PKI / "sa.key", _key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        _write(root / PKI / "sa.pub", b"stand-in sa.pub\n")
+    for name in ("apiserver", "apiserver-kubelet-client", "front-proxy-client", "etcd/server"):
+        _write(root / PKI / f"{name}.crt", f"stand-in {name} certificate\n".encode())
+        _write(root / PKI / f"{name}.key", f"stand-in {name} key\n".encode(), 0o600)
+    for name in (
+        "admin.conf",
+        "super-admin.conf",
+        "kubelet.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ):
+        _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
+    _start_control_plane(root)
+    _wait(folder, "[wait-control-plane] Waiting for the kubelet to boot up the control plane",
+          "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster")  # fmt: skip
+    print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
+
+
+def join_control_plane(root: Path, folder: Path) -> None:
+    _preflight(_join_node_checks(root))
+    missing = [name for name in SHARED_CERTIFICATES if not (root / PKI / name).exists()]
+    if missing:  # the words of cmd/kubeadm/app/cmd/phases/join/preflight.go
+        path = f"/{PKI / missing[0]}"
+        raise Failed(
+            "error execution phase preflight: \nOne or more conditions for hosting a new control plane "
+            "instance is not satisfied.\n\nfailure loading certificate for CA: couldn't load the "
+            f"certificate file {path}: open {path}: no such file or directory\n\nPlease ensure that:\n"
+            "* The cluster has a stable controlPlaneEndpoint address.\n"
+            "* The certificates that must be shared among control plane instances are provided.\n"
+        )
+    _record_cas(root, folder, "join-control-plane")
+    for name in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
+        _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
+    _start_control_plane(root)
+    _wait(folder, "[control-plane-join] Waiting for the new etcd member to join the cluster",
+          "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
+
+
+def join_worker(root: Path, folder: Path) -> None:
+    # RunJoinNodeChecks adds the CA certificate's check only when not joining a control plane
+    ca = root / PKI / "ca.crt"
+    _preflight(
+        [*_join_node_checks(root), *([f"[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /{PKI}/ca.crt "
+                                      "already exists"] if ca.exists() else [])]
+    )  # fmt: skip
+    # discovery: the cluster-info CA, checked against caCertHashes, is written for the kubelet
+    _write(ca, (root / "etc/picluster/cluster-ca.crt").read_bytes())
+    _write(root / KUBERNETES / "bootstrap-kubelet.conf", b"stand-in bootstrap-kubelet.conf\n", 0o600)
+    _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
+    _wait(folder, "[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap",
+          "error execution phase kubelet-start: timed out waiting for the condition")  # fmt: skip
+    (root / KUBERNETES / "bootstrap-kubelet.conf").unlink()
+    _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
+
+
+def reset(root: Path) -> None:
+    """`kubeadm reset -f`: phases remove-etcd-member and cleanup-node
+    (cmd/kubeadm/app/cmd/phases/reset/removeetcdmember.go, cleanupnode.go). Directories keep
+    themselves and lose their contents (CleanDir); /etc/cni/net.d is left alone."""
+    print("[preflight] Running pre-flight checks")
+    if _has_contents(root / ETCD_DATA):
+        _clean(root / ETCD_DATA)
+        print(f"[reset] Deleted contents of the etcd data directory: /{ETCD_DATA}")
+    print("[reset] Stopping the kubelet service")
+    folders = [MANIFESTS, KUBELET_DIR, PKI]
+    print(f"[reset] Deleting contents of directories: [{' '.join(f'/{f}' for f in folders)}]")
+    for relative in folders:
+        _clean(root / relative)
+    print(f"[reset] Deleting files: [{' '.join(f'/{KUBERNETES / name}' for name in RESET_FILES)}]")
+    for name in RESET_FILES:
+        (root / KUBERNETES / name).unlink(missing_ok=True)
+
+
+def _join_node_checks(root: Path) -> list[str]:
+    """cmd/kubeadm/app/preflight/checks.go RunJoinNodeChecks: an empty manifests folder and no
+    kubelet kubeconfigs left by an earlier membership."""
+    errors = []
+    if _has_contents(root / MANIFESTS):
+        errors.append(f"[ERROR DirAvailable--etc-kubernetes-manifests]: /{MANIFESTS} is not empty")
+    for name in ("kubelet.conf", "bootstrap-kubelet.conf"):
+        if (root / KUBERNETES / name).exists():
+            check = name.replace(".", "-")
+            errors.append(
+                f"[ERROR FileAvailable--etc-kubernetes-{check}]: /{KUBERNETES / name} already exists"
+            )
+    return errors
+
+
+def _preflight(errors: list[str]) -> None:
+    print("[preflight] Running pre-flight checks")
+    if errors:
+        raise Failed(
+            "error execution phase preflight: [preflight] Some fatal errors occurred:\n"
+            + "".join(f"\t{error}\n" for error in errors)
+        )
+
+
+def _start_control_plane(root: Path) -> None:
+    for name in CONTROL_PLANE_MANIFESTS:
+        _write(root / MANIFESTS / name, f"# stand-in static pod {name}\n".encode(), 0o600)
+    _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
+    _write(root / ETCD_DATA / "member/snap/db", b"stand-in etcd data\n", 0o600)
+
+
+def _wait(folder: Path, waiting: str, failure: str) -> None:
+    print(waiting)
+    if (folder / "hang").exists():
+        time.sleep(600)
+    failures = folder / "fail-times"
+    if failures.exists() and int(failures.read_text()) > 0:
+        failures.write_text(str(int(failures.read_text()) - 1))
+        raise Failed(failure)
+
+
+def _record_cas(root: Path, folder: Path, verb: str) -> None:
+    found = {
+        name: hashlib.sha256((root / PKI / name).read_bytes()).hexdigest()
+        for name in ("ca.crt", "ca.key", "etcd/ca.key", "front-proxy-ca.key", "sa.key")
+        if (root / PKI / name).exists()
+    }
+    with open(folder / "cas.jsonl", "a") as log:
+        log.write(json.dumps({"verb": verb, "found": found}) + "\n")
+
+
+def _write_new_ca(folder: Path, name: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write(folder / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+    _write(folder / f"{name}.key", _key_pem(key), 0o600)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _documents(path: Path) -> dict[str, Any]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(path.read_text()) if doc}
+
+
+def _has_contents(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _clean(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))
