@@ -12,13 +12,18 @@ import zoneinfo
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from builder.boards import Arch, boards
+from builder.boards import boards
 from builder.errors import Problem
 
 SUPPORTED_KUBERNETES = (31, 37)
-"""Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders."""
+"""Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders
+(from 1.31) and whose kubelet still runs on trixie's containerd 1.7 (to 1.37): 1.7 lacks the CRI
+RuntimeConfig call, and kubelet stops falling back to its own cgroupDriver setting in 1.38."""
+CONTROL_PLANE_MEMORY_MB = 1700
+"""kubeadm's preflight refuses a control plane with less (ControlPlaneMem,
+cmd/kubeadm/app/preflight/checks.go)."""
 
 FLANNEL_VERSION = "v0.10.0"
 NODE_CIDR_PREFIX = 24
@@ -47,13 +52,34 @@ def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _refused(reasons: dict[str, str]) -> BeforeValidator:
+    """Values that look reasonable but can never work on a Pi cluster, each with the reason."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and value in reasons:
+            raise ValueError(f"{value!r}: {reasons[value]}")
+        return value
+
+    return BeforeValidator(check)
+
+
 def _check_kubernetes(value: str) -> str:
     low, high = SUPPORTED_KUBERNETES
     match = KUBERNETES_VERSION.match(value)
     if not match:
         raise ValueError(f'{value!r} is not a Kubernetes release like "1.34.2"')
-    if not low <= int(match[1]) <= high:
-        raise ValueError(f"Kubernetes {value} is outside the supported range 1.{low} to 1.{high}")
+    minor = int(match[1])
+    if minor < low:
+        raise ValueError(
+            f"Kubernetes {value} is outside the supported range 1.{low} to 1.{high}: "
+            "its kubeadm cannot read the v1beta4 configuration picluster writes"
+        )
+    if minor > high:
+        raise ValueError(
+            f"Kubernetes {value} is outside the supported range 1.{low} to 1.{high}: "
+            f"from 1.{high + 1} kubelet needs the CRI RuntimeConfig call, which containerd 1.7 "
+            "(Debian trixie's) lacks"
+        )
     return value
 
 
@@ -133,7 +159,15 @@ class Flannel(Strict):
     version: Annotated[str, AfterValidator(_check_flannel)] = Field(
         FLANNEL_VERSION, description=f"{FLANNEL_VERSION} (the only version bundled)"
     )
-    backend: Literal["vxlan", "host-gw", "udp"] = Field("vxlan", description="vxlan, host-gw or udp")
+    backend: Annotated[
+        Literal["vxlan", "host-gw"],
+        _refused(
+            {
+                "udp": "flannel v0.10.0 builds its UDP backend for amd64 only; on a Pi flanneld "
+                "exits with 'UDP backend is not supported on this architecture' (backend/udp/udp.go)"
+            }
+        ),
+    ] = Field("vxlan", description="vxlan (the default) or host-gw (all nodes on one LAN)")
     iface: Annotated[str, _matches(INTERFACE, "a network interface name")] = Field(
         "eth0", description="the wired interface that carries cluster traffic, e.g. eth0"
     )
@@ -169,7 +203,15 @@ class ImageSource(Strict):
 
 class Base(Strict):
     suite: Literal["bookworm", "trixie"] = Field("trixie", description="bookworm or trixie")
-    arch: Arch = Field("arm64", description="arm64 (64-bit) or armhf (32-bit)")
+    arch: Annotated[
+        Literal["arm64"],
+        _refused(
+            {
+                "armhf": "Kubernetes has published no 32-bit ARM kubeadm or kubelet packages or "
+                "control-plane images since 1.27, so no supported release runs on armhf"
+            }
+        ),
+    ] = Field("arm64", description="arm64, which every Pi 3, 4 and 5 runs (or leave base.arch out)")
     packages: list[Annotated[str, _matches(DEBIAN_PACKAGE, "a Debian package name")]] = Field(
         [], description="extra Debian packages to install"
     )
@@ -179,9 +221,13 @@ class Base(Strict):
 
 
 class Access(Strict):
-    user: Annotated[str, _matches(UNIX_USER, "a Unix user name")] = Field(
-        "pi", description="the login user, a lower-case Unix name other than root"
-    )
+    user: Annotated[
+        str,
+        _refused(
+            {"root": "sshd on the card refuses root logins (PermitRootLogin no), so nobody could log in"}
+        ),
+        _matches(UNIX_USER, "a Unix user name"),
+    ] = Field("pi", description="the login user, a lower-case Unix name other than root, e.g. pi")
     ssh_authorized_keys: list[Annotated[str, _matches(SSH_KEY, "an SSH public key")]] = Field(
         min_length=1,
         description="at least one SSH public key, the line from ~/.ssh/id_ed25519.pub; "
@@ -242,8 +288,9 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_address_problems(cluster),
         *_subnet_problems(cluster),
         *_role_problems(cluster),
-        *_board_problems(cluster),
+        *_memory_problems(cluster),
         *_interface_problems(cluster),
+        *_package_problems(cluster),
     ]
 
 
@@ -380,17 +427,20 @@ def _role_problems(cluster: Cluster) -> list[Problem]:
     return []
 
 
-def _board_problems(cluster: Cluster) -> list[Problem]:
-    arch = cluster.base.arch
-    return [
-        Problem(
-            f"nodes[{i}].model",
-            f"{node.model} cannot boot base.arch {arch}",
-            f"use base.arch {' or '.join(boards()[node.model].arches)}, or another model",
-        )
-        for i, node in enumerate(cluster.nodes)
-        if arch not in boards()[node.model].arches
-    ]
+def _memory_problems(cluster: Cluster) -> list[Problem]:
+    found = []
+    for i, node in enumerate(cluster.nodes):
+        most = boards()[node.model].memory_mb
+        if node.role == "control-plane" and most < CONTROL_PLANE_MEMORY_MB:
+            found.append(
+                Problem(
+                    f"nodes[{i}].role",
+                    f"{node.name} is a {node.model}, which has at most {most} MB of memory; kubeadm "
+                    f"refuses a control plane with less than {CONTROL_PLANE_MEMORY_MB} MB",
+                    f"make a Pi 4 or Pi 5 with at least 2 GB the control plane and {node.name} a worker",
+                )
+            )
+    return found
 
 
 def _interface_problems(cluster: Cluster) -> list[Problem]:
@@ -401,6 +451,19 @@ def _interface_problems(cluster: Cluster) -> list[Problem]:
                 "flannel.iface",
                 f"{iface} cannot carry cluster traffic",
                 "use the wired interface, eth0",
+            )
+        ]
+    return []
+
+
+def _package_problems(cluster: Cluster) -> list[Problem]:
+    if cluster.base.image is not None and cluster.cluster.packages == "image":
+        return [
+            Problem(
+                "cluster.packages",
+                "image bakes kubeadm, kubelet and kubectl into the Debian base picluster builds, "
+                "but base.image is used as downloaded: no card would have them",
+                "use packages: firstboot with base.image (each node installs them on its first boot)",
             )
         ]
     return []

@@ -53,9 +53,13 @@ def _rename_key(section: str, old: str, new: str) -> Edit:
     return edit
 
 
-def _pi5_on_armhf(data: dict[str, Any]) -> None:
-    data["nodes"].append({"name": "w3", "role": "worker", "model": "pi5", "address": "192.168.50.13/24"})
-    data["base"]["arch"] = "armhf"
+def _pi3_control_plane(data: dict[str, Any]) -> None:
+    data["nodes"][0]["model"] = "pi3"
+
+
+def _image_packages_on_a_downloaded_base(data: dict[str, Any]) -> None:
+    data["cluster"]["packages"] = "image"
+    data["base"] = {"image": {"url": "https://example.org/raspios.img.xz", "sha256": "0" * 64}}
 
 
 def _all_workers(data: dict[str, Any]) -> None:
@@ -134,13 +138,36 @@ CASES: list[tuple[str, Edit, str, str]] = [
         "supported range 1.31 to 1.37",
     ),
     (
-        "Kubernetes too new",
+        "Kubernetes too new for trixie's containerd 1.7",
         _set("cluster.kubernetes", "1.38.0"),
         "cluster.kubernetes",
-        "supported range 1.31 to 1.37",
+        "supported range 1.31 to 1.37: from 1.38 kubelet needs the CRI RuntimeConfig call",
     ),
     ("Kubernetes not a version", _set("cluster.kubernetes", "latest"), "cluster.kubernetes", "release"),
-    ("pi5 with armhf", _pi5_on_armhf, "nodes[3].model", "pi5 cannot boot base.arch armhf"),
+    (
+        "32-bit ARM, which Kubernetes no longer builds",
+        _set("base.arch", "armhf"),
+        "base.arch",
+        "no 32-bit ARM kubeadm or kubelet packages or control-plane images since 1.27",
+    ),
+    (
+        "a Pi 3 as control plane: kubeadm wants 1700 MB",
+        _pi3_control_plane,
+        "nodes[0].role",
+        "at most 1024 MB of memory; kubeadm refuses a control plane with less than 1700 MB",
+    ),
+    (
+        "flannel's UDP backend, built for amd64 only",
+        _set("flannel.backend", "udp"),
+        "flannel.backend",
+        "UDP backend is not supported on this architecture",
+    ),
+    (
+        "packages: image on a downloaded base",
+        _image_packages_on_a_downloaded_base,
+        "cluster.packages",
+        "no card would have them",
+    ),
     ("unknown model", _set("nodes.1.model", "pi9"), "nodes[1].model", "not a supported model"),
     ("no SSH keys", _set("access.ssh_authorized_keys", []), "access.ssh_authorized_keys", "at least 1"),
     (
@@ -157,7 +184,8 @@ CASES: list[tuple[str, Edit, str, str]] = [
         "network.wifi.psk",
         "8 to 63",
     ),
-    ("root as login user", _set("access.user", "Root!"), "access.user", "Unix user name"),
+    ("root as login user", _set("access.user", "root"), "access.user", "refuses root logins"),
+    ("login user not a Unix name", _set("access.user", "Root!"), "access.user", "Unix user name"),
 ]
 
 
