@@ -51,11 +51,6 @@ if [ -d "$dtbs" ]; then
     cp "$dtbs"/bcm*rpi*.dtb "$firmware"/
 fi
 
-cat > "$root/etc/fstab" <<'FSTAB'
-LABEL=RASPIROOT  /               ext4  rw,noatime  0  1
-LABEL=RASPIFIRM  /boot/firmware  vfat  rw,noatime  0  2
-FSTAB
-
 systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_* "$root/etc/hostname"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log

@@ -146,6 +146,20 @@ def booted_with_stale_links(card: Card) -> Iterator[Booted]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def booted_without_its_boot_partition(card: Card) -> Iterator[Booted]:
+    """The card with its FAT partition relabelled, so /dev/disk/by-label/RASPIFIRM never
+    appears: as on a loaded machine where udev names the device too late."""
+    cluster = load_cluster(card.cluster_file)
+    base = ensure_base(cluster, default_cache(), silent())
+    image = card.work / "cp1-no-boot-label.img"
+    subprocess.run(["cp", "--sparse=always", str(card.image), str(image)], check=True)
+    subprocess.run(["mlabel", "-i", base.layout.boot_target(image), "::NOTFIRM"], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    with boot(card, image, "no-boot-label") as running:
+        yield running
+
+
 @contextmanager
 def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None) -> Iterator[Booted]:
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -187,12 +201,21 @@ def keep_console(booted: Booted) -> Path:
     )
 
 
+EMERGENCY = (b"You are in emergency mode", b"Entering emergency mode", b"root account is locked",
+             b"Give root password for maintenance", b"(initramfs) ")  # fmt: skip
+"""What systemd and the initramfs print when a boot ends in a shell that needs a keyboard."""
+
+
 def wait_for_login(booted: Booted) -> None:
     start = time.monotonic()
     while time.monotonic() - start < BOOT_TIMEOUT:
         if booted.ssh("true").returncode == 0:
             print(f"SSH login after {time.monotonic() - start:.0f}s")
             return
+        shown = booted.console.read_bytes()
+        stranded = [marker.decode() for marker in EMERGENCY if marker in shown]
+        if stranded:
+            pytest.fail(f"the boot ended in a shell ({stranded[0]!r}); console: {keep_console(booted)}")
         time.sleep(5)
     pytest.fail(f"no SSH login within {BOOT_TIMEOUT}s; serial console kept in {keep_console(booted)}")
 
@@ -281,6 +304,18 @@ def test_picluster_verify_passes_what_runs_without_kubernetes(booted: Booted) ->
 def _cell(report: str, check: str) -> str:
     (row,) = [line for line in report.splitlines() if line.startswith(check + " ")]
     return row.split()[-1]
+
+
+def test_a_missing_boot_partition_delays_and_fails_nothing(booted_without_its_boot_partition: Booted) -> None:
+    """/boot/firmware is not needed to boot: without it the node still reaches SSH and the
+    agent, and nothing waits in an emergency shell for a keyboard."""
+    booted = booted_without_its_boot_partition
+    assert booted.ssh("findmnt -n /boot/firmware").stdout == ""
+    assert booted.ssh("systemctl is-active boot-firmware.mount").stdout.strip() != "active"
+    state = agent_state_when(booted, "waiting: packages")
+    assert {check["name"]: check["status"] for check in state["preflight"]}["interface"] == "ok"
+    running = booted.ssh("systemctl is-system-running").stdout.strip()
+    assert running in ("running", "degraded", "starting"), running
 
 
 def test_the_agent_clears_stale_links_on_a_booted_node(booted_with_stale_links: Booted) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import subprocess
@@ -102,7 +103,7 @@ def test_second_control_plane_joins_as_control_plane(
     join = documents(plan, "etc/picluster/kubeadm.yaml")["JoinConfiguration"]
     assert join["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == "192.168.50.11"
     assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "cluster-api.lan:6443"
-    assert entry(plan, "etc/kubernetes/pki/sa.key").data == secrets.service_account.key_pem
+    assert entry(plan, "etc/picluster/pki/sa.key").data == secrets.service_account.key_pem
     init = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kubeadm.yaml")
     assert init["ClusterConfiguration"]["controlPlaneEndpoint"] == "cluster-api.lan:6443"
 
@@ -161,19 +162,36 @@ def test_flannel_manifest_is_arm_and_uses_the_cluster_interface(
     assert docs["ClusterRoleBinding/flannel"]["apiVersion"] == "rbac.authorization.k8s.io/v1"
 
 
+def test_flannel_conflist_states_its_cni_version_and_keeps_portmap(
+    cluster: Cluster, secrets: ClusterSecrets
+) -> None:
+    """Without cniVersion libcni reads the list as 0.1.0 (libcni/conf.go; pkg/types/create
+    DecodeVersion), a version from before plugin chaining, which portmap is."""
+    docs = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kube-flannel.yml")
+    conflist = json.loads(docs["ConfigMap/kube-flannel-cfg"]["data"]["cni-conf.json"])
+    assert conflist["cniVersion"] == "0.3.1"
+    flannel, portmap = conflist["plugins"]
+    assert flannel["type"] == "flannel" and flannel["delegate"]["isDefaultGateway"] is True
+    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
+
+
+def test_flannel_is_node_critical(cluster: Cluster, secrets: ClusterSecrets) -> None:
+    """A Pi under memory pressure evicts by priority; the network must go last."""
+    docs = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kube-flannel.yml")
+    pod = docs["DaemonSet/kube-flannel-ds-arm64"]["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+
+
 def test_flannel_manifest_follows_pod_subnet_backend_and_interface(
     bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
 ) -> None:
     bundled_data["cluster"]["pod_subnet"] = "10.50.0.0/16"
     bundled_data["flannel"]["backend"] = "host-gw"
     bundled_data["flannel"]["iface"] = "eth1"
-    bundled_data["base"]["arch"] = "armhf"
     cluster = cluster_from(bundled_data, tmp_path)
     plan = plan_for(cluster, "cp1", secrets)
     docs = documents(plan, "etc/picluster/kube-flannel.yml")
-    pod = docs["DaemonSet/kube-flannel-ds-arm"]["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm"}
-    assert pod["containers"][0]["image"] == "quay.io/coreos/flannel:v0.10.0-arm"
+    pod = docs["DaemonSet/kube-flannel-ds-arm64"]["spec"]["template"]["spec"]
     assert "--iface=eth1" in pod["containers"][0]["args"]
     net_conf = json.loads(docs["ConfigMap/kube-flannel-cfg"]["data"]["net-conf.json"])
     assert net_conf == {"Network": "10.50.0.0/16", "Backend": {"Type": "host-gw"}}
@@ -182,7 +200,6 @@ def test_flannel_manifest_follows_pod_subnet_backend_and_interface(
     ]
     assert pod_subnet == net_conf["Network"]
     assert "Name=eth1" in text(plan, "etc/systemd/network/10-cluster.network")
-    assert "arm_64bit" not in text(plan, "config.txt", "boot")
 
 
 @pytest.mark.parametrize("version", ["1.31.0", "1.34.2", "1.37.0"])
@@ -211,12 +228,16 @@ def test_only_control_planes_carry_the_manifest_and_ca_key(cluster: Cluster, sec
     plans = {plan.node: plan for plan in render_cluster(cluster, secrets)}
     cp_paths = {str(f.path) for f in plans["cp1"].files}
     assert "etc/picluster/kube-flannel.yml" in cp_paths
-    key = entry(plans["cp1"], "etc/kubernetes/pki/ca.key")
+    key = entry(plans["cp1"], "etc/picluster/pki/ca.key")
     assert key.data == secrets.ca.key_pem
     assert key.mode == 0o600
+    # `kubeadm reset -f` empties /etc/kubernetes/pki: the card keeps its CAs out of its reach
+    assert not any(p.startswith("etc/kubernetes/") for p in cp_paths)
+    config = json.loads(entry(plans["cp1"], "etc/picluster/node.json").data)
+    assert config["kubeadm"]["pki_seed"] == "/etc/picluster/pki"
     for worker in ("w1", "w2"):
         paths = {str(f.path) for f in plans[worker].files}
-        assert not any(p.startswith("etc/kubernetes/pki") for p in paths)
+        assert not any(p.startswith(("etc/kubernetes/pki", "etc/picluster/pki")) for p in paths)
         assert "etc/picluster/kube-flannel.yml" not in paths
         assert not any(secrets.ca.key_pem in f.data for f in plans[worker].files)
         assert entry(plans[worker], "etc/picluster/cluster-ca.crt").data == secrets.ca.public_pem
@@ -281,7 +302,8 @@ def test_kubernetes_prerequisites(cluster: Cluster, secrets: ClusterSecrets) -> 
     modules = [
         m for m in text(plan, "etc/modules-load.d/kubernetes.conf").splitlines() if not m.startswith("#")
     ]
-    assert modules == ["overlay", "br_netfilter", "vxlan"]
+    # ip_tables, iptable_nat, iptable_filter: flannel v0.10.0's legacy iptables needs them loaded
+    assert modules == ["overlay", "br_netfilter", "vxlan", "ip_tables", "iptable_nat", "iptable_filter"]
     containerd = text(plan, "etc/containerd/config.toml")
     assert "SystemdCgroup = true" in containerd
     assert 'sandbox_image = "registry.k8s.io/pause:3.10.1"' in containerd
@@ -320,6 +342,16 @@ def test_agent_config(cluster: Cluster, secrets: ClusterSecrets) -> None:
     assert worker["manifests"] == []
 
 
+def test_agent_knows_when_the_cas_start_and_where_their_seed_is(
+    cluster: Cluster, secrets: ClusterSecrets
+) -> None:
+    config = json.loads(text(plan_for(cluster, "cp1", secrets), "etc/picluster/node.json"))
+    assert config["cluster"]["ca_not_before"] == int(secrets.ca_not_before.timestamp())
+    assert config["kubeadm"]["pki_seed"] == "/etc/picluster/pki"
+    worker = json.loads(text(plan_for(cluster, "w1", secrets), "etc/picluster/node.json"))
+    assert worker["kubeadm"]["pki_seed"] is None
+
+
 def test_secrets_are_not_world_readable(cluster: Cluster, secrets: ClusterSecrets) -> None:
     for plan in render_cluster(cluster, secrets):
         for item in plan.files:
@@ -339,12 +371,45 @@ def test_wifi_uplink_stores_the_derived_key(
     assert "psk=f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e" in lines
     assert "ssid=49454545" in lines
     assert b"password" not in conf.data
-    assert "RouteMetric=600" in text(plan, "etc/systemd/network/20-wlan0.network")
+    wlan0 = configparser.ConfigParser()
+    wlan0.read_string(text(plan, "etc/systemd/network/20-wlan0.network"))
+    assert wlan0["DHCPv4"]["RouteMetric"] == "600"
+    # an access point out of range must not hold up network-online.target (and so the agent)
+    assert wlan0["Link"]["RequiredForOnline"] == "no"
 
 
 def test_no_wifi_files_without_wifi(cluster: Cluster, secrets: ClusterSecrets) -> None:
     paths = {str(f.path) for f in plan_for(cluster, "w1", secrets).files}
     assert not any("wpa_supplicant" in p or "wlan0" in p for p in paths)
+
+
+# --- booting headless -------------------------------------------------------------------------
+
+UNIT_DIRS = ("etc/systemd/system/", "usr/lib/systemd/system/")
+HARD_DEPENDENCIES = ("Requires", "Requisite", "BindsTo", "RequiresMountsFor", "OnFailure", "FailureAction")
+
+
+def test_a_slow_or_missing_boot_partition_delays_and_fails_nothing(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    """A headless node has no keyboard for an emergency shell: the boot partition (which the
+    firmware has read already) is mounted `nofail`, and no unit the card adds can stop the boot
+    or wait on a mount or device."""
+    bundled_data["network"]["wifi"] = {"ssid": "lab", "psk": "correct horse", "country": "DE"}
+    for plan in render_cluster(cluster_from(bundled_data, tmp_path), secrets):
+        mounts = {
+            fields[1]: fields[3].split(",")
+            for fields in (line.split() for line in text(plan, "etc/fstab").splitlines())
+            if fields and not fields[0].startswith("#")
+        }
+        assert set(mounts) == {"/", "/boot/firmware"}
+        assert "nofail" in mounts["/boot/firmware"]
+        units = [f for f in plan.files if str(f.path).startswith(UNIT_DIRS) and f.link is None]
+        assert units, "the card adds units"
+        for unit in units:
+            settings = [line.split("=", 1)[0].strip() for line in unit.data.decode().splitlines()]
+            assert not set(settings) & set(HARD_DEPENDENCIES), f"{plan.node}:{unit.path}"
+            assert b"emergency" not in unit.data and b"rescue" not in unit.data, f"{plan.node}:{unit.path}"
 
 
 # --- determinism -----------------------------------------------------------------------------

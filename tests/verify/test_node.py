@@ -12,10 +12,19 @@ from typing import Any
 
 import pytest
 
+from builder.boards import OVERLAYS_DIR
 from builder.model import Cluster, Node
 
-MODULES = ("overlay", "br_netfilter", "vxlan")
-SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
+
+def card_list(path: str) -> list[str]:
+    """The entries of a list every card carries (modules-load.d, sysctl.d), as picluster wrote
+    it: the same files the node applies at boot and the agent's preflight checks."""
+    lines = (line.strip() for line in (OVERLAYS_DIR / "common" / path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(("#", ";"))]
+
+
+MODULES = card_list("etc/modules-load.d/kubernetes.conf")
+SYSCTLS = [entry.partition("=")[0].strip() for entry in card_list("etc/sysctl.d/90-kubernetes.conf")]
 CGROUP_FLAGS = ("cgroup_enable=memory", "cgroup_memory=1")
 
 
@@ -116,7 +125,7 @@ def test_swap_off(host: Any) -> None:
 def test_module_loaded(host: Any, module: str) -> None:
     """module loaded"""
     assert host.file(f"/sys/module/{module}").is_directory, (
-        f"{module} is not loaded; fix: sudo modprobe {module}"
+        f"{module} is not loaded; fix: sudo modprobe {module} (and check /etc/modules-load.d/kubernetes.conf)"
     )
 
 
@@ -180,8 +189,14 @@ def flannel_lease(host: Any) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]).network
 
 
+def vxlan_only(cluster: Cluster) -> None:
+    if cluster.flannel.backend != "vxlan":
+        pytest.skip(f"flannel.backend is {cluster.flannel.backend}: no flannel.1, no VXLAN on UDP 8472")
+
+
 def test_flannel_link(host: Any, node: Node, cluster: Cluster, kubernetes: None) -> None:
     """flannel.1: one address, its lease, on the interface"""
+    vxlan_only(cluster)
     links = ip_json(host, "-d", "addr", "show", "dev", "flannel.1")
     assert links, "flannel.1 does not exist; see kubectl -n kube-system logs -l app=flannel"
     addresses = ipv4(links[0])
@@ -197,8 +212,9 @@ def test_flannel_link(host: Any, node: Node, cluster: Cluster, kubernetes: None)
     assert local == str(node.address.ip), f"flannel.1's VXLAN local address is {local}; {fix}"
 
 
-def test_vxlan_port(host: Any, kubernetes: None) -> None:
+def test_vxlan_port(host: Any, cluster: Cluster, kubernetes: None) -> None:
     """UDP 8472 bound (VXLAN)"""
+    vxlan_only(cluster)
     ports = {
         int(line.split()[1].split(":")[1], 16)
         for line in host.file("/proc/net/udp").content_string.splitlines()[1:]

@@ -1,0 +1,62 @@
+"""The verify suite's checks themselves, against a node that answers from files in the test (the
+suite's own runs over SSH are in the e2e tier)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from builder.config_file import load_cluster
+from builder.model import Cluster
+from tests.conftest import BUNDLED
+from tests.verify import test_node
+
+UDP_WITHOUT_VXLAN = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    "   0: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2\n"
+)
+
+
+@dataclass
+class File:
+    content_string: str
+
+
+class Node:
+    """Answers like testinfra's host for a node with no flannel.1 and nothing on UDP 8472, as a
+    healthy host-gw node is."""
+
+    def file(self, path: str) -> File:
+        assert path == "/proc/net/udp", path
+        return File(UDP_WITHOUT_VXLAN)
+
+    def check_output(self, command: str) -> str:
+        assert command.startswith("ip -j"), command
+        return "[]"
+
+
+def cluster_with_backend(backend: str) -> Cluster:
+    cluster = load_cluster(BUNDLED)
+    return cluster.model_copy(update={"flannel": cluster.flannel.model_copy(update={"backend": backend})})
+
+
+@pytest.mark.parametrize("check", [test_node.test_vxlan_port, test_node.test_flannel_link])
+def test_a_host_gw_cluster_has_no_vxlan_to_check(check: Any) -> None:
+    cluster = cluster_with_backend("host-gw")
+    kwargs = {"host": Node(), "cluster": cluster, "kubernetes": None}
+    if check is test_node.test_flannel_link:
+        kwargs["node"] = cluster.nodes[0]
+    with pytest.raises(pytest.skip.Exception, match=r"host-gw: no flannel\.1, no VXLAN on UDP 8472"):
+        check(**kwargs)
+
+
+def test_a_vxlan_node_without_its_port_fails() -> None:
+    with pytest.raises(AssertionError, match="nothing listens on UDP 8472"):
+        test_node.test_vxlan_port(host=Node(), cluster=cluster_with_backend("vxlan"), kubernetes=None)
+
+
+def test_flannels_legacy_iptables_modules_are_checked() -> None:
+    assert {"ip_tables", "iptable_nat", "iptable_filter"} <= set(test_node.MODULES)
+    assert "net.bridge.bridge-nf-call-ip6tables" in test_node.SYSCTLS
