@@ -351,10 +351,12 @@ def default_cache() -> Path:
 
 def _secrets(cluster_file: Path) -> ClusterSecrets:
     state_dir = state.state_dir_for(cluster_file)
-    if not state_dir.exists():
+    new = state.is_new(state_dir)
+    secrets = state.load_or_create(state_dir)
+    if new:
         print(
             f"created the cluster's CA and bootstrap token in {state_dir} "
-            "(keep it: nodes built later need it to join)",
+            "(keep it, and a backup of it: nodes built later need it to join; see picluster backup)",
             file=sys.stderr,
         )
-    return state.load_or_create(state_dir)
+    return secrets

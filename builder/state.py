@@ -1,14 +1,25 @@
 """The cluster's secrets on disk: a git-ignored `.picluster/` folder next to cluster.yaml.
 
-Created on first use (folder 0700, files 0600) and reused afterwards, so images built later join
-the same cluster. Its layout mirrors kubeadm's /etc/kubernetes/pki.
+The folder is the cluster's identity: every card pins its CA, and a node built later joins only
+if it carries the same secrets. So it is made once, when there is no folder (or an empty one),
+all at once under a temporary name; afterwards it is only read, and read strictly: a missing,
+damaged or foreign file, or a link, is an error that names it, never a reason to make new
+secrets. Folder 0700, files 0600; its layout mirrors kubeadm's /etc/kubernetes/pki.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import stat
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from builder.errors import UserError
 from builder.files import write_atomic
@@ -16,55 +27,153 @@ from builder.pki import ClusterSecrets, KeyPair, make_secrets
 
 STATE_DIR_NAME = ".picluster"
 TOKEN_FILE = "bootstrap-token"
+BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+CAS = {
+    "ca": ("pki/ca.crt", "pki/ca.key"),
+    "front_proxy_ca": ("pki/front-proxy-ca.crt", "pki/front-proxy-ca.key"),
+    "etcd_ca": ("pki/etcd/ca.crt", "pki/etcd/ca.key"),
+}
+SERVICE_ACCOUNT = ("pki/sa.pub", "pki/sa.key")
+REQUIRED = (*(name for pair in CAS.values() for name in pair), *SERVICE_ACCOUNT, TOKEN_FILE)
+"""Every file a complete state folder holds."""
+RESTORE = (
+    "restore the folder from your backup (picluster restore FILE); only if no node of this "
+    "cluster has ever booted, move the folder away to start a new cluster"
+)
 
 
 def state_dir_for(cluster_file: Path) -> Path:
     return cluster_file.resolve().parent / STATE_DIR_NAME
 
 
+def is_new(state_dir: Path) -> bool:
+    """No cluster yet: no folder, or an empty one. Anything else must load."""
+    if state_dir.is_symlink() and not state_dir.exists():
+        raise UserError(
+            f"{state_dir} is a link to {os.readlink(state_dir)}, which does not exist",
+            "mount or restore what it points to, or replace the link with the folder itself",
+        )
+    if not state_dir.exists():
+        return True
+    if not state_dir.is_dir():
+        raise UserError(f"{state_dir} is not a folder", RESTORE)
+    return not any(state_dir.iterdir())
+
+
 def load_or_create(state_dir: Path) -> ClusterSecrets:
-    """Read the cluster's secrets, creating them the first time."""
-    if not (state_dir / "pki" / "ca.crt").exists():
+    """Read the cluster's secrets, creating them only when there are none at all."""
+    if is_new(state_dir):
         save(state_dir, make_secrets(datetime.now(UTC).replace(microsecond=0)))
     return load(state_dir)
 
 
 def save(state_dir: Path, secrets: ClusterSecrets) -> None:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name, data in secrets.pki_files().items():
-        folder = (state_dir / "pki" / name).parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(state_dir / "pki" / name, data, 0o600)
-    write_atomic(state_dir / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
-    _tighten(state_dir)
+    """Write a new state folder whole: under a temporary name beside it, then renamed into place
+    (over an empty folder), so no half-made folder is ever left to be mistaken for a cluster."""
+    target = state_dir.resolve()  # the folder a link points to, for secrets kept elsewhere
+    try:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.new-"))
+    except OSError as error:
+        raise UserError(
+            f"cannot create the cluster's secrets in {target.parent}: {error.strerror}",
+            "run picluster where that folder is writable, or copy cluster.yaml to one that is",
+        ) from None
+    try:
+        for name, data in secrets.pki_files().items():
+            write_atomic(staging / "pki" / name, data, 0o600)
+        write_atomic(staging / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
+        _tighten(staging)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def load(state_dir: Path) -> ClusterSecrets:
+    """The secrets, checked: every file there, none a link, every certificate a CA whose key
+    matches it, the token well formed. Any problem is one error listing them all."""
+    problems = _missing_or_linked(state_dir)
+    if problems:
+        raise _damaged(state_dir, problems)
     _tighten(state_dir)
-    pki = state_dir / "pki"
+    pairs = {field: _pair(state_dir, *names, problems, ca=True) for field, names in CAS.items()}
+    service_account = _pair(state_dir, *SERVICE_ACCOUNT, problems, ca=False)
+    token = (state_dir / TOKEN_FILE).read_text(errors="replace").strip()
+    if not BOOTSTRAP_TOKEN.fullmatch(token):
+        problems.append(f"{TOKEN_FILE}: not a bootstrap token ([a-z0-9]{{6}}.[a-z0-9]{{16}})")
+    if problems:
+        raise _damaged(state_dir, problems)
+    return ClusterSecrets(bootstrap_token=token, service_account=service_account, **pairs)
+
+
+def _missing_or_linked(state_dir: Path) -> list[str]:
+    problems = []
+    for folder, folders, files in os.walk(state_dir):
+        for name in folders + files:
+            path = Path(folder, name)
+            if path.is_symlink():
+                # never followed: tightening modes through a link would change a file elsewhere
+                relative, points_to = path.relative_to(state_dir), os.readlink(path)
+                problems.append(f"{relative}: a link (to {points_to}); put the file itself in its place")
+    for name in REQUIRED:
+        path = state_dir / name
+        if not path.is_symlink() and not path.is_file():
+            problems.append(f"{name}: missing")
+    return problems
+
+
+def _pair(state_dir: Path, public: str, private: str, problems: list[str], ca: bool) -> KeyPair:
+    public_pem, key_pem = (state_dir / public).read_bytes(), (state_dir / private).read_bytes()
+    public_key: PublicKeyTypes
     try:
-        return ClusterSecrets(
-            ca=_pair(pki, "ca.crt", "ca.key"),
-            front_proxy_ca=_pair(pki, "front-proxy-ca.crt", "front-proxy-ca.key"),
-            etcd_ca=_pair(pki, "etcd/ca.crt", "etcd/ca.key"),
-            service_account=_pair(pki, "sa.pub", "sa.key"),
-            bootstrap_token=(state_dir / TOKEN_FILE).read_text().strip(),
+        if ca:
+            certificate = x509.load_pem_x509_certificate(public_pem)
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+            if not constraints.value.ca:
+                problems.append(f"{public}: not a CA certificate")
+            public_key = certificate.public_key()
+        else:
+            public_key = serialization.load_pem_public_key(public_pem)
+    except (ValueError, x509.ExtensionNotFound):
+        problems.append(
+            f"{public}: not a PEM {'CA certificate' if ca else 'public key'} (empty, truncated or damaged)"
         )
-    except FileNotFoundError as missing:
-        raise UserError(
-            f"the cluster state in {state_dir} is incomplete: {missing.filename} is missing",
-            "restore the folder from your backup; only if no node was ever booted, delete it "
-            "to start a new cluster",
-        ) from None
+        return KeyPair(public_pem, key_pem)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        problems.append(f"{private}: not an unencrypted PEM private key (empty, truncated or damaged)")
+        return KeyPair(public_pem, key_pem)
+    if _spki(key.public_key()) != _spki(public_key):
+        problems.append(f"{private}: does not belong to {public} (a key from another cluster?)")
+    return KeyPair(public_pem, key_pem)
 
 
-def _pair(folder: Path, public: str, key: str) -> KeyPair:
-    return KeyPair((folder / public).read_bytes(), (folder / key).read_bytes())
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _damaged(state_dir: Path, problems: list[str]) -> UserError:
+    listed = "".join(f"\n  {problem}" for problem in problems)
+    return UserError(
+        f"the cluster's secrets in {state_dir} are incomplete or damaged, so no card can be "
+        f"written that joins this cluster:{listed}",
+        RESTORE,
+    )
 
 
 def _tighten(state_dir: Path) -> None:
-    """Keep secrets private even if the folder was copied around with a loose umask."""
+    """Keep secrets private even if the folder was copied around with a loose umask (links were
+    refused before this runs); a folder already private is left untouched, so it may be
+    read-only."""
     for folder, _, files in os.walk(state_dir):
-        os.chmod(folder, 0o700)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o600)
+        for path, wanted in [(folder, 0o700), *((os.path.join(folder, name), 0o600) for name in files)]:
+            if stat.S_IMODE(os.lstat(path).st_mode) == wanted:
+                continue
+            try:
+                os.chmod(path, wanted)
+            except OSError as error:
+                raise UserError(
+                    f"cannot make {path} private ({oct(wanted)}): {error.strerror}",
+                    "fix its owner or modes (chmod -R go= .picluster), then run again",
+                ) from None

@@ -23,6 +23,7 @@ from builder.errors import UserError
 from builder.files import write_atomic
 from builder.model import Cluster
 from builder.pki import ClusterSecrets, new_bootstrap_token
+from builder.state import BOOTSTRAP_TOKEN
 
 TOKENS_FILE = "tokens.json"
 MARGIN = timedelta(hours=1)
@@ -53,8 +54,27 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
             else datetime.now(UTC)
         )
         return Tokens(secrets.bootstrap_token, issued)
-    raw = json.loads(path.read_text())
-    return Tokens(raw["current"], datetime.fromisoformat(raw["issued_at"]), dict(raw["nodes"]))
+    try:
+        raw = json.loads(path.read_bytes())
+        tokens = Tokens(raw["current"], datetime.fromisoformat(raw["issued_at"]), dict(raw["nodes"]))
+        issued_at_is_utc = tokens.issued_at.utcoffset() is not None
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise _damaged(path, f"not the record picluster writes ({type(error).__name__}: {error})") from None
+    wrong = [
+        name for name, token in {"current": tokens.current, **tokens.nodes}.items()
+        if not isinstance(token, str) or not BOOTSTRAP_TOKEN.fullmatch(token)
+    ]  # fmt: skip
+    if wrong or not issued_at_is_utc:
+        what = f"malformed bootstrap token for {', '.join(wrong)}" if wrong else "issued_at has no time zone"
+        raise _damaged(path, what)
+    return tokens
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path} is damaged: {what}; it records which bootstrap token each node's card carries",
+        "restore it from your backup of the state folder (picluster restore FILE)",
+    )
 
 
 def save_tokens(state_dir: Path, tokens: Tokens) -> None:
