@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from builder import __version__, base, cluster_api, flash, kubeconfig, run, state, status, tokens
+from builder import __version__, backup, base, cluster_api, flash, kubeconfig, run, state, status, tokens
 from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
@@ -172,6 +172,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     admin.set_defaults(command=_kubeconfig)
 
+    keep = commands.add_parser(
+        "backup",
+        parents=[common],
+        help="copy the cluster's secrets (.picluster/) into a checked archive",
+        description="Write the state folder next to cluster.yaml (the cluster's CAs and tokens: lose "
+        "it and no new node can join) to a gzip'd tar with a manifest of SHA-256s, mode 0600. Only "
+        "a folder that loads cleanly is backed up. Keep the archive off this machine, privately.",
+    )
+    keep.add_argument("-o", "--out", type=Path, required=True, metavar="FILE", help="the archive to write")
+    keep.set_defaults(command=_backup)
+
+    back = commands.add_parser(
+        "restore",
+        parents=[common],
+        help="put a backup of the cluster's secrets back in place",
+        description="Check a `picluster backup` archive (every file's SHA-256, every key against its "
+        "certificate) and put it in place as the state folder next to cluster.yaml. Refuses to "
+        "replace a folder that holds secrets.",
+    )
+    back.add_argument("archive", type=Path, metavar="FILE", help="the archive picluster backup wrote")
+    back.set_defaults(command=_restore)
+
     show = commands.add_parser(
         "status",
         parents=[common],
@@ -322,6 +344,24 @@ def _kubeconfig(args: argparse.Namespace) -> int:
         f"wrote {out} (an admin credential for one year: keep it private)\n"
         f"  kubectl --kubeconfig {out} get nodes"
     )
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    cluster = _load(args)
+    secrets, count = backup.backup(state.state_dir_for(args.file), cluster.cluster.name, args.out)
+    print(
+        f"backed up {count} files of cluster {cluster.cluster.name} (CA {secrets.ca_cert_hash}) to "
+        f"{args.out}\n  it holds the cluster's CA keys: keep it off this machine, where only you can read it"
+    )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    _load(args)
+    state_dir = state.state_dir_for(args.file)
+    secrets, name = backup.restore(args.archive, state_dir)
+    print(f"restored cluster {name}'s secrets (CA {secrets.ca_cert_hash}) into {state_dir}")
     return 0
 
 

@@ -40,3 +40,9 @@ def secrets() -> ClusterSecrets:
 def bundled_data() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(BUNDLED.read_text())
     return data
+
+
+def file_contents(folder: Path) -> dict[str, bytes]:
+    """Every regular file below a folder, by relative path: to show that nothing changed."""
+    found = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in found}

@@ -21,7 +21,7 @@ from builder import state
 from builder.cli import main
 from builder.errors import UserError
 from builder.pki import make_admin_client, new_bootstrap_token
-from tests.conftest import BUNDLED, fixed_secrets
+from tests.conftest import BUNDLED, file_contents, fixed_secrets
 
 
 def mode(path: Path) -> int:
@@ -126,12 +126,12 @@ def cluster_state(tmp_path: Path) -> Path:
 
 def test_a_missing_ca_certificate_is_named_and_nothing_is_made_anew(cluster_state: Path) -> None:
     (cluster_state / "pki/ca.crt").unlink()
-    before = listing(cluster_state)
+    before = file_contents(cluster_state)
     with pytest.raises(UserError) as caught:
         state.load_or_create(cluster_state)
     assert "pki/ca.crt: missing" in caught.value.message
     assert "picluster restore" in caught.value.hint
-    assert listing(cluster_state) == before, "no secret was written"
+    assert file_contents(cluster_state) == before, "no secret was written"
 
 
 def cut(name: str, keep: int) -> Callable[[Path], object]:

@@ -1,0 +1,119 @@
+"""`picluster backup` and `picluster restore`: the state folder, the one thing that must never be
+lost, copied off as a checked archive and put back only when it checks out.
+
+The archive is a gzip'd tar of the folder's regular files plus MANIFEST.json (each file's
+SHA-256, the cluster's name and CA pin). A backup is made only of a folder that loads cleanly;
+a restore verifies every digest, refuses links, absolute paths and `..`, loads the secrets from a
+scratch copy, and only then renames that copy into place, never over an existing cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from builder import state, tokens
+from builder.errors import UserError
+from builder.files import write_atomic
+from builder.pki import ClusterSecrets
+
+MANIFEST = "MANIFEST.json"
+MAX_MEMBER = 1 << 20
+"""No secret file is near this size; a larger member means the archive is something else."""
+
+
+def backup(state_dir: Path, cluster_name: str, out: Path) -> tuple[ClusterSecrets, int]:
+    """Write the archive of a state folder that loads cleanly; returns its secrets and file count."""
+    secrets = state.load(state_dir)
+    tokens.load_tokens(state_dir, secrets)  # a damaged token record is no backup either
+    files = sorted(path for path in state_dir.rglob("*") if path.is_file() and not path.is_symlink())
+    contents = {path.relative_to(state_dir).as_posix(): path.read_bytes() for path in files}
+    manifest = {
+        "cluster": cluster_name,
+        "ca_cert_hash": secrets.ca_cert_hash,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in {MANIFEST: json.dumps(manifest, indent=2).encode(), **contents}.items():
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(data), 0o600
+            archive.addfile(member, io.BytesIO(data))
+    try:
+        write_atomic(out, buffer.getvalue(), 0o600)
+    except OSError as error:
+        raise UserError(
+            f"cannot write {out}: {error.strerror}", "choose another place with -o FILE"
+        ) from None
+    return secrets, len(contents)
+
+
+def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
+    """Put a checked archive's folder in place; returns its secrets and the cluster's name."""
+    if not state.is_new(state_dir):
+        raise UserError(
+            f"{state_dir} already holds a cluster's secrets; restoring would replace them",
+            f"move {state_dir} away first if it is really the wrong one (it may be the only copy)",
+        )
+    contents, manifest = _read_checked(archive_path)
+    target = state_dir.resolve()
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.restore-"))
+    try:
+        for name, data in contents.items():
+            write_atomic(staging / name, data, 0o600)
+        secrets = state.load(staging)
+        tokens.load_tokens(staging, secrets)
+        if secrets.ca_cert_hash != manifest.get("ca_cert_hash"):
+            raise _not_a_backup(archive_path, "its CA is not the one its manifest names")
+        os.chmod(staging, 0o700)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return secrets, str(manifest.get("cluster", "?"))
+
+
+def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, object]]:
+    contents: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive_path, mode="r:gz") as archive:
+            for member in archive:
+                name = PurePosixPath(member.name)
+                if (
+                    not member.isfile()
+                    or name.is_absolute()
+                    or ".." in name.parts
+                    or member.size > MAX_MEMBER
+                ):
+                    raise _not_a_backup(archive_path, f"it holds {member.name!r}, which no backup holds")
+                extracted = archive.extractfile(member)
+                assert extracted is not None  # a regular file
+                contents[name.as_posix()] = extracted.read()
+    except (OSError, tarfile.TarError, EOFError) as error:
+        raise _not_a_backup(archive_path, f"it cannot be read ({error})") from None
+    try:
+        manifest = json.loads(contents.pop(MANIFEST))
+        listed: dict[str, str] = manifest["files"]
+    except (KeyError, ValueError, TypeError):
+        raise _not_a_backup(archive_path, f"it has no readable {MANIFEST}") from None
+    if set(listed) != set(contents):
+        raise _not_a_backup(archive_path, "its files are not the ones its manifest lists")
+    damaged = sorted(
+        name for name, data in contents.items() if hashlib.sha256(data).hexdigest() != listed[name]
+    )
+    if damaged:
+        raise _not_a_backup(archive_path, f"these files changed since the backup: {', '.join(damaged)}")
+    return contents, manifest
+
+
+def _not_a_backup(path: Path, why: str) -> UserError:
+    return UserError(
+        f"{path} is not a usable picluster backup: {why}",
+        "use another copy of the backup; nothing was restored",
+    )
