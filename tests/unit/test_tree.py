@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from builder.errors import UserError
 from builder.plan import FileEntry, NodePlan
 from builder.tree import write_tree
 
@@ -46,3 +47,24 @@ def test_a_failed_write_leaves_the_previous_tree(tmp_path: Path) -> None:
         write_tree(broken, tmp_path)
     assert (tmp_path / "n1" / "root" / "etc/picluster/kubeadm.yaml").read_bytes() == b"token\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n1"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_what_picluster_did_not_write_is_never_replaced(tmp_path: Path, kind: str) -> None:
+    """`mkdir -p n1/keep; echo precious > n1/keep/f; picluster render -o .` lost the file."""
+    existing = tmp_path / "n1"
+    if kind == "folder":
+        (existing / "keep").mkdir(parents=True)
+        (existing / "keep/f").write_text("precious\n")
+    elif kind == "file":
+        existing.write_text("precious\n")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        existing.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="is not a folder picluster render wrote"):
+        write_tree(PLAN, tmp_path)
+    if kind == "folder":
+        assert (existing / "keep/f").read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["n1", *(["elsewhere"] if kind == "link" else [])]
+    )
