@@ -22,7 +22,7 @@ from builder.boards import FIRMWARE_DIR
 from builder.download import fetch_text
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
-from builder.files import write_atomic
+from builder.files import exclusive, write_atomic
 from builder.image import BaseImage, Layout, assemble, list_tree
 from builder.model import Cluster, ImageSource
 from builder.progress import Reporter
@@ -41,8 +41,9 @@ PACKAGES = (
     # network and time
     "iproute2", "systemd-timesyncd", "openssh-server", "wpasupplicant", "ca-certificates",
     # the Wi-Fi chips of the Pi 3, 3B+ and 4 (raspi-firmware only suggests it; without it wlan0
-    # never appears): 18 MB in every base keeps one base for every cluster
-    "firmware-brcm80211",
+    # never appears): 18 MB in every base keeps one base for every cluster; and the regulatory
+    # database, without which the kernel keeps the world domain whatever country Wi-Fi names
+    "firmware-brcm80211", "wireless-regdb",
     # the first-boot agent
     "python3", "python3-yaml", "python3-requests",
     # Kubernetes node prerequisites (kubeadm's preflight checks for several of these)
@@ -95,11 +96,16 @@ def ensure_base(cluster: Cluster, cache_dir: Path, reporter: Reporter, rebuild: 
     if (folder / "base.json").exists() and not rebuild:
         reporter.say(f"==> base image: cached ({folder})")
         return load_base(folder)
-    reporter.say(f"==> base image: building ({_why_rebuild(cache_dir, inputs, rebuild)})")
-    if cluster.base.image is not None:
-        import_base(cluster.base.image, inputs, folder, cache_dir, reporter)
-    else:
-        build_base(cluster, inputs, folder, reporter)
+    # one build of a base at a time; whoever waited finds it built
+    with exclusive(folder.with_name(f"{folder.name}.lock"), f"the base image {folder}", reporter.say):
+        if (folder / "base.json").exists() and not rebuild:
+            reporter.say(f"==> base image: cached ({folder}), built while this build waited")
+            return load_base(folder)
+        reporter.say(f"==> base image: building ({_why_rebuild(cache_dir, inputs, rebuild)})")
+        if cluster.base.image is not None:
+            import_base(cluster.base.image, inputs, folder, cache_dir, reporter)
+        else:
+            build_base(cluster, inputs, folder, reporter)
     return load_base(folder)
 
 

@@ -103,20 +103,22 @@ def test_root_filesystem_is_ready_to_become_any_node(real_base: BaseImage) -> No
 
 
 WIFI_FIRMWARE = {
-    "brcmfmac43430-sdio.bin": 200_000,  # Pi 3 Model B
-    "brcmfmac43455-sdio.bin": 400_000,  # Pi 3 Model B+ and Pi 4
-    "brcmfmac43430-sdio.raspberrypi,3-model-b.txt": 500,
-    "brcmfmac43455-sdio.raspberrypi,3-model-b-plus.txt": 500,
-    "brcmfmac43455-sdio.raspberrypi,4-model-b.txt": 500,
+    "brcm/brcmfmac43430-sdio.bin": 200_000,  # Pi 3 Model B
+    "brcm/brcmfmac43455-sdio.bin": 400_000,  # Pi 3 Model B+ and Pi 4
+    "brcm/brcmfmac43430-sdio.raspberrypi,3-model-b.txt": 500,
+    "brcm/brcmfmac43455-sdio.raspberrypi,3-model-b-plus.txt": 500,
+    "brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt": 500,
+    "regulatory.db": 1_000,
+    "regulatory.db.p7s": 500,  # the kernel checks the database's signature
 }
-"""What brcmfmac loads for the Pis' Wi-Fi chips (the chip's firmware, then its board file), with
-a floor on each size; raspi-firmware only suggests firmware-brcm80211, so without it wlan0 never
-appears."""
+"""What brcmfmac loads for the Pis' Wi-Fi chips (the chip's firmware, then its board file), and
+cfg80211's regulatory database, with a floor on each size; raspi-firmware only suggests
+firmware-brcm80211, so without it wlan0 never appears."""
 
 
 def test_the_wifi_chips_have_their_firmware(real_base: BaseImage) -> None:
     for name, least in WIFI_FIRMWARE.items():
-        path = f"/usr/lib/firmware/brcm/{name}"
+        path = f"/usr/lib/firmware/{name}"
         for _ in range(4):  # linux-firmware links some names to cypress/
             link = re.search(r'Fast link dest: "([^"]+)"', stat_root(real_base, f'"{path}"'))
             if not link:
