@@ -9,6 +9,7 @@ previous images intact and is finished by the next run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,7 +24,8 @@ from typing import Literal
 from builder.base import ensure_base
 from builder.bmap import digest_image
 from builder.epoch import source_date_epoch
-from builder.files import write_atomic
+from builder.errors import UserError
+from builder.files import exclusive, write_atomic
 from builder.image import BaseImage, stamp
 from builder.model import Cluster
 from builder.pki import ClusterSecrets
@@ -38,6 +40,9 @@ COMPRESSORS: dict[str, list[str]] = {
     "xz": ["xz", "-q", "-T0", "-6"],
 }
 IMAGE_SUFFIXES = ("", *(f".{name}" for name in COMPRESSORS))
+LOCK = ".picluster.lock"
+"""In the images folder: one build writes there at a time (a second one would clear the
+first's unfinished images as a killed build's leftovers)."""
 """What an image file's name may end in after `.img`: raw or one of the compressions."""
 
 
@@ -83,12 +88,31 @@ def build_images(
     """Build every node whose card changed; return the names of the nodes built."""
     plans = render_cluster(cluster, secrets, tokens)
     base = ensure_base(cluster, cache, reporter, rebuild=rebuild_base)
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        (images / LOCK).touch()
+    except OSError as error:
+        raise UserError(
+            f"cannot write images into {images}: {error.strerror}", "pass -o a folder you can write to"
+        ) from None
+    with exclusive(images / LOCK, f"images into {images}", reporter.say):
+        return _build_stale(plans, base, images, reporter, compress, clock_seed(clock_epoch(base), secrets))
+
+
+def _build_stale(
+    plans: list[NodePlan],
+    base: BaseImage,
+    images: Path,
+    reporter: Reporter,
+    compress: Compression | None,
+    seed: int,
+) -> list[str]:
+    """With the images folder to ourselves: clear a killed build's leftovers, then build every
+    node whose card changed."""
     epoch = clock_epoch(base)
-    images.mkdir(parents=True, exist_ok=True)
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
     reporter.say(f"==> node images in {images}")
-    seed = clock_seed(epoch, secrets)
     stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
     done = 0
     for plan in plans:
@@ -178,8 +202,25 @@ def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:
     if not all(path.exists() for path in (outputs.image, outputs.checksum, outputs.bmap, outputs.record)):
         return False
     stored = json.loads(outputs.record.read_text())
-    stored.pop("sha256", None)
-    return bool(stored == record)
+    if mismatched_set(outputs, stored):
+        return False
+    return {key: value for key, value in stored.items() if key not in WRITTEN} == record
+
+
+WRITTEN = ("sha256", "bmap_sha256")
+"""What the record says of the files written with the image, beside the inputs it came from."""
+
+
+def mismatched_set(outputs: NodeOutputs, stored: dict[str, object]) -> str | None:
+    """Why an image's .sha256 and .bmap are not the ones its record was written with, or None.
+
+    The four files are renamed into place one by one, the record last; a build killed between
+    two renames leaves a set whose record names other checksums than the files hold."""
+    checksum = outputs.checksum.read_text().split()[0] if outputs.checksum.exists() else None
+    bmap = hashlib.sha256(outputs.bmap.read_bytes()).hexdigest() if outputs.bmap.exists() else None
+    if (checksum, bmap) == (stored.get("sha256"), stored.get("bmap_sha256")):
+        return None
+    return "its .sha256 and .bmap are not the ones its build record names (a build was interrupted)"
 
 
 def build_node(
@@ -198,7 +239,8 @@ def build_node(
             if stale != outputs.image:
                 stale.unlink(missing_ok=True)
         os.replace(partial, outputs.image)
-        record_text = json.dumps({**record, "sha256": digests.sha256}, indent=2)
+        bmap_sha256 = hashlib.sha256(digests.bmap.encode()).hexdigest()
+        record_text = json.dumps({**record, "sha256": digests.sha256, "bmap_sha256": bmap_sha256}, indent=2)
         write_atomic(outputs.record, record_text.encode(), durable=False)
 
 

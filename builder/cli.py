@@ -134,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
     card = commands.add_parser(
         "flash",
+        parents=[common],
         help="write a node's image to an SD card",
         description="Write IMAGES/NODE.img (or .img.zst, .img.xz) to an SD card: only a whole, "
         "removable, unused device at least as large as the image; the image is checked against "
@@ -147,7 +148,6 @@ def _parser() -> argparse.ArgumentParser:
         "--force-non-removable", action="store_true", help="allow a device that does not say it is removable"
     )
     _images_option(card)
-    card.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     card.set_defaults(command=_flash)
 
     token = commands.add_parser(
@@ -292,6 +292,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _flash(args: argparse.Namespace) -> int:
     image = flash.find_image(args.images, args.node)
+    _warn_if_stale(args, image)
     if args.device is None:
         disks = flash.removable_disks()
         listing = "\n".join(f"  {disk.describe()}" for disk in disks) or "  (no removable device found)"
@@ -365,13 +366,38 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_stale(args: argparse.Namespace, image: Path) -> None:
+    """An image built before cluster.yaml or the tokens changed still flashes, with a warning."""
+    state_dir = state.state_dir_for(args.file)
+    if not args.file.exists() or state.is_new(state_dir):
+        print(f"note: no cluster.yaml and secrets at {args.file}, so whether {image.name} is current "
+              "is not known (-f names the cluster.yaml)", file=sys.stderr)  # fmt: skip
+        return
+    cluster = load_cluster(args.file)
+    if args.node not in {node.name for node in cluster.nodes}:
+        print(f"warning: {args.node} is not a node of {args.file}", file=sys.stderr)
+        return
+    (node,) = [s for s in _image_statuses(cluster, state.load(state_dir), state_dir, args.images)
+               if s.name == args.node]  # fmt: skip
+    if node.image == "stale":
+        print(
+            f"warning: {image.name} is stale against {args.file}: {'; '.join(node.why)}\n"
+            f"  hint: rebuild it first: picluster build -f {args.file} -o {args.images}",
+            file=sys.stderr,
+        )
+
+
+def _image_statuses(
+    cluster: Cluster, secrets: ClusterSecrets, state_dir: Path, images: Path
+) -> list[status.NodeStatus]:
+    plans = render_cluster(cluster, secrets, tokens.load_tokens(state_dir, secrets).nodes)
+    return status.image_status(plans, images, base.cache_key(base.manifest(cluster)))
+
+
 def _status(args: argparse.Namespace) -> int:
     cluster = _load(args)
     secrets = _secrets(args.file)
-    plans = render_cluster(
-        cluster, secrets, tokens.load_tokens(state.state_dir_for(args.file), secrets).nodes
-    )
-    statuses = status.image_status(plans, args.images, base.cache_key(base.manifest(cluster)))
+    statuses = _image_statuses(cluster, secrets, state.state_dir_for(args.file), args.images)
     try:
         with cluster_api.connect(cluster.api_endpoint, secrets) as api:
             statuses = status.add_cluster_view(statuses, cluster_api.list_nodes(api))

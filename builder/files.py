@@ -1,9 +1,13 @@
-"""Writing files so that a reader never sees half of one: write a temporary name, then rename."""
+"""Writing files so that a reader never sees half of one (write a temporary name, then rename),
+and one writer at a time in a folder (a lock file)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -27,3 +31,23 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold `lock` (an flock, released by the kernel when the holder dies, however it dies)
+    while writing `what`; a second picluster waits, saying which process it waits for."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            say(f"waiting: {holder} is writing {what}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"picluster (pid {os.getpid()})\n")
+        handle.flush()
+        yield

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.build import IMAGE_SUFFIXES, build_record, stale_reasons
+from builder.build import IMAGE_SUFFIXES, NodeOutputs, build_record, mismatched_set, stale_reasons
 from builder.plan import NodePlan
 
 
@@ -33,7 +33,8 @@ def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[Nod
             continue
         stored = json.loads(record_file.read_text())
         wanted = build_record(plan, base_key, None, stored.get("compress"))
-        reasons = stale_reasons(stored, wanted)
+        mismatch = mismatched_set(NodeOutputs(images, plan.node, stored.get("compress")), stored)
+        reasons = stale_reasons(stored, wanted) + ([mismatch] if mismatch else [])
         statuses.append(NodeStatus(plan.node, "stale" if reasons else "built", reasons))
     return statuses
 

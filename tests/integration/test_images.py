@@ -10,19 +10,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from builder.build import build_images
+from builder import base
+from builder.build import LOCK, build_images
+from builder.cli import main
 from builder.config_file import load_cluster
+from builder.files import exclusive
 from builder.image import BOOT_OFFSET, ROOT_OFFSET, SECTOR, layout_for
 from builder.model import Cluster
 from builder.pki import ClusterSecrets
 from builder.progress import silent
 from builder.render import render_cluster
+from builder.status import image_status
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.conftest import TINY_EPOCH, publish_tiny_base, require_tools
 
@@ -134,9 +138,10 @@ def test_bmap_lets_bmaptool_write_an_identical_copy(tmp_path: Path, cluster: Clu
 def test_nothing_changed_rewrites_nothing(tmp_path: Path, cluster: Cluster, cache: Path) -> None:
     images = tmp_path / "images"
     build(cluster, images, cache)
-    before = {p.name: p.stat().st_mtime_ns for p in images.iterdir()}
+    outputs = lambda: {p.name: p.stat().st_mtime_ns for p in images.iterdir() if p.name != LOCK}  # noqa: E731
+    before = outputs()
     assert build(cluster, images, cache) == []
-    assert {p.name: p.stat().st_mtime_ns for p in images.iterdir()} == before
+    assert outputs() == before
 
 
 def test_editing_one_node_rebuilds_only_that_node(
@@ -177,10 +182,43 @@ def test_compressed_images_decompress_to_the_checksummed_image(
 
 
 STALL_DEBUGFS = """#!/bin/sh
-# Stand-in for debugfs that stalls, so the test can kill a build in the middle of a node.
-touch "$STALL_MARKER"
-sleep 60
+# Stand-in for debugfs that stalls, so the test can kill a build in the middle of a node. It
+# execs sleep, so the stalled program is the build's own child, as cp and debugfs are.
+echo $$ > "$STALL_MARKER"
+exec sleep 60
 """
+
+
+def start_build(
+    tmp_path: Path, images: Path, cache: Path, stall: Path | None = None
+) -> subprocess.Popen[str]:
+    """`picluster build` in its own process, for a cluster.yaml whose pod subnet differs from the
+    bundled one (so every node is rebuilt); with `stall`, debugfs stalls and writes its pid there."""
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    (workdir / "cluster.yaml").write_text(BUNDLED.read_text().replace("10.244.0.0/16", "10.45.0.0/16"))
+    if not (workdir / ".picluster").exists():
+        _save_fixed_secrets(workdir / ".picluster")
+    env = dict(os.environ)
+    if stall is not None:
+        stand_ins = tmp_path / "bin"
+        stand_ins.mkdir(exist_ok=True)
+        (stand_ins / "debugfs").write_text(STALL_DEBUGFS)
+        (stand_ins / "debugfs").chmod(0o755)
+        env.update(PATH=f"{stand_ins}:{os.environ['PATH']}", STALL_MARKER=str(stall))
+    return subprocess.Popen(
+        [sys.executable, "-m", "builder", "build", "-f", str(workdir / "cluster.yaml"),
+         "-o", str(images), "--cache", str(cache)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -233,35 +271,94 @@ def test_a_build_killed_mid_node_leaves_the_previous_images(
 ) -> None:
     images = tmp_path / "images"
     build(cluster, images, cache)
-    before = {p.name: sha256(p) for p in images.iterdir()}
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    shutil.copy(BUNDLED, workdir / "cluster.yaml")
-    state = workdir / ".picluster"
-    state.mkdir()
-    (workdir / "cluster.yaml").write_text(BUNDLED.read_text().replace("10.244.0.0/16", "10.45.0.0/16"))
-    stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
-    (stand_ins / "debugfs").write_text(STALL_DEBUGFS)
-    (stand_ins / "debugfs").chmod(0o755)
+    before = {p.name: sha256(p) for p in images.iterdir() if not p.name.startswith(".")}
     marker = tmp_path / "stalled"
-    _save_fixed_secrets(state)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "builder", "build", "-f", str(workdir / "cluster.yaml"),
-         "-o", str(images), "--cache", str(cache)],
-        cwd=REPO, env={**os.environ, "PATH": f"{stand_ins}:{os.environ['PATH']}",
-                       "STALL_MARKER": str(marker)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the build never reached a node"
+    process = start_build(tmp_path, images, cache, stall=marker)
+    wait_for(marker.exists, "the build never reached a node")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert {p.name: sha256(p) for p in images.iterdir() if not p.name.startswith(".")} == before
     build(cluster, images, cache)
-    assert sorted(p.name for p in images.iterdir() if p.name.startswith(".")) == [], "leftovers cleared"
+    leftovers = [p.name for p in images.iterdir() if p.name.startswith(".") and p.name != LOCK]
+    assert leftovers == [], "leftovers cleared"
+
+
+def test_the_programs_a_build_started_die_with_it(tmp_path: Path, cache: Path) -> None:
+    """`kill -9` of the build alone (not its process group) left cp finishing hidden 1.2 GiB
+    files: every program picluster starts dies with it."""
+    marker = tmp_path / "stalled"
+    process = start_build(tmp_path, tmp_path / "images", cache, stall=marker)
+    wait_for(lambda: marker.exists() and marker.read_text().strip() != "", "the build never reached a node")
+    child = int(marker.read_text())
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    wait_for(lambda: not _alive(child), f"pid {child}, started by the killed build, is still running", 10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def test_a_second_build_into_the_same_folder_waits_for_the_first(
+    tmp_path: Path, cluster: Cluster, cache: Path
+) -> None:
+    """The second build cleared the first's unfinished images as leftovers, and the first failed."""
+    images = tmp_path / "images"
+    images.mkdir()
+    unfinished = images / ".cp1.x1y2z3.img.partial"
+    with exclusive(images / LOCK, "images", lambda text: None):
+        unfinished.write_bytes(b"the first build's image, half written")
+        second = start_build(tmp_path, images, cache)
+        assert second.stdout is not None
+        waiting = second.stdout.readline() + second.stdout.readline()
+        assert f"waiting: picluster (pid {os.getpid()}) is writing images into {images}" in waiting, waiting
+        time.sleep(0.5)
+        assert unfinished.exists(), "the second build left the first's work alone"
+    output, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, output
+    assert sorted(p.name for p in images.glob("*.img")) == ["cp1.img", "w1.img", "w2.img"]
+
+
+INTERRUPTED = "its .sha256 and .bmap are not the ones its build record names (a build was interrupted)"
+
+
+def test_a_set_left_mismatched_by_a_kill_is_rebuilt_and_named(
+    tmp_path: Path, cluster: Cluster, cache: Path
+) -> None:
+    """A kill between the renames left the old image and record beside a new .sha256."""
+    images = tmp_path / "images"
+    build(cluster, images, cache)
+    checksum = images / "w1.img.sha256"
+    checksum.write_text(f"{'0' * 64}  w1.img\n")
+    statuses = image_status(
+        render_cluster(cluster, fixed_secrets()), images, base.cache_key(base.manifest(cluster))
+    )
+    (w1,) = [status for status in statuses if status.name == "w1"]
+    assert w1.image == "stale"
+    assert w1.why == [INTERRUPTED]
+    assert build(cluster, images, cache) == ["w1"]
+    assert checksum.read_text() == f"{sha256(images / 'w1.img')}  w1.img\n"
+
+
+def test_flashing_an_image_older_than_cluster_yaml_warns(
+    tmp_path: Path, cluster: Cluster, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "site"
+    workdir.mkdir()
+    shutil.copy(BUNDLED, workdir / "cluster.yaml")
+    _save_fixed_secrets(workdir / ".picluster")
+    images = tmp_path / "images"
+    build(cluster, images, cache)
+    edited = BUNDLED.read_text().replace("192.168.50.11/24", "192.168.50.41/24")
+    (workdir / "cluster.yaml").write_text(edited)
+    assert main(["flash", "w1", "-i", str(images), "-f", str(workdir / "cluster.yaml")]) == 2  # no --device
+    err = capsys.readouterr().err
+    assert "warning: w1.img is stale against" in err and "root/etc/picluster/node.json" in err
+    assert "picluster build -f" in err
 
 
 def _save_fixed_secrets(state: Path) -> None:
