@@ -12,6 +12,12 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from builder.pki import ClusterSecrets, make_secrets
+from tests.tiers import (  # noqa: F401  the rules of `make test`'s tiers, as hooks of this conftest
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_LIB = REPO / "overlays/common/usr/lib/picluster"

@@ -212,16 +212,19 @@ def test_flannel_manifest_is_valid_for_the_kubernetes_version(
         kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_upstream_flannel_manifest_would_fail_that_check() -> None:
-    """The validity check above can fail: upstream v0.10.0 is not valid for a modern cluster."""
-    upstream = Path(__file__).resolve().parents[3] / "shared/reference/kube-flannel-v0.10.0.yml"
-    if not upstream.exists():
-        pytest.skip(f"the shared reference copy is not on this machine ({upstream})")
-    (daemonset,) = [d for d in yaml.safe_load_all(upstream.read_text()) if d and d["kind"] == "DaemonSet"]
-    with pytest.raises(
-        (kubernetes_validate.utils.ValidationError, kubernetes_validate.utils.SchemaNotFoundError)
-    ):
-        kubernetes_validate.validate(daemonset, "1.34.2", strict=True)
+def test_that_check_fails_a_manifest_modern_kubernetes_would_refuse(
+    cluster: Cluster, secrets: ClusterSecrets
+) -> None:
+    """The validity check above can fail: the rendered DaemonSet with v0.10.0's own mistakes put
+    back (no spec.selector, which apps/v1 requires; extensions/v1beta1, not served since 1.16)."""
+    daemonset = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kube-flannel.yml")[
+        "DaemonSet/kube-flannel-ds-arm64"
+    ]
+    without_selector = {**daemonset, "spec": {k: v for k, v in daemonset["spec"].items() if k != "selector"}}
+    with pytest.raises(kubernetes_validate.utils.ValidationError, match="'selector' is a required property"):
+        kubernetes_validate.validate(without_selector, "1.34.2", strict=True)
+    with pytest.raises(kubernetes_validate.utils.SchemaNotFoundError):
+        kubernetes_validate.validate({**daemonset, "apiVersion": "extensions/v1beta1"}, "1.34.2", strict=True)
 
 
 def test_only_control_planes_carry_the_manifest_and_ca_key(cluster: Cluster, secrets: ClusterSecrets) -> None:
