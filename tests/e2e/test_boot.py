@@ -293,7 +293,7 @@ def test_picluster_verify_passes_what_runs_without_kubernetes(booted: Booted) ->
         "memory cgroup controller active",
         "module loaded vxlan",
         "containerd running, SystemdCgroup",
-        "agent: status truthful",
+        "agent: status agrees with the node",
     ):
         assert f"\n{check} " in report and _cell(report, check) == "ok", check  # fmt: skip
     assert _cell(report, "kubelet running with --node-ip") == "skip"

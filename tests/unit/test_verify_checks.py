@@ -21,18 +21,46 @@ UDP_WITHOUT_VXLAN = (
 
 @dataclass
 class File:
-    content_string: str
+    content_string: str = ""
+    exists: bool = True
 
 
+@dataclass
+class Service:
+    is_enabled: bool = True
+    is_running: bool = True
+
+
+@dataclass
+class Interface:
+    exists: bool
+
+
+@dataclass
 class Node:
-    """Answers like testinfra's host for a node with no flannel.1 and nothing on UDP 8472, as a
-    healthy host-gw node is."""
+    """Answers like testinfra's host: by default a node with no flannel.1, no cni0 and nothing
+    on UDP 8472 (a healthy host-gw node, or one no pod has run on), its agent running."""
+
+    kubelet_conf: bool = False
+    agent_running: bool = True
+    pod_namespaces: tuple[str, ...] = ()
 
     def file(self, path: str) -> File:
+        if path == "/etc/kubernetes/kubelet.conf":
+            return File(exists=self.kubelet_conf)
         assert path == "/proc/net/udp", path
         return File(UDP_WITHOUT_VXLAN)
 
+    def service(self, name: str) -> Service:
+        assert name == "picluster-agent", name
+        return Service(is_running=self.agent_running)
+
+    def interface(self, name: str) -> Interface:
+        return Interface(exists=False)
+
     def check_output(self, command: str) -> str:
+        if command.startswith("ls -1 /run/netns"):
+            return "\n".join(self.pod_namespaces)
         assert command.startswith("ip -j"), command
         return "[]"
 
@@ -60,3 +88,23 @@ def test_a_vxlan_node_without_its_port_fails() -> None:
 def test_flannels_legacy_iptables_modules_are_checked() -> None:
     assert {"ip_tables", "iptable_nat", "iptable_filter"} <= set(test_node.MODULES)
     assert "net.bridge.bridge-nf-call-ip6tables" in test_node.SYSCTLS
+
+
+def agent(phase: str, last_error: str | None = "waiting for something") -> dict[str, Any]:
+    return {"phase": phase, "last_error": last_error, "preflight": []}
+
+
+def test_the_agents_status_is_checked_against_the_node() -> None:
+    test_node.test_agent_status(Node(kubelet_conf=True), agent("joined", None))
+    test_node.test_agent_status(Node(), agent("waiting: packages"))
+    with pytest.raises(AssertionError, match=r"kubelet\.conf is gone"):
+        test_node.test_agent_status(Node(kubelet_conf=False), agent("joined", None))
+    with pytest.raises(AssertionError, match="is not running, so nothing will move it on"):
+        test_node.test_agent_status(Node(agent_running=False), agent("waiting: api-server"))
+
+
+def test_no_cni0_is_a_skip_until_a_pod_uses_the_pod_network() -> None:
+    with pytest.raises(pytest.skip.Exception, match="no pod on this node uses the pod network yet"):
+        test_node.test_cni_bridge(Node(), kubernetes=None)
+    with pytest.raises(AssertionError, match="2 pods have a network namespace but there is no cni0"):
+        test_node.test_cni_bridge(Node(pod_namespaces=("cni-1a2b", "cni-3c4d")), kubernetes=None)
