@@ -8,11 +8,14 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent import preflight
+from agent.cli import wait_for_preflight
 from agent.config import NodeConfig, load_config
 from agent.host import Host
+from agent.state import State
 
 from tests.agent_support import node_root
 
@@ -180,3 +183,36 @@ def test_containerd_silent_is_restarted_and_fails_if_it_stays_silent(
     result = preflight.check_containerd(Host(root), config)
     assert (tmp_path / "systemctl.calls").read_text() == "restart containerd.service\n"
     assert result.status == "failed" and "journalctl -u containerd" in result.detail
+
+
+def test_run_waits_for_a_failing_check_instead_of_exiting(
+    root: Path, config: NodeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A headless node has nobody to restart the agent: `run` checks again what blocked the
+    join, with backoff, saying what it waits for, until it passes."""
+    calls: list[str] = []
+    replies = iter(["eth0 does not exist; is the cable's port eth0?", "eth0 does not exist", None])
+
+    def interface(host: Host, config: NodeConfig) -> preflight.Result:
+        calls.append("interface")
+        detail = next(replies)
+        return preflight.Result("interface", "failed" if detail else "ok", detail or "eth0 holds it")
+
+    def passing(name: str) -> Any:
+        def check(host: Host, config: NodeConfig) -> preflight.Result:
+            calls.append(name)
+            return preflight.Result(name, "ok", "fine")
+
+        return check
+
+    checks = {name: interface if name == "interface" else passing(name) for name in preflight.CHECKS}
+    monkeypatch.setattr(preflight, "CHECKS", checks)
+    host = Host(root)
+    seen: list[str] = []
+    monkeypatch.setattr(Host, "sleep", lambda self, seconds: seen.append(State.load(self).phase))
+    state = State.load(host)
+    assert wait_for_preflight(host, config, state)
+    assert seen == ["waiting: preflight", "waiting: preflight"]
+    assert calls == [*preflight.CHECKS, "interface", "interface"], "only what failed is checked again"
+    assert [r["name"] for r in state.preflight] == list(preflight.CHECKS)
+    assert all(r["status"] == "ok" for r in state.preflight)

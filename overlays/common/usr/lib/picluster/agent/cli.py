@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
 from agent.config import DEFAULT_CONFIG, NodeConfig, load_config
-from agent.host import Host, say
+from agent.host import Backoff, Host, say
 from agent.join import join
 from agent.links import clean_links
-from agent.preflight import preflight
+from agent.preflight import CHECKS, preflight
 from agent.state import State, describe
+
+WAITING_PREFLIGHT = "waiting: preflight"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(asdict(state), indent=2, sort_keys=True) if args.json else describe(state, config.name)
         )
         return 0
-    if args.command in ("preflight", "run") and not run_preflight(host, config, state):
+    if args.command == "preflight" and not run_preflight(host, config, state):
+        return 1
+    if args.command == "run" and not wait_for_preflight(host, config, state):
         return 1
     if args.command in ("clean-links", "run"):
         run_clean_links(host, config, state)
@@ -40,18 +45,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_preflight(host: Host, config: NodeConfig, state: State) -> bool:
+def run_preflight(host: Host, config: NodeConfig, state: State, only: Collection[str] = ()) -> bool:
     """Prints a line per check; False when a check that blocks the join failed."""
-    state.enter(host, "preflight", state.last_error)
-    results = preflight(host, config)
+    if not only:
+        state.enter(host, "preflight", state.last_error)
+    results = preflight(host, config, only)
     for result in results:
         say(result.line)
-    state.preflight = [result.record() for result in results]
+    rechecked = {result.name for result in results}
+    kept = [record for record in state.preflight if record["name"] not in rechecked]
+    state.preflight = sorted(
+        [*kept, *(result.record() for result in results)],
+        key=lambda record: list(CHECKS).index(record["name"]),
+    )
     blocking = [r for r in results if r.status == "failed" and r.blocking]
     if blocking:
         state.enter(host, "preflight failed", "; ".join(f"{r.name}: {r.detail}" for r in blocking))
         return False
     state.save(host)
+    return True
+
+
+def wait_for_preflight(host: Host, config: NodeConfig, state: State) -> bool:
+    """`run`: while a check that blocks the join fails, wait and check it again, with backoff,
+    saying what the node waits for. A headless node has nobody to restart the agent, and what
+    fails may clear by itself (a cable plugged in, containerd coming up); exiting would only
+    hand the wait to systemd's restart loop. False only under --dry-run."""
+    backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
+    failing: list[str] = []
+    while not run_preflight(host, config, state, failing):
+        if host.dry_run:
+            return False
+        failing = [record["name"] for record in state.preflight if record["blocks_join"] == "true"]
+        state.enter(host, WAITING_PREFLIGHT, state.last_error)
+        say(f"{WAITING_PREFLIGHT}: {state.last_error}")
+        host.sleep(backoff.next())
     return True
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,17 +49,9 @@ class Result:
         }
 
 
-def preflight(host: Host, config: NodeConfig) -> list[Result]:
-    checks: list[Callable[[Host, NodeConfig], Result]] = [
-        check_swap,
-        check_modules,
-        check_sysctls,
-        check_cgroups,
-        check_interface,
-        check_clock,
-        check_containerd,
-    ]
-    return [check(host, config) for check in checks]
+def preflight(host: Host, config: NodeConfig, only: Collection[str] = ()) -> list[Result]:
+    """Every check, or `only` those named (a retry checks again what failed)."""
+    return [check(host, config) for name, check in CHECKS.items() if not only or name in only]
 
 
 def _fixed(name: str, detail: str, host: Host) -> Result:
@@ -238,3 +230,14 @@ def check_containerd(host: Host, config: NodeConfig) -> Result:
             )
         host.sleep(1)
     return _fixed("containerd", "restarted containerd; it answers", host)
+
+
+CHECKS: dict[str, Callable[[Host, NodeConfig], Result]] = {
+    "swap": check_swap,
+    "modules": check_modules,
+    "sysctls": check_sysctls,
+    "cgroups": check_cgroups,
+    "interface": check_interface,
+    "clock": check_clock,
+    "containerd": check_containerd,
+}
