@@ -83,8 +83,10 @@ def restore_pki(host: Host, config: NodeConfig) -> None:
             destination = target / source.relative_to(seed)
             destination.parent.mkdir(parents=True, exist_ok=True)
             partial = destination.with_name(f".{destination.name}.partial")
-            partial.write_bytes(source.read_bytes())
-            partial.chmod(source.stat().st_mode & 0o777)  # the keys stay 0600
+            mode = source.stat().st_mode & 0o777  # the keys stay 0600, from the first byte on
+            partial.unlink(missing_ok=True)
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as sink:
+                sink.write(source.read_bytes())
             os.replace(partial, destination)
     except OSError as error:
         raise CommandFailed(argv, 1, f"{type(error).__name__}: {error}") from None
