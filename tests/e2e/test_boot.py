@@ -43,9 +43,8 @@ BOOT_TIMEOUT = 600
 AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
 CARD_SIZE = 3 * 2**30
 """The plain boot's disk: larger than the image, as every SD card is, so the root must grow."""
-KERNEL_ARGS = (
-    "console=ttyAMA0 root=LABEL=RASPIROOT rw rootwait net.ifnames=0 cgroup_enable=memory cgroup_memory=1"
-)
+VIRT_CONSOLE = "console=ttyAMA0"
+"""QEMU virt's serial port; the card's own console= arguments name the Pi's."""
 STALE_LINKS_UNIT = """\
 [Unit]
 Description=TEST ONLY: leave flannel.1 and cni0 as an earlier cluster membership would
@@ -64,6 +63,34 @@ ExecStart=ip addr add 10.99.0.1/24 dev cni0
 [Install]
 WantedBy=multi-user.target
 """
+
+
+REPORT_SCRIPT = r"""#!/bin/sh
+# TEST ONLY: once the agent says what it waits for, print on the serial console what the raspi3b
+# test checks (QEMU's raspi3b has no network to ask over).
+for i in $(seq 180); do
+    picluster-agent status --json | grep -q '"phase": "waiting: preflight"' && break
+    sleep 5
+done
+echo "PICLUSTER-REPORT hostname=$(hostname) root_bytes=$(findmnt -n -b -o SIZE /)" \
+    "firmware=$(findmnt -n -o FSTYPE /boot/firmware) agent=$(systemctl is-active picluster-agent)" \
+    "restarts=$(systemctl show -p NRestarts --value picluster-agent)"
+picluster-agent status | sed 's/^/PICLUSTER-STATUS /'
+"""
+REPORT_UNIT = """[Unit]
+Description=TEST ONLY: report on the serial console for the raspi3b test
+
+[Service]
+Type=simple
+StandardOutput=journal+console
+ExecStart=/usr/local/sbin/picluster-test-report
+
+[Install]
+WantedBy=multi-user.target
+"""
+RASPI3B_TIMEOUT = 1200
+"""Login at about 155 s on a quiet machine; then the root grows and the agent's preflight waits
+out the clock (120 s, no NTP) before it reports what it waits for."""
 
 
 @dataclass(frozen=True)
@@ -126,21 +153,31 @@ def booted(card: Card) -> Iterator[Booted]:
         yield running
 
 
+def stamp_with_test_unit(
+    cluster_file: Path, node: str, name: str, unit_text: str, image: Path, *extra: FileEntry
+) -> None:
+    """A node's card as picluster builds it, plus a test-only unit enabled on it (and `extra`)."""
+    cluster = load_cluster(cluster_file)
+    base = ensure_base(cluster, default_cache(), silent())
+    plan = render_node(cluster, next(n for n in cluster.nodes if n.name == node), fixed_secrets())
+    unit = PurePosixPath(f"etc/systemd/system/{name}")
+    test_files = (
+        FileEntry("root", unit, unit_text.encode(), 0o644),
+        FileEntry("root", "etc/systemd/system/multi-user.target.wants" / PurePosixPath(unit.name),
+                  mode=0o777, link=f"/{unit}"),
+        *extra,
+    )  # fmt: skip
+    stamp(base, NodePlan(plan.node, plan.files + test_files), image, clock_epoch(base))
+
+
 @pytest.fixture(scope="module")
 def booted_with_stale_links(card: Card) -> Iterator[Booted]:
     """The same card with a test-only unit that leaves a stale flannel.1 (two addresses) and a
     cni0 with a foreign address before the agent starts, booted with a second NIC (eth1)."""
-    cluster = load_cluster(card.cluster_file)
-    base = ensure_base(cluster, default_cache(), silent())
-    plan = render_node(cluster, cluster.nodes[0], fixed_secrets())
-    unit = PurePosixPath("etc/systemd/system/picluster-test-stale-links.service")
-    extra = (
-        FileEntry("root", unit, STALE_LINKS_UNIT.encode(), 0o644),
-        FileEntry("root", "etc/systemd/system/multi-user.target.wants" / PurePosixPath(unit.name),
-                  mode=0o777, link=f"/{unit}"),
-    )  # fmt: skip
     image = card.work / "cp1-stale-links.img"
-    stamp(base, NodePlan(plan.node, plan.files + extra), image, clock_epoch(base))
+    stamp_with_test_unit(
+        card.cluster_file, "cp1", "picluster-test-stale-links.service", STALE_LINKS_UNIT, image
+    )
     second_nic = ["-netdev", "user,id=other,restrict=on", "-device", "virtio-net-pci,netdev=other"]
     with boot(card, image, "stale-links", second_nic) as running:
         yield running
@@ -160,13 +197,28 @@ def booted_without_its_boot_partition(card: Card) -> Iterator[Booted]:
         yield running
 
 
+def boot_files(card: Card, image: Path, *names: str) -> dict[str, Path]:
+    """Copy files out of a card's FAT partition, as the Pi's firmware reads them."""
+    base = ensure_base(load_cluster(card.cluster_file), default_cache(), silent())
+    copies = {}
+    for name in names:
+        copies[name] = card.work / f"{image.stem}-{name}"
+        subprocess.run(["mcopy", "-o", "-i", base.layout.boot_target(image), f"::/{name}", str(copies[name])],
+                       check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    return copies
+
+
+def card_cmdline(cmdline: Path, console: str | None = None) -> str:
+    """The card's own kernel command line; only its console= arguments may give way to QEMU's."""
+    words = cmdline.read_text().split()
+    if console is None:
+        return " ".join(words)
+    return " ".join([*(word for word in words if not word.startswith("console=")), console])
+
+
 @contextmanager
 def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None) -> Iterator[Booted]:
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    base = ensure_base(load_cluster(card.cluster_file), default_cache(), silent())
-    for part in ("vmlinuz", "initrd.img"):
-        copy = ["mcopy", "-o", "-i", base.layout.boot_target(image), f"::/{part}", str(card.work / part)]
-        subprocess.run(copy, check=True, env=env)
+    files = boot_files(card, image, "vmlinuz", "initrd.img", "cmdline.txt")
     port = free_port()
     console = card.work / f"console-{name}.log"
     ssh_config = card.work / f"ssh_config-{name}"
@@ -177,8 +229,8 @@ def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None
     )
     qemu = subprocess.Popen(
         ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2048",
-         "-nographic", "-no-reboot", "-kernel", str(card.work / "vmlinuz"),
-         "-initrd", str(card.work / "initrd.img"), "-append", KERNEL_ARGS,
+         "-nographic", "-no-reboot", "-kernel", str(files["vmlinuz"]),
+         "-initrd", str(files["initrd.img"]), "-append", card_cmdline(files["cmdline.txt"], VIRT_CONSOLE),
          "-drive", f"file={image},format=raw,if=virtio",
          "-netdev", f"user,id=lan,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
          "-device", "virtio-net-pci,netdev=lan", *(extra_qemu or [])],
@@ -194,10 +246,13 @@ def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None
 
 
 def keep_console(booted: Booted) -> Path:
+    return keep_log(booted.console)
+
+
+def keep_log(console: Path) -> Path:
+    """A copy of a serial console's log that outlives the test's folders, named in its failure."""
     return Path(
-        shutil.copy(
-            booted.console, Path(os.environ.get("TMPDIR", "/tmp")) / f"picluster-e2e-{booted.console.name}"
-        )
+        shutil.copy(console, Path(os.environ.get("TMPDIR", "/tmp")) / f"picluster-e2e-{console.name}")
     )
 
 
@@ -316,6 +371,69 @@ def test_a_missing_boot_partition_delays_and_fails_nothing(booted_without_its_bo
     assert {check["name"]: check["status"] for check in state["preflight"]}["interface"] == "ok"
     running = booted.ssh("systemctl is-system-running").stdout.strip()
     assert running in ("running", "degraded", "starting"), running
+
+
+@pytest.fixture(scope="module")
+def pi3_console(card: Card) -> Path:
+    """A pi3 worker's card booted as a Pi 3's firmware boots it, with nothing but what is on the
+    card: QEMU's raspi3b runs the card's vmlinuz, initrd.img, bcm2837-rpi-3-b.dtb and
+    cmdline.txt (console and all: the mini UART, ttyS1, is QEMU's second serial port), with the
+    card as its SD card, grown to a power of two as QEMU requires. Returns the console log."""
+    require_tools("qemu-system-aarch64")
+    data = yaml.safe_load(card.cluster_file.read_text())
+    data["nodes"].append({"name": "w2", "role": "worker", "model": "pi3", "address": "10.0.2.16/24"})
+    cluster_file = card.work / "pi3-cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(data))
+    image = card.work / "w2-raspi3b.img"
+    script = FileEntry(
+        "root", PurePosixPath("usr/local/sbin/picluster-test-report"), REPORT_SCRIPT.encode(), 0o755
+    )
+    stamp_with_test_unit(cluster_file, "w2", "picluster-test-report.service", REPORT_UNIT, image, script)
+    os.truncate(image, 1 << (image.stat().st_size - 1).bit_length())
+    files = boot_files(card, image, "vmlinuz", "initrd.img", "bcm2837-rpi-3-b.dtb", "cmdline.txt")
+    console = card.work / "console-raspi3b.log"
+    qemu = subprocess.Popen(
+        ["qemu-system-aarch64", "-M", "raspi3b", "-kernel", str(files["vmlinuz"]),
+         "-initrd", str(files["initrd.img"]), "-dtb", str(files["bcm2837-rpi-3-b.dtb"]),
+         "-append", card_cmdline(files["cmdline.txt"]), "-sd", str(image), "-display", "none",
+         "-no-reboot", "-serial", "null", "-serial", f"file:{console}", "-monitor", "none"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        start = time.monotonic()
+        while b"PICLUSTER-STATUS" not in (console.read_bytes() if console.exists() else b""):
+            shown = console.read_bytes() if console.exists() else b""
+            stranded = [marker.decode() for marker in EMERGENCY if marker in shown]
+            if stranded:
+                pytest.fail(f"the pi3 card ended in a shell ({stranded[0]!r}); console: {keep_log(console)}")
+            if qemu.poll() is not None or time.monotonic() - start > RASPI3B_TIMEOUT:
+                pytest.fail(
+                    f"no report from the pi3 card within {RASPI3B_TIMEOUT}s; console: {keep_log(console)}"
+                )
+            time.sleep(5)
+        time.sleep(5)  # the rest of the status lines
+        print(f"raspi3b report after {time.monotonic() - start:.0f}s")
+    finally:
+        qemu.kill()
+        qemu.wait()
+    return console
+
+
+def test_a_pi3_card_boots_as_the_pi_firmware_boots_it(pi3_console: Path, card: Card) -> None:
+    text = pi3_console.read_text(errors="replace")
+    assert "w2 login:" in text, f"no login prompt for w2; console: {keep_log(pi3_console)}"
+    (report,) = [line for line in text.splitlines() if "PICLUSTER-REPORT" in line]
+    facts = dict(word.split("=", 1) for word in report.split("PICLUSTER-REPORT", 1)[1].split())
+    assert facts["hostname"] == "w2"
+    assert facts["firmware"] == "vfat", "/boot/firmware mounted"
+    image_root = card.image.stat().st_size - ROOT_OFFSET
+    assert int(facts["root_bytes"]) > image_root + 2**29, "the root grew to the SD card's size"
+    assert (facts["agent"], facts["restarts"]) == ("active", "0"), "the agent waits; it does not crash-loop"
+    status = [
+        line.split("PICLUSTER-STATUS", 1)[1] for line in text.splitlines() if "PICLUSTER-STATUS" in line
+    ]
+    assert any("phase:       waiting: preflight" in line for line in status), status
+    assert any("eth0 does not exist" in line for line in status), "it says what it waits for"
 
 
 def test_the_agent_clears_stale_links_on_a_booted_node(booted_with_stale_links: Booted) -> None:
