@@ -3,6 +3,7 @@ one table, a row per check and a column per node, then what failed and how to fi
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -23,6 +24,10 @@ def verify(
     """Run the suite; print the report; return pytest's exit status."""
     if not SUITE.is_dir():
         raise UserError(f"the verify suite is missing ({SUITE})", "run picluster from its source checkout")
+    names = check_names(SUITE)
+    unknown = sorted(set(skip) - set(names))
+    if unknown:
+        raise UserError(f"--skip {', '.join(unknown)}: no such check", f"choose from {', '.join(names)}")
     with tempfile.TemporaryDirectory(prefix="picluster-verify-") as scratch:
         report = Path(scratch) / "report.json"
         command = [
@@ -41,6 +46,17 @@ def verify(
         results = json.loads(report.read_text())
     print(format_report(results))
     return status
+
+
+def check_names(suite: Path) -> list[str]:
+    """What --skip accepts: each check's test function without `test_`, read from the suite's
+    source, so a wrong name is refused before any node is reached."""
+    return [
+        statement.name.removeprefix("test_")
+        for module in sorted(suite.glob("test_*.py"))
+        for statement in ast.parse(module.read_text()).body
+        if isinstance(statement, ast.FunctionDef) and statement.name.startswith("test_")
+    ]
 
 
 def format_report(results: list[dict[str, str]]) -> str:
