@@ -30,6 +30,7 @@ class CommandError(UserError):
             message += ":\n    " + tail.replace("\n", "\n    ")
         super().__init__(message, hint or "run again with -v to see every command")
         self.status = status
+        self.output = output
 
 
 def run(
