@@ -70,6 +70,19 @@ def run(
     return stdout
 
 
+def start(
+    command: Sequence[str | Path], *, cwd: Path | None = None, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a command that picluster follows while it runs; the caller waits for it.
+
+    Its output goes to the terminal, or nowhere when quiet.
+    """
+    words = [str(word) for word in command]
+    if VERBOSE:
+        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+    return subprocess.Popen(words, cwd=cwd, stdout=subprocess.DEVNULL if quiet else None)
+
+
 def run_streaming(
     command: Sequence[str | Path],
     log: Path,

@@ -1,19 +1,18 @@
 """`picluster verify`: reach every node over SSH, run the testinfra suite (tests/verify) against
-those that answer, and print one table, a row per check
-and a column per node, then what failed and how to fix it."""
+those that answer, counting its checks as they finish, and print one table, a row per check and a
+column per node, then what failed and how to fix it."""
 
 from __future__ import annotations
 
 import ast
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import run
@@ -26,6 +25,7 @@ SUITE = ROOT / "tests" / "verify"
 CELLS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 CONNECT_TIMEOUT_S = 5
 """Ample for a Pi on a LAN; the suite itself waits 10 s per command, minutes for a node that is off."""
+FOLLOW_INTERVAL_S = 0.5
 UNREACHABLE_FIX = "is each node powered and on the LAN? try the ssh command shown"
 
 
@@ -58,7 +58,7 @@ def verify(
         )
     if unreachable:
         reporter.say(f"checking {', '.join(answered)} only")
-    status, results = run_suite(cluster_file, answered, config, skip, verbose)
+    status, results = run_suite(cluster_file, answered, config, skip, verbose, reporter.say)
     print(format_report(results))
     if unreachable:
         print(f"\nnot checked, no answer over SSH:\n{format_unreachable(unreachable)}")
@@ -129,11 +129,17 @@ def format_unreachable(reaches: Sequence[Reach]) -> str:
 
 
 def run_suite(
-    cluster_file: Path, nodes: Sequence[str], ssh_config: Path | None, skip: Sequence[str], verbose: bool
+    cluster_file: Path,
+    nodes: Sequence[str],
+    ssh_config: Path | None,
+    skip: Sequence[str],
+    verbose: bool,
+    say: Callable[[str], None],
 ) -> tuple[int, list[dict[str, str]]]:
-    """Run pytest on the suite; return its status and the results."""
+    """Run pytest on the suite, saying how far it has come; return its status and the results."""
     with tempfile.TemporaryDirectory(prefix="picluster-verify-") as scratch:
-        report = Path(scratch) / "report.json"
+        report = Path(scratch) / "report.jsonl"
+        report.touch()  # followed from the start; the suite writes to it as each check finishes
         command = [
             sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-o", "addopts=",
             "--cluster", str(cluster_file.resolve()), "--report-json", str(report),
@@ -142,13 +148,61 @@ def run_suite(
             *(f"--skip-check={name}" for name in skip),
             "-v" if verbose else "-q",
         ]  # fmt: skip
+        progress = Progress()
+        start = time.monotonic()
         # pytest's own report repeats the table at length; -v shows it
-        output = None if verbose else subprocess.DEVNULL
-        status = subprocess.run(command, cwd=ROOT, stdout=output, check=False).returncode
-        if not report.exists():
-            raise UserError("the verify suite did not run", f"run it by hand to see why: {' '.join(command)}")
-        results: list[dict[str, str]] = json.loads(report.read_text())
-    return status, results
+        process = run.start(command, cwd=ROOT, quiet=not verbose)
+        with report.open() as growing:
+            while process.poll() is None:
+                time.sleep(FOLLOW_INTERVAL_S)
+                line = progress.feed(growing.read(), time.monotonic() - start)
+                if line:
+                    say(line)
+            progress.feed(growing.read(), time.monotonic() - start)
+    # 0: every check passed, 1: some failed; anything else is pytest failing to run them
+    if progress.planned is None or process.returncode > 1:
+        raise UserError("the verify suite did not run", f"run it by hand to see why: {shlex.join(command)}")
+    say(progress.line(time.monotonic() - start))
+    return process.returncode, progress.results
+
+
+@dataclass
+class Progress:
+    """Follows the suite's report as pytest writes it, one JSON object a line: first how many
+    checks are planned, then each result. Says how far the checks have come, at most every
+    `every` seconds and only when the count moved."""
+
+    every: float = 5.0
+    planned: int | None = None
+    results: list[dict[str, str]] = field(default_factory=list)
+    _unfinished: str = field(default="", init=False, repr=False)
+    _said: tuple[float, int] = field(default=(0.0, 0), init=False, repr=False)
+
+    def feed(self, text: str, elapsed: float) -> str | None:
+        """Take what pytest wrote since the last call; return a line to show when one is due."""
+        *lines, self._unfinished = (self._unfinished + text).split("\n")
+        for line in lines:
+            record = json.loads(line)
+            if "planned" in record:
+                self.planned = record["planned"]
+            else:
+                self.results.append(record)
+        done = len(self._outcomes())
+        said_at, said_done = self._said
+        if done == said_done or elapsed - said_at < self.every:
+            return None
+        self._said = (elapsed, done)
+        return self.line(elapsed)
+
+    def line(self, elapsed: float) -> str:
+        outcomes = self._outcomes()
+        failed = sum(outcome == "failed" for outcome in outcomes.values())
+        counted = f"{len(outcomes)}/{self.planned} done" + (f", {failed} failed" if failed else "")
+        return f"checks: {counted} ({elapsed:.0f} s)"
+
+    def _outcomes(self) -> dict[tuple[str, str], str]:
+        # a check that fails in teardown after its call reports twice; the table shows the last
+        return {(r["node"], r["check"]): r["outcome"] for r in self.results}
 
 
 def format_report(results: list[dict[str, str]]) -> str:
