@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check the booted nodes over SSH (testinfra)",
         description="Run the testinfra suite in tests/verify against every node in cluster.yaml, "
-        "over SSH as access.user at the node's address, and print a check-by-node table. Exits "
-        "non-zero when a check fails.",
+        "over SSH as access.user at the node's address, and print a check-by-node table. Nodes "
+        "that do not answer ssh within seconds are named, with ssh's reason, and left out. Exits "
+        "non-zero when a check fails or a node does not answer.",
     )
     check.add_argument(
         "--node", action="append", default=[], metavar="NAME", help="only this node (repeatable)"
@@ -287,7 +288,10 @@ def _verify(args: argparse.Namespace) -> int:
     if unknown:
         names = ", ".join(node.name for node in cluster.nodes)
         raise UserError(f"--node {', '.join(unknown)}: no such node in {args.file}", f"choose from {names}")
-    return verify(args.file, args.node, args.ssh_config, args.skip, args.verbose)
+    run.VERBOSE = args.verbose
+    # today's stderr, not the one Reporter's default bound at import, so tests can capture it
+    reporter = Reporter(sys.stderr)
+    return verify(args.file, cluster, args.node, args.ssh_config, args.skip, args.verbose, reporter)
 
 
 def _flash(args: argparse.Namespace) -> int:

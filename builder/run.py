@@ -35,6 +35,7 @@ class CommandError(UserError):
             message += ":\n    " + tail.replace("\n", "\n    ")
         super().__init__(message, hint or "run again with -v to see every command")
         self.status = status
+        self.output = output
 
 
 def run(
@@ -65,6 +66,19 @@ def run(
         output = stdout + (result.stderr or b"").decode(errors="replace")
         raise CommandError(words, result.returncode, output, hint)
     return stdout
+
+
+def start(
+    command: Sequence[str | Path], *, cwd: Path | None = None, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a command that picluster follows while it runs; the caller waits for it.
+
+    Its output goes to the terminal, or nowhere when quiet.
+    """
+    words = [str(word) for word in command]
+    if VERBOSE:
+        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+    return subprocess.Popen(words, cwd=cwd, stdout=subprocess.DEVNULL if quiet else None)
 
 
 def run_streaming(

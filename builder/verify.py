@@ -1,46 +1,208 @@
-"""`picluster verify`: run the testinfra suite (tests/verify) against the booted nodes and print
-one table, a row per check and a column per node, then what failed and how to fix it."""
+"""`picluster verify`: reach every node over SSH, run the testinfra suite (tests/verify) against
+those that answer, counting its checks as they finish, and print one table, a row per check and a
+column per node, then what failed and how to fix it."""
 
 from __future__ import annotations
 
+import ast
 import json
-import subprocess
+import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import run
 from builder.boards import ROOT
 from builder.errors import UserError
+from builder.model import Cluster, Node
+from builder.progress import Reporter
 
 SUITE = ROOT / "tests" / "verify"
 CELLS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
+CONNECT_TIMEOUT_S = 5
+"""Ample for a Pi on a LAN; the suite itself waits 10 s per command, minutes for a node that is off."""
+FOLLOW_INTERVAL_S = 0.5
+UNREACHABLE_FIX = "is each node powered and on the LAN? try the ssh command shown"
 
 
 def verify(
-    cluster_file: Path, nodes: Sequence[str], ssh_config: Path | None, skip: Sequence[str], verbose: bool
+    cluster_file: Path,
+    cluster: Cluster,
+    nodes: Sequence[str],
+    ssh_config: Path | None,
+    skip: Sequence[str],
+    verbose: bool,
+    reporter: Reporter,
 ) -> int:
-    """Run the suite; print the report; return pytest's exit status."""
+    """Reach the nodes, run the suite on those that answer, print the report; return non-zero
+    when a check failed or a node did not answer."""
     if not SUITE.is_dir():
         raise UserError(f"the verify suite is missing ({SUITE})", "run picluster from its source checkout")
+    names = check_names(SUITE)
+    unknown = sorted(set(skip) - set(names))
+    if unknown:
+        raise UserError(f"--skip {', '.join(unknown)}: no such check", f"choose from {', '.join(names)}")
+    config = ssh_config.resolve() if ssh_config else None
+    selected = [node for node in cluster.nodes if not nodes or node.name in nodes]
+    reaches = reach_nodes(selected, cluster.access.user, config, reporter.say)
+    answered = [r.node for r in reaches if not r.reason]
+    unreachable = [r for r in reaches if r.reason]
+    if not answered:
+        raise UserError(
+            f"no node answers over SSH, so nothing was checked:\n{format_unreachable(unreachable)}",
+            UNREACHABLE_FIX,
+        )
+    if unreachable:
+        reporter.say(f"checking {', '.join(answered)} only")
+    status, results = run_suite(cluster_file, answered, config, skip, verbose, reporter.say)
+    print(format_report(results))
+    if unreachable:
+        print(f"\nnot checked, no answer over SSH:\n{format_unreachable(unreachable)}")
+        print(f"  fix: {UNREACHABLE_FIX}")
+        return status or 1
+    return status
+
+
+def check_names(suite: Path) -> list[str]:
+    """What --skip accepts: each check's test function without `test_`, read from the suite's
+    source, so a wrong name is refused before any node is reached."""
+    return [
+        statement.name.removeprefix("test_")
+        for module in sorted(suite.glob("test_*.py"))
+        for statement in ast.parse(module.read_text()).body
+        if isinstance(statement, ast.FunctionDef) and statement.name.startswith("test_")
+    ]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How a node answered ssh before the suite ran: in how long, or ssh's reason it did not."""
+
+    node: str
+    by_hand: str
+    """The ssh command that reaches it, for the user to try."""
+    seconds: float
+    reason: str = ""
+
+
+def reach(node: Node, user: str, ssh_config: Path | None) -> Reach:
+    """ssh to the node as the suite's testinfra does (same user, address and ssh_config) and run `true`."""
+    config = ["-F", str(ssh_config)] if ssh_config else []
+    target = f"{user}@{node.address.ip}"
+    by_hand = shlex.join(["ssh", *config, target])
+    start = time.monotonic()
+    try:
+        # BatchMode: a missing key or an unknown host key fails here with ssh's reason, where the
+        # suite would wait at a prompt
+        options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+        run.run(["ssh", *config, *options, target, "true"])
+    except run.CommandError as error:
+        said = error.output.strip().splitlines()
+        reason = said[-1] if said else f"ssh failed with status {error.status}"
+        return Reach(node.name, by_hand, time.monotonic() - start, reason)
+    return Reach(node.name, by_hand, time.monotonic() - start)
+
+
+def reach_nodes(
+    nodes: Sequence[Node], user: str, ssh_config: Path | None, say: Callable[[str], None]
+) -> list[Reach]:
+    """Try every node at once, saying each as it answers; return them in the nodes' order."""
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        futures = [pool.submit(reach, node, user, ssh_config) for node in nodes]
+        for done in as_completed(futures):
+            say(describe_reach(done.result()))
+    return [future.result() for future in futures]
+
+
+def describe_reach(reach: Reach) -> str:
+    if reach.reason:
+        return f"{reach.node}: unreachable: {reach.reason}"
+    return f"{reach.node}: reachable ({reach.seconds:.1f} s)"
+
+
+def format_unreachable(reaches: Sequence[Reach]) -> str:
+    return "\n".join(f"  {r.node}: {r.reason}\n      by hand: `{r.by_hand}`" for r in reaches)
+
+
+def run_suite(
+    cluster_file: Path,
+    nodes: Sequence[str],
+    ssh_config: Path | None,
+    skip: Sequence[str],
+    verbose: bool,
+    say: Callable[[str], None],
+) -> tuple[int, list[dict[str, str]]]:
+    """Run pytest on the suite, saying how far it has come; return its status and the results."""
     with tempfile.TemporaryDirectory(prefix="picluster-verify-") as scratch:
-        report = Path(scratch) / "report.json"
+        report = Path(scratch) / "report.jsonl"
+        report.touch()  # followed from the start; the suite writes to it as each check finishes
         command = [
             sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-o", "addopts=",
             "--cluster", str(cluster_file.resolve()), "--report-json", str(report),
             *(f"--node={name}" for name in nodes),
-            *([f"--ssh-config={ssh_config.resolve()}"] if ssh_config else []),
+            *([f"--ssh-config={ssh_config}"] if ssh_config else []),
             *(f"--skip-check={name}" for name in skip),
             "-v" if verbose else "-q",
         ]  # fmt: skip
+        progress = Progress()
+        start = time.monotonic()
         # pytest's own report repeats the table at length; -v shows it
-        output = None if verbose else subprocess.DEVNULL
-        status = subprocess.run(command, cwd=ROOT, stdout=output, check=False).returncode
-        if not report.exists():
-            raise UserError("the verify suite did not run", f"run it by hand to see why: {' '.join(command)}")
-        results = json.loads(report.read_text())
-    print(format_report(results))
-    return status
+        process = run.start(command, cwd=ROOT, quiet=not verbose)
+        with report.open() as growing:
+            while process.poll() is None:
+                time.sleep(FOLLOW_INTERVAL_S)
+                line = progress.feed(growing.read(), time.monotonic() - start)
+                if line:
+                    say(line)
+            progress.feed(growing.read(), time.monotonic() - start)
+    # 0: every check passed, 1: some failed; anything else is pytest failing to run them
+    if progress.planned is None or process.returncode > 1:
+        raise UserError("the verify suite did not run", f"run it by hand to see why: {shlex.join(command)}")
+    say(progress.line(time.monotonic() - start))
+    return process.returncode, progress.results
+
+
+@dataclass
+class Progress:
+    """Follows the suite's report as pytest writes it, one JSON object a line: first how many
+    checks are planned, then each result. Says how far the checks have come, at most every
+    `every` seconds and only when the count moved."""
+
+    every: float = 5.0
+    planned: int | None = None
+    results: list[dict[str, str]] = field(default_factory=list)
+    _unfinished: str = field(default="", init=False, repr=False)
+    _said: tuple[float, int] = field(default=(0.0, 0), init=False, repr=False)
+
+    def feed(self, text: str, elapsed: float) -> str | None:
+        """Take what pytest wrote since the last call; return a line to show when one is due."""
+        *lines, self._unfinished = (self._unfinished + text).split("\n")
+        for line in lines:
+            record = json.loads(line)
+            if "planned" in record:
+                self.planned = record["planned"]
+            else:
+                self.results.append(record)
+        done = len(self._outcomes())
+        said_at, said_done = self._said
+        if done == said_done or elapsed - said_at < self.every:
+            return None
+        self._said = (elapsed, done)
+        return self.line(elapsed)
+
+    def line(self, elapsed: float) -> str:
+        outcomes = self._outcomes()
+        failed = sum(outcome == "failed" for outcome in outcomes.values())
+        counted = f"{len(outcomes)}/{self.planned} done" + (f", {failed} failed" if failed else "")
+        return f"checks: {counted} ({elapsed:.0f} s)"
+
+    def _outcomes(self) -> dict[tuple[str, str], str]:
+        # a check that fails in teardown after its call reports twice; the table shows the last
+        return {(r["node"], r["check"]): r["outcome"] for r in self.results}
 
 
 def format_report(results: list[dict[str, str]]) -> str:

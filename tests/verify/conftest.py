@@ -3,7 +3,7 @@ over SSH as the cluster's login user at the node's address.
 
 An SSH config (testinfra's --ssh-config) can send an address elsewhere, e.g. `Host 10.0.2.15` to a port
 QEMU forwards. Each check is one test per node, so one failure hides nothing; the results go
-to --report-json for `picluster verify`'s table.
+to --report-json, as each check finishes, for `picluster verify`'s count and table.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("picluster verify")
     group.addoption("--cluster", default="cluster.yaml", help="the cluster.yaml the nodes come from")
     group.addoption("--node", action="append", default=[], help="check only this node (repeatable)")
-    group.addoption("--report-json", help="write every check's result here")
+    group.addoption("--report-json", help="write each check's result here as it finishes (JSON lines)")
     group.addoption(
         "--skip-check", action="append", default=[], help="skip a check by name, e.g. time_synchronised"
     )
@@ -53,6 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "control_plane: a check of the whole cluster, run on its control planes"
     )
+    target = config.getoption("--report-json")
+    if target:
+        config.pluginmanager.register(JsonLinesReport(Path(target)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -130,28 +133,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties += [("node", node.name if node else ""), ("check", " ".join([label, *extra]))]
 
 
-_results: list[dict[str, str]] = []
+class JsonLinesReport:
+    """Each result as it happens, one JSON object a line, after a first line with how many checks
+    are planned, so `picluster verify` can say how far the suite has come while it runs."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" or report.outcome != "passed":
-        properties = dict(report.user_properties)
-        if report.skipped and isinstance(report.longrepr, tuple):
-            message = report.longrepr[2].removeprefix("Skipped: ")
-        elif report.failed:
-            message = _assertion_message(report)
-        else:
-            message = ""
-        _results.append({**properties, "outcome": report.outcome, "message": message})
+    def _write(self, record: dict[str, Any], mode: str) -> None:
+        with self.path.open(mode) as report:
+            report.write(json.dumps(record) + "\n")
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._write({"planned": len(session.items)}, "w")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.outcome != "passed":
+            properties = dict(report.user_properties)
+            if report.skipped and isinstance(report.longrepr, tuple):
+                message = report.longrepr[2].removeprefix("Skipped: ")
+            elif report.failed:
+                message = _assertion_message(report)
+            else:
+                message = ""
+            self._write({**properties, "outcome": report.outcome, "message": message}, "a")
 
 
 def _assertion_message(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr)
     return text.split("\nassert ")[0].removeprefix("AssertionError: ").strip()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    target = session.config.getoption("--report-json")
-    if target:
-        Path(target).write_text(json.dumps(_results, indent=2))
