@@ -75,10 +75,10 @@ def start(
 
     Its output goes to the terminal, or nowhere when quiet.
     """
-    words = [str(word) for word in command]
-    if VERBOSE:
-        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
-    return subprocess.Popen(words, cwd=cwd, stdout=subprocess.DEVNULL if quiet else None)
+    words = _announce(command, None)
+    return subprocess.Popen(
+        [*DIE_WITH_PICLUSTER, *words], cwd=cwd, stdout=subprocess.DEVNULL if quiet else None
+    )
 
 
 def run_streaming(
