@@ -9,7 +9,9 @@ than kubeadm would hide the bug where a retried `kubeadm init` found an empty
 /etc/kubernetes/pki and made the cluster a new CA. Which CA each init or control-plane join
 found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `fail-times`
 (the next N inits or joins fail after writing their files, as a wait for the control plane or
-the kubelet's TLS bootstrap does) and `hang` (they hang there instead).
+the kubelet's TLS bootstrap does), `hang` (they hang there instead) and `reset-fail-times` (the
+next N resets fail before they clean anything, as one does when it cannot unmount what kubelet
+mounted under /var/lib/kubelet).
 """
 
 from __future__ import annotations
@@ -34,15 +36,25 @@ PKI = KUBERNETES / "pki"
 MANIFESTS = KUBERNETES / "manifests"
 KUBELET_DIR = Path("var/lib/kubelet")
 ETCD_DATA = Path("var/lib/etcd")
-CONTROL_PLANE_MANIFESTS = ("etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml",
-                           "kube-scheduler.yaml")  # fmt: skip
+CONTROL_PLANE_MANIFESTS = ("kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml",
+                           "etcd.yaml")  # fmt: skip
 RESET_FILES = ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kubelet.conf",
                "controller-manager.conf", "scheduler.conf")  # fmt: skip
 """cmd/kubeadm/app/cmd/phases/reset/cleanupnode.go: the kubeconfig files reset deletes."""
 CAS = ("ca", "front-proxy-ca", "etcd/ca")
-SHARED_CERTIFICATES = ("ca.crt", "sa.key", "sa.pub", "front-proxy-ca.crt", "etcd/ca.crt")
+SHARED_CERTIFICATES = {
+    "ca.crt": "failure loading certificate for CA",
+    "sa.key": "failure loading key for service account",
+    "front-proxy-ca.crt": "failure loading certificate for front-proxy CA",
+    "etcd/ca.crt": "failure loading certificate for etcd CA",
+}
 """cmd/kubeadm/app/phases/certs/certs.go SharedCertificateExists: what a control plane joining
-without --certificate-key must find (a missing CA key is only warned about since 1.20)."""
+without --certificate-key must find, with the words of each failure (a missing CA key is only
+warned about since 1.20)."""
+PREFLIGHT_TRAILER = (
+    "[preflight] If you know what you are doing, you can make a check non-fatal with "
+    "`--ignore-preflight-errors=...`\nTo see the stack trace of this error execute with --v=5 or higher"
+)
 
 
 class Failed(Exception):
@@ -67,7 +79,7 @@ def main(tool: str, folder: Path, argv: list[str]) -> int:
 def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
     verb = argv[0] if argv else ""
     if verb == "reset":
-        reset(root)
+        reset(root, folder)
     elif verb in ("init", "join"):
         config = _documents(Path(argv[argv.index("--config") + 1]))
         if verb == "init":
@@ -81,20 +93,21 @@ def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
 def init(root: Path, folder: Path) -> None:
     """`kubeadm init`: preflight, certs, kubeconfig, etcd and control-plane manifests,
     kubelet-start, then the wait for the control plane, where a Pi's first init usually fails."""
-    # cmd/kubeadm/app/preflight/checks.go RunInitNodeChecks: the manifests must not exist and
-    # the local etcd's data directory must be empty
-    _preflight(
-        [
-            *(f"[ERROR FileAvailable--etc-kubernetes-manifests-{name}]: /{MANIFESTS / name} already exists"
-              for name in CONTROL_PLANE_MANIFESTS if (root / MANIFESTS / name).exists()),
-            *([f"[ERROR DirAvailable--var-lib-etcd]: /{ETCD_DATA} is not empty"]
-              if _has_contents(root / ETCD_DATA) else []),
-        ]
-    )  # fmt: skip
+    _preflight(_init_node_checks(root))
     _record_cas(root, folder, "init")
+    print(f'[certs] Using certificateDir folder "/{PKI}"')
     for name in CAS:  # cmd/kubeadm/app/cmd/phases/init/certs.go runCAPhase
         if (root / PKI / f"{name}.crt").exists() and (root / PKI / f"{name}.key").exists():
             print(f"[certs] Using existing {name} certificate authority")
+        elif (root / PKI / f"{name}.crt").exists() and name != "etcd/ca":
+            # a certificate without its key is an external CA, which needs every leaf
+            # certificate made beforehand (cmd/kubeadm/app/cmd/init.go newInitData)
+            which = "front-proxy CA" if name == "front-proxy-ca" else "CA"
+            raise Failed(
+                f"invalid or incomplete external {which}: failure loading certificate for API server: "
+                f"couldn't load the certificate file /{PKI}/apiserver.crt: open /{PKI}/apiserver.crt: "
+                f"no such file or directory\n{PREFLIGHT_TRAILER.splitlines()[1]}"
+            )
         else:
             print(f'[certs] Generating "{name}" certificate and key')
             _write_new_ca(root / PKI, name)
@@ -116,20 +129,27 @@ def init(root: Path, folder: Path) -> None:
     ):
         _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
     _start_control_plane(root)
-    _wait(folder, "[wait-control-plane] Waiting for the kubelet to boot up the control plane",
-          "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster")  # fmt: skip
+    # cmd/kubeadm/app/cmd/phases/init/waitcontrolplane.go (1.31 on)
+    _wait(folder, '[wait-control-plane] Waiting for the kubelet to boot up the control plane as static Pods '
+          f'from directory "/{MANIFESTS}"',
+          "error execution phase wait-control-plane: could not initialize a Kubernetes cluster")  # fmt: skip
     print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
 
 
 def join_control_plane(root: Path, folder: Path) -> None:
-    _preflight(_join_node_checks(root))
-    missing = [name for name in SHARED_CERTIFICATES if not (root / PKI / name).exists()]
-    if missing:  # the words of cmd/kubeadm/app/cmd/phases/join/preflight.go
-        path = f"/{PKI / missing[0]}"
+    # cmd/kubeadm/app/cmd/phases/join/preflight.go: the node checks, then those of an init
+    _preflight(_join_node_checks(root, control_plane=True) + _init_node_checks(root))
+    missing = [
+        f"{failure}: couldn't load the {'private key' if name.endswith('.key') else 'certificate'} file "
+        f"/{PKI / name}: open /{PKI / name}: no such file or directory"
+        for name, failure in SHARED_CERTIFICATES.items()
+        if not (root / PKI / name).exists()
+    ]
+    if missing:  # the words of join/preflight.go; several failures are one aggregate, in brackets
+        listed = missing[0] if len(missing) == 1 else f"[{', '.join(missing)}]"
         raise Failed(
             "error execution phase preflight: \nOne or more conditions for hosting a new control plane "
-            "instance is not satisfied.\n\nfailure loading certificate for CA: couldn't load the "
-            f"certificate file {path}: open {path}: no such file or directory\n\nPlease ensure that:\n"
+            f"instance is not satisfied.\n\n{listed}\n\nPlease ensure that:\n"
             "* The cluster has a stable controlPlaneEndpoint address.\n"
             "* The certificates that must be shared among control plane instances are provided.\n"
         )
@@ -137,36 +157,37 @@ def join_control_plane(root: Path, folder: Path) -> None:
     for name in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
         _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
     _start_control_plane(root)
-    _wait(folder, "[control-plane-join] Waiting for the new etcd member to join the cluster",
+    _wait(folder, "[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s",
           "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
 
 
 def join_worker(root: Path, folder: Path) -> None:
-    # RunJoinNodeChecks adds the CA certificate's check only when not joining a control plane
-    ca = root / PKI / "ca.crt"
-    _preflight(
-        [*_join_node_checks(root), *([f"[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /{PKI}/ca.crt "
-                                      "already exists"] if ca.exists() else [])]
-    )  # fmt: skip
+    _preflight(_join_node_checks(root, control_plane=False))
     # discovery: the cluster-info CA, checked against caCertHashes, is written for the kubelet
-    _write(ca, (root / "etc/picluster/cluster-ca.crt").read_bytes())
-    _write(root / KUBERNETES / "bootstrap-kubelet.conf", b"stand-in bootstrap-kubelet.conf\n", 0o600)
+    _write(root / PKI / "ca.crt", (root / "etc/picluster/cluster-ca.crt").read_bytes())
+    bootstrap = root / KUBERNETES / "bootstrap-kubelet.conf"
+    _write(bootstrap, b"stand-in bootstrap-kubelet.conf\n", 0o600)
     _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
-    _wait(folder, "[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap",
-          "error execution phase kubelet-start: timed out waiting for the condition")  # fmt: skip
-    (root / KUBERNETES / "bootstrap-kubelet.conf").unlink()
-    _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
+    try:  # phases/join/kubelet.go removes the bootstrap kubeconfig however the wait ends
+        # waitForTLSBootstrappedClient polls until its context times out
+        _wait(folder, "[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap",
+              "error execution phase kubelet-start: context deadline exceeded")  # fmt: skip
+        _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
+    finally:
+        bootstrap.unlink()
 
 
-def reset(root: Path) -> None:
+def reset(root: Path, folder: Path) -> None:
     """`kubeadm reset -f`: phases remove-etcd-member and cleanup-node
     (cmd/kubeadm/app/cmd/phases/reset/removeetcdmember.go, cleanupnode.go). Directories keep
     themselves and lose their contents (CleanDir); /etc/cni/net.d is left alone."""
     print("[preflight] Running pre-flight checks")
-    if _has_contents(root / ETCD_DATA):
-        _clean(root / ETCD_DATA)
-        print(f"[reset] Deleted contents of the etcd data directory: /{ETCD_DATA}")
+    _clean(root / ETCD_DATA)  # printed even when there was nothing (IsDirEmpty: false if missing)
+    print(f"[reset] Deleted contents of the etcd data directory: /{ETCD_DATA}")
     print("[reset] Stopping the kubelet service")
+    print(f'[reset] Unmounting mounted directories in "/{KUBELET_DIR}"')
+    if _take_one(folder / "reset-fail-times"):  # cleanupnode.go returns before any folder is emptied
+        raise Failed(f"error execution phase cleanup-node: failed to unmount directories in /{KUBELET_DIR}")
     folders = [MANIFESTS, KUBELET_DIR, PKI]
     print(f"[reset] Deleting contents of directories: [{' '.join(f'/{f}' for f in folders)}]")
     for relative in folders:
@@ -176,27 +197,39 @@ def reset(root: Path) -> None:
         (root / KUBERNETES / name).unlink(missing_ok=True)
 
 
-def _join_node_checks(root: Path) -> list[str]:
-    """cmd/kubeadm/app/preflight/checks.go RunJoinNodeChecks: an empty manifests folder and no
-    kubelet kubeconfigs left by an earlier membership."""
-    errors = []
-    if _has_contents(root / MANIFESTS):
-        errors.append(f"[ERROR DirAvailable--etc-kubernetes-manifests]: /{MANIFESTS} is not empty")
-    for name in ("kubelet.conf", "bootstrap-kubelet.conf"):
-        if (root / KUBERNETES / name).exists():
-            check = name.replace(".", "-")
-            errors.append(
-                f"[ERROR FileAvailable--etc-kubernetes-{check}]: /{KUBERNETES / name} already exists"
-            )
-    return errors
+def _init_node_checks(root: Path) -> list[str]:
+    """cmd/kubeadm/app/preflight/checks.go RunInitNodeChecks, the checks on files: the
+    manifests must not exist, the local etcd's data directory must be empty."""
+    etcd = (
+        [f"[ERROR DirAvailable--var-lib-etcd]: /{ETCD_DATA} is not empty"]
+        if _has_contents(root / ETCD_DATA)
+        else []
+    )
+    return [*(_file_available(root, MANIFESTS / name) for name in CONTROL_PLANE_MANIFESTS), *etcd]
+
+
+def _join_node_checks(root: Path, control_plane: bool) -> list[str]:
+    """RunJoinNodeChecks: no kubelet kubeconfigs left by an earlier membership, and on a worker
+    no CA certificate (the manifests folder is no longer checked since 1.23, PR #104942)."""
+    paths = [KUBERNETES / "kubelet.conf", KUBERNETES / "bootstrap-kubelet.conf"]
+    return [_file_available(root, path) for path in [*paths, *([] if control_plane else [PKI / "ca.crt"])]]
+
+
+def _file_available(root: Path, path: Path) -> str:
+    """FileAvailableCheck, named as kubeadm names it (the path with '/' made '-'); '' when fine."""
+    if not (root / path).exists():
+        return ""
+    return f"[ERROR FileAvailable-{'-'.join(('', *path.parts))}]: /{path} already exists"
 
 
 def _preflight(errors: list[str]) -> None:
     print("[preflight] Running pre-flight checks")
-    if errors:
+    found = [error for error in errors if error]
+    if found:
         raise Failed(
             "error execution phase preflight: [preflight] Some fatal errors occurred:\n"
-            + "".join(f"\t{error}\n" for error in errors)
+            + "".join(f"\t{error}\n" for error in found)
+            + PREFLIGHT_TRAILER
         )
 
 
@@ -211,10 +244,16 @@ def _wait(folder: Path, waiting: str, failure: str) -> None:
     print(waiting)
     if (folder / "hang").exists():
         time.sleep(600)
-    failures = folder / "fail-times"
-    if failures.exists() and int(failures.read_text()) > 0:
-        failures.write_text(str(int(failures.read_text()) - 1))
+    if _take_one(folder / "fail-times"):
         raise Failed(failure)
+
+
+def _take_one(counter: Path) -> bool:
+    """True, counting one down, while a steering file holds a number above zero."""
+    if not counter.exists() or int(counter.read_text()) <= 0:
+        return False
+    counter.write_text(str(int(counter.read_text()) - 1))
+    return True
 
 
 def _record_cas(root: Path, folder: Path, verb: str) -> None:

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent import packages
@@ -77,7 +79,7 @@ def test_a_failed_join_is_reset_cleaned_and_retried(tmp_path: Path) -> None:
     assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init", "kubeadm reset",
                                        "kubeadm init"]  # fmt: skip
     assert ["kubeadm", "reset", "-f"] in calls(standins)
-    assert "attempt 2 failed" in done.stdout and "couldn't initialize a Kubernetes cluster" in done.stdout
+    assert "attempt 2 failed" in done.stdout and "could not initialize a Kubernetes cluster" in done.stdout
     recorded = state(root)
     assert (recorded["phase"], recorded["attempts"], recorded["last_error"]) == ("joined", 3, None)
 
@@ -106,6 +108,43 @@ def test_a_failed_first_init_keeps_the_clusters_ca(tmp_path: Path) -> None:
     worker = json.loads((node_root(tmp_path / "w1", "w1") / "etc/picluster/node.json").read_text())
     assert ca_cert_hash(in_use) == worker["cluster"]["ca_cert_hash"] == secrets.ca_cert_hash
     assert (root / "etc/kubernetes/pki/ca.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reset_that_fails_is_followed_by_another_before_init_succeeds(tmp_path: Path) -> None:
+    """kubeadm reset stops before it empties anything when it cannot unmount under
+    /var/lib/kubelet (cleanupnode.go); the next init then fails its preflight on the manifests
+    left behind. The agent must get through that, still on the cluster's CA."""
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    (standins / "fail-times").write_text("1")
+    (standins / "reset-fail-times").write_text("1")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    assert kubeadm_verbs(standins) == ["kubeadm init", "kubeadm reset", "kubeadm init", "kubeadm reset",
+                                       "kubeadm init"]  # fmt: skip
+    assert "kubeadm reset failed, going on" in done.stdout
+    assert "[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]" in done.stdout
+    rendered = hashlib.sha256(fixed_secrets().ca.key_pem).hexdigest()
+    assert cas_seen(standins)[-1]["found"]["ca.key"] == rendered
+    assert state(root)["phase"] == "joined"
+
+
+def test_a_card_missing_one_of_its_cas_keys_never_runs_kubeadm(tmp_path: Path) -> None:
+    """kubeadm would take a CA certificate without its key for an external CA and fail, or
+    worse; the agent says which file is missing and retries, never running kubeadm on it."""
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    (root / "etc/picluster/pki/front-proxy-ca.key").unlink()
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    agent = subprocess.Popen(agent_command(root, "join"), env=agent_env(standins, root),
+                             stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_state(root, lambda recorded: recorded["attempts"] >= 2, "a second attempt")
+        assert agent.poll() is None, "the agent exited instead of trying again"
+    finally:
+        agent.kill()
+        agent.wait()
+    assert "lacks front-proxy-ca.key: the card is damaged; reflash it" in state(root)["last_error"]
+    assert [verb for verb in kubeadm_verbs(standins) if verb != "kubeadm reset"] == []
 
 
 def test_a_control_plane_join_retried_after_a_reset_still_has_the_cas(tmp_path: Path) -> None:
@@ -212,6 +251,13 @@ def test_firstboot_without_the_repository_waits_for_packages_and_keeps_trying(tm
     recorded = run_until_phase(root, standins, "waiting: packages", says="waiting: packages")
     assert "Release.key" in recorded["last_error"] and "Connection" in recorded["last_error"]
     assert recorded["attempts"] == 0
+
+
+def wait_for_state(root: Path, done: Callable[[dict[str, Any]], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not ((root / "var/lib/picluster/state.json").exists() and done(state(root))):
+        assert time.monotonic() < deadline, f"no {what} within 30 s"
+        time.sleep(0.05)
 
 
 def run_until_phase(root: Path, standins: Path, phase: str, says: str, retries: int = 3) -> dict:

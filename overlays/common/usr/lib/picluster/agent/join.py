@@ -18,6 +18,9 @@ from agent.state import JOINED, JOINING, WAITING_READY, State, now
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 PKI_DIR = "/etc/kubernetes/pki"
+SHARED_PKI = ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
+              "sa.pub", "sa.key")  # fmt: skip
+"""What every control plane of a cluster shares, and a control-plane card therefore carries."""
 WAITING_CLOCK = "waiting: clock"
 
 
@@ -76,8 +79,9 @@ def restore_pki(host: Host, config: NodeConfig) -> None:
     say(f"{verb} the cluster's CAs: {config.pki_seed} -> {PKI_DIR}")
     try:
         sources = sorted(path for path in seed.rglob("*") if path.is_file())
-        if not any(path.name == "ca.key" for path in sources):
-            damaged = f"{config.pki_seed} holds no ca.key: the card is damaged; reflash it"
+        missing = sorted(set(SHARED_PKI) - {path.relative_to(seed).as_posix() for path in sources})
+        if missing:  # a CA certificate without its key would make kubeadm take it for an external CA
+            damaged = f"{config.pki_seed} lacks {', '.join(missing)}: the card is damaged; reflash it"
             raise CommandFailed(argv, 1, damaged)
         for source in [] if host.dry_run else sources:
             destination = target / source.relative_to(seed)
