@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -99,3 +100,52 @@ def test_file_option_works_before_or_after_the_command(
     args = ["-f", str(path), "validate"] if before else ["validate", "-f", str(path)]
     assert main(args) == 0
     assert "elsewhere.yaml: ok" in capsys.readouterr().out
+
+
+def refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI and check the refusal is a one-screen error with a fix; return stderr."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "fix: " in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) < 25, "fits on one screen"
+    return err
+
+
+HOSTILE_FILES = {
+    "binary garbage": random.Random(0).randbytes(4096),
+    "UTF-16 text": "cluster:\n  name: homelab\n".encode("utf-16"),
+    "a control character": b'cluster:\n  name: "home\x07lab"\n',
+    "a NUL byte": b"cluster:\n  name: home\x00lab\n",
+    "a list as a key": b"? [a, b]\n: 1\n",
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_FILES.values(), ids=HOSTILE_FILES)
+def test_a_hostile_file_is_refused_in_one_screen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_bytes(content)
+    refused(["validate", "-f", str(path)], capsys)
+
+
+def test_a_file_over_1_mib_is_refused_even_when_valid(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = workdir / "cluster.yaml"
+    path.write_text(path.read_text() + "# padding\n" * 120_000)
+    assert "larger than 1 MiB" in refused(["validate", "-f", str(path)], capsys)
+
+
+def test_an_endless_file_is_refused_without_reading_it_all(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "larger than 1 MiB" in refused(["validate", "-f", "/dev/zero"], capsys)
+
+
+def test_a_folder_as_the_file_says_which_file_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(["validate", "-f", str(tmp_path)], capsys)
+    assert f"{tmp_path} is a folder" in err
+    assert f"-f {tmp_path / 'cluster.yaml'}" in err

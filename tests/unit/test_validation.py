@@ -236,6 +236,28 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     assert "column" in problem.message
 
 
+HOSTILE_YAML = {
+    "a tag for Python objects": "cluster: !!python/object:os.system x\n",
+    "an unknown tag": "cluster: !secret homelab\n",
+    "a date that does not exist": "cluster: 2020-99-99\n",
+    "an integer tag on text": "cluster: !!int homelab\n",
+    "a merge of a scalar": "base: &b trixie\ncluster: {<<: *b}\n",
+    "a mapping as a key": "cluster:\n  {a: 1}: homelab\n",
+    "a number as a key": "cluster:\n  1: homelab\n",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_YAML.values(), ids=HOSTILE_YAML)
+def test_yaml_that_builds_no_settings_is_a_located_problem(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    (problem,) = caught.value.problems
+    assert problem.line is not None
+    assert problem.hint
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yaml"
     path.write_text(
