@@ -149,3 +149,13 @@ def test_a_folder_as_the_file_says_which_file_to_pass(
     err = refused(["validate", "-f", str(tmp_path)], capsys)
     assert f"{tmp_path} is a folder" in err
     assert f"-f {tmp_path / 'cluster.yaml'}" in err
+
+
+@pytest.mark.parametrize("out", ["a-file", "/proc", "/proc/picluster-out"])
+def test_render_refuses_an_output_folder_it_cannot_write(
+    workdir: Path, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    (workdir / "a-file").write_text("")
+    err = refused(["render", "-f", str(workdir / "cluster.yaml"), "-o", str(workdir / out)], capsys)
+    assert f"-o {workdir / out}" in err
+    assert not (workdir / ".picluster").exists(), "nothing is created before the refusal"
