@@ -83,8 +83,72 @@ def _decode(raw: bytes, source: str) -> str:
         raise ConfigError(source, [problem]) from None
 
 
+MAX_ALIAS_NODES = 10_000
+"""How many values aliases may stand for in all. A real cluster.yaml reuses a list or two; nested
+aliases can stand for 9**8 values in 1 KB (a "billion laughs"), which took minutes to walk."""
+MAX_DEPTH = 32
+"""Far deeper than any cluster.yaml nests, far short of where PyYAML's recursion gives out."""
+
+
+class _Refused(yaml.composer.ComposerError):
+    """A document PyYAML could read but that would take unbounded time or memory to use."""
+
+    def __init__(self, problem: str, hint: str, mark: yaml.Mark | None) -> None:
+        super().__init__(None, None, problem, mark)
+        self.hint = hint
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose constructor errors all say where they are."""
+    """SafeLoader with bounds on aliases and nesting, and constructor errors that say where."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it untyped
+        mark = event.start_mark
+        if self._depth == MAX_DEPTH:
+            raise _Refused(
+                f"values nest more than {MAX_DEPTH} levels deep",
+                "write cluster.yaml as the bundled one: settings nest a few levels at most",
+                mark,
+            )
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
+            self._count_alias(self.anchors[event.anchor], mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _count_alias(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
+        if target.end_mark is None:  # the composer sets it when the anchored value is complete
+            raise _Refused(
+                "an alias stands for a value that contains it, which never ends",
+                "write the value out instead of the alias",
+                mark,
+            )
+        self._alias_nodes += self._size(target)
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _Refused(
+                f"aliases stand for more than {MAX_ALIAS_NODES} values (an alias bomb?)",
+                "write the values out instead of nesting aliases",
+                mark,
+            )
+
+    def _size(self, node: yaml.Node) -> int:
+        # memoized: every alias inside node was sized when it was composed, so this recursion only
+        # walks values written out, no deeper than MAX_DEPTH
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
+        return self._sizes[id(node)]
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -116,6 +180,8 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
 def _compose(loader: yaml.SafeLoader, source: str) -> yaml.Node | None:
     try:
         tree = loader.get_single_node()
+    except _Refused as error:
+        raise ConfigError(source, [_yaml_problem(error, error.hint)]) from None
     except yaml.MarkedYAMLError as error:
         raise ConfigError(source, [_yaml_problem(error, "fix the YAML syntax there")]) from None
     problems = list(_key_problems(tree, ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,54 @@ def test_yaml_that_builds_no_settings_is_a_located_problem(tmp_path: Path, text:
         load_cluster(path)
     (problem,) = caught.value.problems
     assert problem.line is not None
+    assert problem.hint
+
+
+def billion_laughs(levels: int) -> str:
+    """About 1 KB of YAML whose aliases expand to 9**levels strings."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels + 1):
+        below = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{below}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(billion_laughs(8))
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    assert time.monotonic() - start < 0.5
+    (problem,) = caught.value.problems
+    assert "aliases" in problem.message
+    assert problem.line is not None
+    assert problem.hint
+
+
+def test_a_few_aliases_are_fine(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    text = BUNDLED.read_text().replace("dns: [192.168.50.1]", "dns: &lan [192.168.50.1]")
+    path.write_text(text.replace("ntp: [pool.ntp.org]", "ntp: *lan"))
+    assert [str(a) for a in load_cluster(path).network.ntp] == ["192.168.50.1"]
+
+
+RUNAWAY_YAML = {
+    "an alias inside its own anchor": "cluster: &c {name: *c}\n",
+    "a list inside itself": "nodes: &n [*n]\n",
+    "lists nested 10,000 deep": "nodes: " + "[" * 10_000 + "]" * 10_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("text", RUNAWAY_YAML.values(), ids=RUNAWAY_YAML)
+def test_runaway_structures_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    (problem,) = caught.value.problems
+    assert problem.path == "(yaml)"
+    assert problem.line == 1
     assert problem.hint
 
 
