@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from builder.errors import ConfigError, Problem, UserError
-from builder.model import Cluster, cross_field_problems
+from builder.errors import ConfigError, FieldError, Problem, UserError
+from builder.model import Cluster, cross_field_problems, validation_context
 
 MAX_FILE_BYTES = 1 << 20
 """A cluster description is a few KB; the cap keeps `-f /dev/zero` or a disk image from being read whole."""
@@ -31,7 +31,7 @@ def load_cluster(path: Path) -> Cluster:
             ],
         )
     try:
-        cluster = Cluster.model_validate(data)
+        cluster = Cluster.model_validate(data, context=validation_context(data))
     except ValidationError as error:
         raise ConfigError(source, [_problem(e, tree) for e in error.errors()]) from None
     problems = cross_field_problems(cluster)
@@ -255,6 +255,9 @@ def _problem(error: Any, tree: yaml.Node | None) -> Problem:
         return Problem(path, "unknown key", _did_you_mean(loc), line)
     if kind == "missing":
         return Problem(path, "is required but missing", _describe(loc) or "add it", line)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        return Problem(path, str(cause), cause.hint, line)
     message = error["msg"].removeprefix("Value error, ")
     if kind != "value_error" and "input" in error and not isinstance(error["input"], dict | list):
         message = f"{error['input']!r}: {message}"

@@ -23,6 +23,14 @@ class UserError(Exception):
         return text
 
 
+class FieldError(ValueError):
+    """A field validator's refusal that knows its own fix; pydantic keeps it as the error's cause."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong in cluster.yaml, located by its field path and, when known, its line."""

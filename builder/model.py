@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Annotated, Literal
+from contextlib import suppress
+from ipaddress import AddressValueError, IPv4Address, IPv4Interface, IPv4Network
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from builder.boards import boards
-from builder.errors import Problem
+from builder.errors import FieldError, Problem
 
 SUPPORTED_KUBERNETES = (31, 37)
 """Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders
@@ -28,6 +29,8 @@ cmd/kubeadm/app/preflight/checks.go)."""
 FLANNEL_VERSION = "v0.10.0"
 NODE_CIDR_PREFIX = 24
 """flannel's kube-subnet-mgr uses the controller manager's default node mask: one /24 per node."""
+LAN_PREFIX = 24
+"""The prefix suggested for a node address written without one, when no other node shows the LAN's."""
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 DNS_LABEL = re.compile(rf"^{_LABEL}$")
@@ -101,6 +104,32 @@ def _check_psk(value: str) -> str:
     if re.fullmatch(r"[0-9a-fA-F]{64}", value) or 8 <= len(value) <= 63:
         return value
     raise ValueError("a WPA passphrase has 8 to 63 characters (or is 64 hex digits)")
+
+
+def _require_prefix(value: object, info: ValidationInfo) -> object:
+    """A bare address would be read as a /32, a LAN of one, and fail three rules that hide the cause."""
+    if isinstance(value, str) and "/" not in value:
+        with suppress(AddressValueError):
+            IPv4Address(value)
+            prefix = (info.context or {}).get("lan_prefix", LAN_PREFIX)
+            raise FieldError(f"{value} has no prefix length", f"add the prefix length, e.g. {value}/{prefix}")
+    return value
+
+
+def validation_context(data: dict[str, Any]) -> dict[str, int]:
+    """What field validators learn from the rest of the raw data: the LAN's prefix length, taken
+    from the nodes written with one, first those whose network holds the gateway."""
+    network, nodes = data.get("network"), data.get("nodes")
+    interfaces = []
+    for node in nodes if isinstance(nodes, list) else []:
+        address = node.get("address") if isinstance(node, dict) else None
+        if isinstance(address, str) and "/" in address:
+            with suppress(ValueError):
+                interfaces.append(IPv4Interface(address))
+    with suppress(ValueError):
+        gateway = IPv4Address(str(network.get("gateway") if isinstance(network, dict) else None))
+        interfaces = [i for i in interfaces if gateway in i.network] or interfaces
+    return {"lan_prefix": interfaces[0].network.prefixlen} if interfaces else {}
 
 
 def _check_board(value: str) -> str:
@@ -241,7 +270,9 @@ class Node(Strict):
     model: Annotated[str, AfterValidator(_check_board)] = Field(
         description=f"the Raspberry Pi model: {', '.join(boards())}"
     )
-    address: IPv4Interface = Field(description="the static address with prefix, e.g. 192.168.50.10/24")
+    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix)] = Field(
+        description="the static address with prefix, e.g. 192.168.50.10/24"
+    )
 
 
 class Cluster(Strict):

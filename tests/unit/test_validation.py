@@ -204,6 +204,40 @@ def test_each_mistake_is_named(
     assert matching[0].line is not None, "every problem points at a line of cluster.yaml"
 
 
+@pytest.mark.parametrize(
+    ("others", "suggested"),
+    [("/24", "192.168.50.11/24"), ("/16", "192.168.50.11/16")],
+    ids=["like the other nodes, /24", "like the other nodes, /16"],
+)
+def test_an_address_without_prefix_asks_for_the_prefix_once(
+    bundled_data: dict[str, Any], tmp_path: Path, others: str, suggested: str
+) -> None:
+    for node in bundled_data["nodes"]:
+        node["address"] = node["address"].replace("/24", others)
+    bundled_data["nodes"][1]["address"] = "192.168.50.11"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "nodes[1].address"
+    assert "no prefix length" in problem.message
+    assert f"e.g. {suggested}" in problem.hint
+
+
+def test_the_suggested_prefix_is_that_of_the_gateways_network(
+    bundled_data: dict[str, Any], tmp_path: Path
+) -> None:
+    bundled_data["nodes"][0]["address"] = "10.0.0.5/8"
+    bundled_data["nodes"][1]["address"] = "192.168.50.11"
+    bundled_data["nodes"][2]["address"] = "192.168.50.12/22"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert "e.g. 192.168.50.11/22" in problem.hint
+
+
+def test_a_lone_address_without_prefix_is_given_a_24(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["nodes"] = bundled_data["nodes"][:1]
+    bundled_data["nodes"][0]["address"] = "192.168.50.10"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert "e.g. 192.168.50.10/24" in problem.hint
+
+
 def test_all_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
     bundled_data["cluster"]["kubernetes"] = "1.20.0"
     bundled_data["flannel"]["ifce"] = "eth0"
