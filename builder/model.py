@@ -425,12 +425,13 @@ def _subnet_problems(cluster: Cluster) -> list[Problem]:
             )
     node_ranges = 2 ** max(0, NODE_CIDR_PREFIX - pods.prefixlen) if pods.prefixlen <= 24 else 0
     if node_ranges < len(cluster.nodes):
+        fits = pods.supernet(new_prefix=NODE_CIDR_PREFIX - (len(cluster.nodes) - 1).bit_length())
         found.append(
             Problem(
                 "cluster.pod_subnet",
                 f"{pods} holds {node_ranges} node /{NODE_CIDR_PREFIX} ranges "
                 f"but the cluster has {len(cluster.nodes)} nodes",
-                "use a larger pod subnet such as 10.244.0.0/16",
+                f"use a pod subnet with a /{NODE_CIDR_PREFIX} for every node, e.g. {fits}",
             )
         )
     return found

@@ -238,6 +238,38 @@ def test_a_lone_address_without_prefix_is_given_a_24(bundled_data: dict[str, Any
     assert "e.g. 192.168.50.10/24" in problem.hint
 
 
+def _nodes(count: int) -> list[dict[str, str]]:
+    """count nodes in 192.168.0.0/16 (the bundled gateway's /16), the first a control plane."""
+    return [
+        {
+            "name": f"n{i}",
+            "role": "control-plane" if i == 0 else "worker",
+            "model": "pi4",
+            "address": f"192.168.{50 + i // 200}.{10 + i % 200}/16",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pod_subnet", "nodes", "suggested"),
+    [
+        ("10.244.0.0/23", 3, "10.244.0.0/22"),
+        ("10.244.0.0/25", 3, "10.244.0.0/22"),
+        ("10.244.0.0/16", 300, "10.244.0.0/15"),
+    ],
+)
+def test_a_small_pod_subnet_is_answered_with_one_that_fits(
+    bundled_data: dict[str, Any], tmp_path: Path, pod_subnet: str, nodes: int, suggested: str
+) -> None:
+    bundled_data["nodes"] = _nodes(nodes)
+    bundled_data["cluster"]["pod_subnet"] = pod_subnet
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "cluster.pod_subnet"
+    assert f"but the cluster has {nodes} nodes" in problem.message
+    assert f"e.g. {suggested}" in problem.hint
+
+
 def test_all_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
     bundled_data["cluster"]["kubernetes"] = "1.20.0"
     bundled_data["flannel"]["ifce"] = "eth0"
