@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from builder.config_file import load_cluster
 from builder.errors import ConfigError, Problem
@@ -268,6 +271,108 @@ def test_a_small_pod_subnet_is_answered_with_one_that_fits(
     assert problem.path == "cluster.pod_subnet"
     assert f"but the cluster has {nodes} nodes" in problem.message
     assert f"e.g. {suggested}" in problem.hint
+
+
+def _wire(*fields: bytes) -> bytes:
+    """The SSH wire format: each field a 4-byte big-endian length and its bytes."""
+    return b"".join(len(field).to_bytes(4, "big") + field for field in fields)
+
+
+def _mpint(value: int) -> bytes:
+    return value.to_bytes(value.bit_length() // 8 + 1, "big")
+
+
+def _line(kind: str, blob: bytes, comment: str = "ops@laptop") -> str:
+    return f"{kind} {base64.b64encode(blob).decode()} {comment}"
+
+
+def _openssh(key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+ED25519_KEY = bytes(range(32))
+ED25519_BLOB = _wire(b"ssh-ed25519", ED25519_KEY)
+P256_POINT = b"\x04" + bytes(64)
+SSH_KEYS = {
+    "ed25519": _openssh(ed25519.Ed25519PrivateKey.generate().public_key()) + " me@laptop",
+    "rsa 2048": _openssh(rsa.generate_private_key(65537, 2048).public_key()),
+    "ecdsa p256": _openssh(ec.generate_private_key(ec.SECP256R1()).public_key()),
+    "ecdsa p384": _openssh(ec.generate_private_key(ec.SECP384R1()).public_key()),
+    "ecdsa p521": _openssh(ec.generate_private_key(ec.SECP521R1()).public_key()),
+    "ed25519 on a security key": _line(
+        "sk-ssh-ed25519@openssh.com", _wire(b"sk-ssh-ed25519@openssh.com", ED25519_KEY, b"ssh:")
+    ),
+    "ecdsa on a security key": _line(
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+        _wire(b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", P256_POINT, b"ssh:"),
+    ),
+    "separated by tabs": "ssh-ed25519\t" + base64.b64encode(ED25519_BLOB).decode(),
+}
+
+
+@pytest.mark.parametrize("key", SSH_KEYS.values(), ids=SSH_KEYS)
+def test_each_kind_of_ssh_key_is_accepted(bundled_data: dict[str, Any], tmp_path: Path, key: str) -> None:
+    bundled_data["access"]["ssh_authorized_keys"].append(key)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(bundled_data))
+    assert load_cluster(path).access.ssh_authorized_keys[1] == key
+
+
+BAD_SSH_KEYS: list[tuple[str, str, str, str]] = [
+    # (case, key line, text the message must contain, text the hint must contain)
+    (
+        "ssh-rsa holding an ed25519 key",
+        _line("ssh-rsa", ED25519_BLOB),
+        "ssh-rsa key 'ops@laptop' holds ssh-ed25519 key data",
+        "as ssh-keygen wrote it",
+    ),
+    (
+        "base64 that does not decode",
+        _line("ssh-ed25519", ED25519_BLOB)[:-12] + " ops@laptop",
+        "is not valid base64",
+        "whole line",
+    ),
+    ("a truncated key", _line("ssh-ed25519", ED25519_BLOB[:-4]), "ends early", "whole line"),
+    (
+        "an RSA key of 1024 bits",
+        _line("ssh-rsa", _wire(b"ssh-rsa", _mpint(65537), _mpint(2**1023 + 1))),
+        "1024 bits; OpenSSH refuses RSA keys under 1024 bits and picluster wants at least 2048",
+        "ssh-keygen -t ed25519",
+    ),
+    (
+        "an ed25519 key of 31 bytes",
+        _line("ssh-ed25519", _wire(b"ssh-ed25519", bytes(31))),
+        "31 bytes long, not 32",
+        "ssh-keygen -t ed25519",
+    ),
+    (
+        "ecdsa on the wrong curve",
+        _line("ecdsa-sha2-nistp256", _wire(b"ecdsa-sha2-nistp256", b"nistp384", P256_POINT)),
+        "names the curve 'nistp384', not 'nistp256'",
+        "as ssh-keygen wrote it",
+    ),
+    ("bytes after the key", _line("ssh-ed25519", ED25519_BLOB + b"\0"), "1 byte after the key", "whole line"),
+    (
+        "a second line in the comment",
+        _line("ssh-ed25519", ED25519_BLOB, "me\nssh-ed25519 AAAA intruder"),
+        "line break",
+        "one line",
+    ),
+    ("DSA, which OpenSSH dropped", _line("ssh-dss", _wire(b"ssh-dss")), "'ssh-dss' is not", "ssh-keygen"),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "message", "hint"), [case[1:] for case in BAD_SSH_KEYS], ids=[c[0] for c in BAD_SSH_KEYS]
+)
+def test_an_ssh_key_openssh_would_refuse_is_named_with_a_fix(
+    bundled_data: dict[str, Any], tmp_path: Path, key: str, message: str, hint: str
+) -> None:
+    bundled_data["access"]["ssh_authorized_keys"].append(key)
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "access.ssh_authorized_keys[1]"
+    assert message in problem.message
+    assert hint in problem.hint
 
 
 def test_all_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
