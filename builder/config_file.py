@@ -86,6 +86,8 @@ def _decode(raw: bytes, source: str) -> str:
 MAX_ALIAS_NODES = 10_000
 """How many values aliases may stand for in all. A real cluster.yaml reuses a list or two; nested
 aliases can stand for 9**8 values in 1 KB (a "billion laughs"), which took minutes to walk."""
+MAX_VALUES = 20_000
+"""Room for two thousand nodes; PyYAML (pure Python, so aliases can be counted) takes seconds per 100,000."""
 MAX_DEPTH = 32
 """Far deeper than any cluster.yaml nests, far short of where PyYAML's recursion gives out."""
 
@@ -104,12 +106,20 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._values = 0
         self._alias_nodes = 0
         self._sizes: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it untyped
         mark = event.start_mark
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise _Refused(
+                f"the file holds more than {MAX_VALUES} values",
+                "pass your cluster.yaml with -f PATH; a cluster description holds a few hundred",
+                mark,
+            )
         if self._depth == MAX_DEPTH:
             raise _Refused(
                 f"values nest more than {MAX_DEPTH} levels deep",

@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,45 @@ def test_a_file_over_1_mib_is_refused_even_when_valid(
     path = workdir / "cluster.yaml"
     path.write_text(path.read_text() + "# padding\n" * 120_000)
     assert "larger than 1 MiB" in refused(["validate", "-f", str(path)], capsys)
+
+
+def test_a_list_of_many_thousand_values_is_refused_quickly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text("nodes: [" + "x, " * 300_000 + "x]\n")  # under 1 MiB
+    start = time.monotonic()
+    refused(["validate", "-f", str(path)], capsys)
+    assert time.monotonic() - start < 2
+
+
+def test_many_problems_fit_on_one_screen(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = workdir / "cluster.yaml"
+    nodes = "".join(
+        f"  - {{name: n{i}, role: worker, model: pi9, address: 192.168.50.{i}/24}}\n" for i in range(100)
+    )
+    path.write_text(path.read_text().split("nodes:")[0] + "nodes:\n" + nodes)
+    err = refused(["validate", "-f", str(path)], capsys)
+    assert "has 100 problems" in err
+    assert "and 90 more" in err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("name: homelab", "name: " + "a" * 500_000, "is not a lower-case RFC 1123 host name"),
+        ("dns: [192.168.50.1]", "dns: [" + "9" * 300_000 + "]", "value has 300000 digits"),
+    ],
+    ids=["a long name", "a long number"],
+)
+def test_a_huge_value_is_shortened_in_the_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, reason: str
+) -> None:
+    path = workdir / "cluster.yaml"
+    path.write_text(path.read_text().replace(old, new))
+    err = refused(["validate", "-f", str(path)], capsys)
+    assert len(err) < 1000
+    assert reason in err
 
 
 def test_an_endless_file_is_refused_without_reading_it_all(capsys: pytest.CaptureFixture[str]) -> None:
