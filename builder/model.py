@@ -103,6 +103,17 @@ def _check_psk(value: str) -> str:
     raise ValueError("a WPA passphrase has 8 to 63 characters (or is 64 hex digits)")
 
 
+def _require_text(value: object) -> object:
+    """pydantic reads a number or a boolean as an IPv4 address (12345 as 0.0.48.57), which is never
+    what a cluster.yaml meant."""
+    if isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not an address: YAML read it as {type(value).__name__}")
+    return value
+
+
+_TEXT = BeforeValidator(_require_text)
+
+
 def _require_prefix(value: object, info: ValidationInfo) -> object:
     """A bare address would be read as a /32, a LAN of one, and fail three rules that hide the cause."""
     if isinstance(value, str) and "/" not in value:
@@ -149,8 +160,8 @@ class ClusterSettings(Strict):
         description=f"a Kubernetes release from 1.{SUPPORTED_KUBERNETES[0]}.0 to "
         f'1.{SUPPORTED_KUBERNETES[1]}.x, quoted, e.g. "1.34.2"'
     )
-    pod_subnet: IPv4Network = Field(description="an IPv4 network such as 10.244.0.0/16")
-    service_subnet: IPv4Network = Field(
+    pod_subnet: Annotated[IPv4Network, _TEXT] = Field(description="an IPv4 network such as 10.244.0.0/16")
+    service_subnet: Annotated[IPv4Network, _TEXT] = Field(
         IPv4Network("10.96.0.0/12"), description="an IPv4 network such as 10.96.0.0/12"
     )
     domain: DnsName = Field("cluster.local", description="the cluster DNS domain")
@@ -210,9 +221,11 @@ class Wifi(Strict):
 
 
 class Network(Strict):
-    gateway: IPv4Address = Field(description="the LAN router's address, e.g. 192.168.50.1")
-    dns: list[IPv4Address] = Field(min_length=1, description="one or more DNS server addresses")
-    ntp: list[DnsName | IPv4Address] = Field(
+    gateway: Annotated[IPv4Address, _TEXT] = Field(description="the LAN router's address, e.g. 192.168.50.1")
+    dns: list[Annotated[IPv4Address, _TEXT]] = Field(
+        min_length=1, description="one or more DNS server addresses"
+    )
+    ntp: list[Annotated[DnsName | IPv4Address, _TEXT]] = Field(
         [], description="NTP servers (names or addresses); empty uses Debian's pool"
     )
     wifi: Wifi | None = Field(None, description="optional Wi-Fi uplink; never used for cluster traffic")
@@ -267,7 +280,7 @@ class Node(Strict):
     model: Annotated[str, AfterValidator(_check_board)] = Field(
         description=f"the Raspberry Pi model: {', '.join(boards())}"
     )
-    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix)] = Field(
+    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix), _TEXT] = Field(
         description="the static address with prefix, e.g. 192.168.50.10/24"
     )
 

@@ -234,6 +234,25 @@ def test_the_suggested_prefix_is_that_of_the_gateways_network(
     assert "e.g. 192.168.50.11/22" in problem.hint
 
 
+@pytest.mark.parametrize(
+    ("where", "value", "path"),
+    [
+        ("cluster.pod_subnet", 12345, "cluster.pod_subnet"),
+        ("network.gateway", 3232248321, "network.gateway"),
+        ("network.dns", [True], "network.dns[0]"),
+        ("network.ntp", [3232248321], "network.ntp[0]"),
+        ("nodes.1.address", 3232248331, "nodes[1].address"),
+    ],
+)
+def test_a_number_is_not_read_as_an_address(
+    bundled_data: dict[str, Any], tmp_path: Path, where: str, value: Any, path: str
+) -> None:
+    _set(where, value)(bundled_data)
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == path
+    assert "YAML read it as" in problem.message
+
+
 def test_a_lone_address_without_prefix_is_given_a_24(bundled_data: dict[str, Any], tmp_path: Path) -> None:
     bundled_data["nodes"] = bundled_data["nodes"][:1]
     bundled_data["nodes"][0]["address"] = "192.168.50.10"
