@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -257,12 +258,30 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     cluster = _load(args)
+    _check_output_folder(args.out)
     secrets = _secrets(args.file)
     mtime = source_date_epoch()
     for plan in render_cluster(cluster, secrets, _node_tokens(args.file, cluster, secrets)):
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
     return 0
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an -o that cannot hold the nodes' folders before any secret is created for it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # write_tree stages each node in a temporary folder inside out; try that once here
+        Path(tempfile.mkdtemp(dir=out)).rmdir()
+    except FileExistsError:
+        raise UserError(f"-o {out} is a file, not a folder", _OUTPUT_HINT) from None
+    except OSError as error:
+        raise UserError(
+            f"-o {out}: cannot write the nodes' folders there: {error.strerror}", _OUTPUT_HINT
+        ) from None
+
+
+_OUTPUT_HINT = "point -o at a folder you can write, or at a path where one can be created"
 
 
 def _build(args: argparse.Namespace) -> int:

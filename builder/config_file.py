@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from pathlib import Path
 from typing import Any
@@ -9,23 +10,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from builder.errors import ConfigError, Problem, UserError
-from builder.model import Cluster, cross_field_problems
+from builder.errors import ConfigError, FieldError, Problem, UserError
+from builder.model import Cluster, cross_field_problems, validation_context
+
+MAX_FILE_BYTES = 1 << 20
+"""A cluster description is a few KB; the cap keeps `-f /dev/zero` or a disk image from being read whole."""
 
 
 def load_cluster(path: Path) -> Cluster:
     """Parse and validate cluster.yaml; raise ConfigError listing every problem."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} does not exist", "run in the folder with cluster.yaml or pass -f PATH"
-        ) from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
     source = str(path)
-    tree = _compose(text, source)
-    data = yaml.safe_load(text) if tree is not None else None
+    tree, data = _parse(_decode(_read(path), source), source)
     if not isinstance(data, dict):
         raise ConfigError(
             source,
@@ -36,7 +31,7 @@ def load_cluster(path: Path) -> Cluster:
             ],
         )
     try:
-        cluster = Cluster.model_validate(data)
+        cluster = Cluster.model_validate(data, context=validation_context(data))
     except ValidationError as error:
         raise ConfigError(source, [_problem(e, tree) for e in error.errors()]) from None
     problems = cross_field_problems(cluster)
@@ -45,27 +40,207 @@ def load_cluster(path: Path) -> Cluster:
     return cluster
 
 
-def _compose(text: str, source: str) -> yaml.Node | None:
+def _read(path: Path) -> bytes:
     try:
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        line = mark.line + 1 if mark else None
-        column = f", column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            source,
-            [Problem("(yaml)", f"{error.problem}{column}", "fix the YAML syntax there", line)],
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} does not exist", "run in the folder with cluster.yaml or pass -f PATH"
         ) from None
-    duplicates = list(_duplicate_keys(tree, ""))
-    if duplicates:
-        raise ConfigError(source, duplicates)
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder", f"pass the file in it: -f {path / 'cluster.yaml'}") from None
+    except OSError as error:
+        raise UserError(
+            f"cannot read {path}: {error.strerror}", "pass a readable file with -f PATH"
+        ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UserError(
+            f"{path} is larger than 1 MiB; a cluster description is a few KB",
+            "pass your cluster.yaml with -f PATH",
+        )
+    return raw
+
+
+def _decode(raw: bytes, source: str) -> str:
+    # PyYAML would read UTF-16 with a byte order mark, but git diff, grep and most editors would
+    # not: one encoding keeps the file reviewable.
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        problem = Problem(
+            "(yaml)", "the file is UTF-16 text", "save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8", 1
+        )
+        raise ConfigError(source, [problem])
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        problem = Problem(
+            "(yaml)",
+            f"byte 0x{raw[error.start]:02x} is not UTF-8 text",
+            "save the file as UTF-8; if it is not a cluster description, pass yours with -f PATH",
+            line,
+        )
+        raise ConfigError(source, [problem]) from None
+
+
+MAX_ALIAS_NODES = 10_000
+"""How many values aliases may stand for in all. A real cluster.yaml reuses a list or two; nested
+aliases can stand for 9**8 values in 1 KB (a "billion laughs"), which took minutes to walk."""
+MAX_VALUES = 20_000
+"""Room for two thousand nodes; PyYAML (pure Python, so aliases can be counted) takes seconds per 100,000."""
+MAX_DEPTH = 32
+"""Far deeper than any cluster.yaml nests, far short of where PyYAML's recursion gives out."""
+
+
+class _Refused(yaml.composer.ComposerError):
+    """A document PyYAML could read but that would take unbounded time or memory to use."""
+
+    def __init__(self, problem: str, hint: str, mark: yaml.Mark | None) -> None:
+        super().__init__(None, None, problem, mark)
+        self.hint = hint
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with bounds on aliases and nesting, and constructor errors that say where."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it untyped
+        mark = event.start_mark
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise _Refused(
+                f"the file holds more than {MAX_VALUES} values",
+                "pass your cluster.yaml with -f PATH; a cluster description holds a few hundred",
+                mark,
+            )
+        if self._depth == MAX_DEPTH:
+            raise _Refused(
+                f"values nest more than {MAX_DEPTH} levels deep",
+                "write cluster.yaml as the bundled one: settings nest a few levels at most",
+                mark,
+            )
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
+            self._count_alias(self.anchors[event.anchor], mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _count_alias(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
+        if target.end_mark is None:  # the composer sets it when the anchored value is complete
+            raise _Refused(
+                "an alias stands for a value that contains it, which never ends",
+                "write the value out instead of the alias",
+                mark,
+            )
+        self._alias_nodes += self._size(target)
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _Refused(
+                f"aliases stand for more than {MAX_ALIAS_NODES} values (an alias bomb?)",
+                "write the values out instead of nesting aliases",
+                mark,
+            )
+
+    def _size(self, node: yaml.Node) -> int:
+        # memoized: every alias inside node was sized when it was composed, so this recursion only
+        # walks values written out, no deeper than MAX_DEPTH
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
+        return self._sizes[id(node)]
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as error:
+            # a scalar resolved to a type it does not fit: the date 2020-99-99, `!!int homelab`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} cannot be read: {error}", node.start_mark
+            ) from None
+
+
+def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree (for line numbers) and the plain data built from it."""
+    try:
+        loader = _Loader(text)  # checks every character of a string up front
+    except yaml.reader.ReaderError as error:
+        raise ConfigError(source, [_unprintable(error, text)]) from None
+    try:
+        tree = _compose(loader, source)
+        try:
+            return tree, (loader.construct_document(tree) if tree else None)
+        except yaml.MarkedYAMLError as error:
+            hint = "write a plain value there (quote it to keep it as text)"
+            raise ConfigError(source, [_yaml_problem(error, hint)]) from None
+    finally:
+        loader.dispose()
+
+
+def _compose(loader: yaml.SafeLoader, source: str) -> yaml.Node | None:
+    try:
+        tree = loader.get_single_node()
+    except _Refused as error:
+        raise ConfigError(source, [_yaml_problem(error, error.hint)]) from None
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(source, [_yaml_problem(error, "fix the YAML syntax there")]) from None
+    problems = list(_key_problems(tree, ""))
+    if problems:
+        raise ConfigError(source, problems)
     return tree
 
 
-def _duplicate_keys(node: yaml.Node | None, path: str) -> Any:
+def _yaml_problem(error: yaml.MarkedYAMLError, hint: str) -> Problem:
+    mark = error.problem_mark
+    line = mark.line + 1 if mark else None
+    column = f", column {mark.column + 1}" if mark else ""
+    return Problem("(yaml)", f"{error.problem}{column}", hint, line)
+
+
+def _unprintable(error: yaml.reader.ReaderError, text: str) -> Problem:
+    hint = "remove it"
+    if error.character == 0:
+        hint += "; NUL bytes mean a binary or UTF-16 file: save cluster.yaml as UTF-8 text"
+    return Problem(
+        "(yaml)",
+        f"character U+{error.character:04X} is not allowed in YAML",
+        hint,
+        text.count("\n", 0, error.position) + 1,
+    )
+
+
+_NAME_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge")
+"""Keys every mapping of cluster.yaml may have: names, and `<<` to merge an anchored mapping."""
+
+
+def _key_kind(key: yaml.Node) -> str:
+    if isinstance(key, yaml.ScalarNode):
+        return f"{key.value!r}, which YAML reads as {key.tag.rsplit(':', 1)[-1]}"
+    return "a list" if isinstance(key, yaml.SequenceNode) else "a mapping"
+
+
+def _key_problems(node: yaml.Node | None, path: str) -> Any:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag not in _NAME_TAGS:
+                yield Problem(
+                    path or "(top)",
+                    f"has a key that is not a name: {_key_kind(key)}",
+                    "write a setting's name as the key",
+                    key.start_mark.line + 1,
+                )
+                continue
             child = f"{path}.{key.value}" if path else str(key.value)
             if key.value in seen:
                 yield Problem(
@@ -75,10 +250,10 @@ def _duplicate_keys(node: yaml.Node | None, path: str) -> Any:
                     key.start_mark.line + 1,
                 )
             seen.add(key.value)
-            yield from _duplicate_keys(value, child)
+            yield from _key_problems(value, child)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{index}]")
+            yield from _key_problems(item, f"{path}[{index}]")
 
 
 def _problem(error: Any, tree: yaml.Node | None) -> Problem:
@@ -90,6 +265,9 @@ def _problem(error: Any, tree: yaml.Node | None) -> Problem:
         return Problem(path, "unknown key", _did_you_mean(loc), line)
     if kind == "missing":
         return Problem(path, "is required but missing", _describe(loc) or "add it", line)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        return Problem(path, str(cause), cause.hint, line)
     message = error["msg"].removeprefix("Value error, ")
     if kind != "value_error" and "input" in error and not isinstance(error["input"], dict | list):
         message = f"{error['input']!r}: {message}"

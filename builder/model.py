@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Annotated, Literal
+from contextlib import suppress
+from ipaddress import AddressValueError, IPv4Address, IPv4Interface, IPv4Network
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from builder.boards import boards
-from builder.errors import Problem
+from builder.errors import FieldError, Problem
+from builder.ssh_key import check_authorized_key
 
 SUPPORTED_KUBERNETES = (31, 37)
 """Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders
@@ -28,6 +30,8 @@ cmd/kubeadm/app/preflight/checks.go)."""
 FLANNEL_VERSION = "v0.10.0"
 NODE_CIDR_PREFIX = 24
 """flannel's kube-subnet-mgr uses the controller manager's default node mask: one /24 per node."""
+LAN_PREFIX = 24
+"""The prefix suggested for a node address written without one, when no other node shows the LAN's."""
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 DNS_LABEL = re.compile(rf"^{_LABEL}$")
@@ -35,10 +39,6 @@ DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 INTERFACE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
-    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
 KUBERNETES_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
 ENDPOINT = re.compile(r"^(?P<host>[a-z0-9.-]+):(?P<port>\d{1,5})$")
 
@@ -103,6 +103,43 @@ def _check_psk(value: str) -> str:
     raise ValueError("a WPA passphrase has 8 to 63 characters (or is 64 hex digits)")
 
 
+def _require_text(value: object) -> object:
+    """pydantic reads a number or a boolean as an IPv4 address (12345 as 0.0.48.57), which is never
+    what a cluster.yaml meant."""
+    if isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not an address: YAML read it as {type(value).__name__}")
+    return value
+
+
+_TEXT = BeforeValidator(_require_text)
+
+
+def _require_prefix(value: object, info: ValidationInfo) -> object:
+    """A bare address would be read as a /32, a LAN of one, and fail three rules that hide the cause."""
+    if isinstance(value, str) and "/" not in value:
+        with suppress(AddressValueError):
+            IPv4Address(value)
+            prefix = (info.context or {}).get("lan_prefix", LAN_PREFIX)
+            raise FieldError(f"{value} has no prefix length", f"add the prefix length, e.g. {value}/{prefix}")
+    return value
+
+
+def validation_context(data: dict[str, Any]) -> dict[str, int]:
+    """What field validators learn from the rest of the raw data: the LAN's prefix length, taken
+    from the nodes written with one, first those whose network holds the gateway."""
+    network, nodes = data.get("network"), data.get("nodes")
+    interfaces = []
+    for node in nodes if isinstance(nodes, list) else []:
+        address = node.get("address") if isinstance(node, dict) else None
+        if isinstance(address, str) and "/" in address:
+            with suppress(ValueError):
+                interfaces.append(IPv4Interface(address))
+    with suppress(ValueError):
+        gateway = IPv4Address(str(network.get("gateway") if isinstance(network, dict) else None))
+        interfaces = [i for i in interfaces if gateway in i.network] or interfaces
+    return {"lan_prefix": interfaces[0].network.prefixlen} if interfaces else {}
+
+
 def _check_board(value: str) -> str:
     if value not in boards():
         raise ValueError(f"{value!r} is not a supported model ({', '.join(boards())})")
@@ -123,8 +160,8 @@ class ClusterSettings(Strict):
         description=f"a Kubernetes release from 1.{SUPPORTED_KUBERNETES[0]}.0 to "
         f'1.{SUPPORTED_KUBERNETES[1]}.x, quoted, e.g. "1.34.2"'
     )
-    pod_subnet: IPv4Network = Field(description="an IPv4 network such as 10.244.0.0/16")
-    service_subnet: IPv4Network = Field(
+    pod_subnet: Annotated[IPv4Network, _TEXT] = Field(description="an IPv4 network such as 10.244.0.0/16")
+    service_subnet: Annotated[IPv4Network, _TEXT] = Field(
         IPv4Network("10.96.0.0/12"), description="an IPv4 network such as 10.96.0.0/12"
     )
     domain: DnsName = Field("cluster.local", description="the cluster DNS domain")
@@ -184,9 +221,11 @@ class Wifi(Strict):
 
 
 class Network(Strict):
-    gateway: IPv4Address = Field(description="the LAN router's address, e.g. 192.168.50.1")
-    dns: list[IPv4Address] = Field(min_length=1, description="one or more DNS server addresses")
-    ntp: list[DnsName | IPv4Address] = Field(
+    gateway: Annotated[IPv4Address, _TEXT] = Field(description="the LAN router's address, e.g. 192.168.50.1")
+    dns: list[Annotated[IPv4Address, _TEXT]] = Field(
+        min_length=1, description="one or more DNS server addresses"
+    )
+    ntp: list[Annotated[DnsName | IPv4Address, _TEXT]] = Field(
         [], description="NTP servers (names or addresses); empty uses Debian's pool"
     )
     wifi: Wifi | None = Field(None, description="optional Wi-Fi uplink; never used for cluster traffic")
@@ -228,7 +267,7 @@ class Access(Strict):
         ),
         _matches(UNIX_USER, "a Unix user name"),
     ] = Field("pi", description="the login user, a lower-case Unix name other than root, e.g. pi")
-    ssh_authorized_keys: list[Annotated[str, _matches(SSH_KEY, "an SSH public key")]] = Field(
+    ssh_authorized_keys: list[Annotated[str, AfterValidator(check_authorized_key)]] = Field(
         min_length=1,
         description="at least one SSH public key, the line from ~/.ssh/id_ed25519.pub; "
         "password login is disabled, so without a key nobody can log in",
@@ -241,7 +280,9 @@ class Node(Strict):
     model: Annotated[str, AfterValidator(_check_board)] = Field(
         description=f"the Raspberry Pi model: {', '.join(boards())}"
     )
-    address: IPv4Interface = Field(description="the static address with prefix, e.g. 192.168.50.10/24")
+    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix), _TEXT] = Field(
+        description="the static address with prefix, e.g. 192.168.50.10/24"
+    )
 
 
 class Cluster(Strict):
@@ -394,12 +435,13 @@ def _subnet_problems(cluster: Cluster) -> list[Problem]:
             )
     node_ranges = 2 ** max(0, NODE_CIDR_PREFIX - pods.prefixlen) if pods.prefixlen <= 24 else 0
     if node_ranges < len(cluster.nodes):
+        fits = pods.supernet(new_prefix=NODE_CIDR_PREFIX - (len(cluster.nodes) - 1).bit_length())
         found.append(
             Problem(
                 "cluster.pod_subnet",
                 f"{pods} holds {node_ranges} node /{NODE_CIDR_PREFIX} ranges "
                 f"but the cluster has {len(cluster.nodes)} nodes",
-                "use a larger pod subnet such as 10.244.0.0/16",
+                f"use a pod subnet with a /{NODE_CIDR_PREFIX} for every node, e.g. {fits}",
             )
         )
     return found

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from builder.config_file import load_cluster
 from builder.errors import ConfigError, Problem
@@ -203,6 +207,193 @@ def test_each_mistake_is_named(
     assert matching[0].line is not None, "every problem points at a line of cluster.yaml"
 
 
+@pytest.mark.parametrize(
+    ("others", "suggested"),
+    [("/24", "192.168.50.11/24"), ("/16", "192.168.50.11/16")],
+    ids=["like the other nodes, /24", "like the other nodes, /16"],
+)
+def test_an_address_without_prefix_asks_for_the_prefix_once(
+    bundled_data: dict[str, Any], tmp_path: Path, others: str, suggested: str
+) -> None:
+    for node in bundled_data["nodes"]:
+        node["address"] = node["address"].replace("/24", others)
+    bundled_data["nodes"][1]["address"] = "192.168.50.11"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "nodes[1].address"
+    assert "no prefix length" in problem.message
+    assert f"e.g. {suggested}" in problem.hint
+
+
+def test_the_suggested_prefix_is_that_of_the_gateways_network(
+    bundled_data: dict[str, Any], tmp_path: Path
+) -> None:
+    bundled_data["nodes"][0]["address"] = "10.0.0.5/8"
+    bundled_data["nodes"][1]["address"] = "192.168.50.11"
+    bundled_data["nodes"][2]["address"] = "192.168.50.12/22"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert "e.g. 192.168.50.11/22" in problem.hint
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "path"),
+    [
+        ("cluster.pod_subnet", 12345, "cluster.pod_subnet"),
+        ("network.gateway", 3232248321, "network.gateway"),
+        ("network.dns", [True], "network.dns[0]"),
+        ("network.ntp", [3232248321], "network.ntp[0]"),
+        ("nodes.1.address", 3232248331, "nodes[1].address"),
+    ],
+)
+def test_a_number_is_not_read_as_an_address(
+    bundled_data: dict[str, Any], tmp_path: Path, where: str, value: Any, path: str
+) -> None:
+    _set(where, value)(bundled_data)
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == path
+    assert "YAML read it as" in problem.message
+
+
+def test_a_lone_address_without_prefix_is_given_a_24(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["nodes"] = bundled_data["nodes"][:1]
+    bundled_data["nodes"][0]["address"] = "192.168.50.10"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert "e.g. 192.168.50.10/24" in problem.hint
+
+
+def _nodes(count: int) -> list[dict[str, str]]:
+    """count nodes in 192.168.0.0/16 (the bundled gateway's /16), the first a control plane."""
+    return [
+        {
+            "name": f"n{i}",
+            "role": "control-plane" if i == 0 else "worker",
+            "model": "pi4",
+            "address": f"192.168.{50 + i // 200}.{10 + i % 200}/16",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pod_subnet", "nodes", "suggested"),
+    [
+        ("10.244.0.0/23", 3, "10.244.0.0/22"),
+        ("10.244.0.0/25", 3, "10.244.0.0/22"),
+        ("10.244.0.0/16", 300, "10.244.0.0/15"),
+    ],
+)
+def test_a_small_pod_subnet_is_answered_with_one_that_fits(
+    bundled_data: dict[str, Any], tmp_path: Path, pod_subnet: str, nodes: int, suggested: str
+) -> None:
+    bundled_data["nodes"] = _nodes(nodes)
+    bundled_data["cluster"]["pod_subnet"] = pod_subnet
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "cluster.pod_subnet"
+    assert f"but the cluster has {nodes} nodes" in problem.message
+    assert f"e.g. {suggested}" in problem.hint
+
+
+def _wire(*fields: bytes) -> bytes:
+    """The SSH wire format: each field a 4-byte big-endian length and its bytes."""
+    return b"".join(len(field).to_bytes(4, "big") + field for field in fields)
+
+
+def _mpint(value: int) -> bytes:
+    return value.to_bytes(value.bit_length() // 8 + 1, "big")
+
+
+def _line(kind: str, blob: bytes, comment: str = "ops@laptop") -> str:
+    return f"{kind} {base64.b64encode(blob).decode()} {comment}"
+
+
+def _openssh(key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+ED25519_KEY = bytes(range(32))
+ED25519_BLOB = _wire(b"ssh-ed25519", ED25519_KEY)
+P256_POINT = b"\x04" + bytes(64)
+SSH_KEYS = {
+    "ed25519": _openssh(ed25519.Ed25519PrivateKey.generate().public_key()) + " me@laptop",
+    "rsa 2048": _openssh(rsa.generate_private_key(65537, 2048).public_key()),
+    "ecdsa p256": _openssh(ec.generate_private_key(ec.SECP256R1()).public_key()),
+    "ecdsa p384": _openssh(ec.generate_private_key(ec.SECP384R1()).public_key()),
+    "ecdsa p521": _openssh(ec.generate_private_key(ec.SECP521R1()).public_key()),
+    "ed25519 on a security key": _line(
+        "sk-ssh-ed25519@openssh.com", _wire(b"sk-ssh-ed25519@openssh.com", ED25519_KEY, b"ssh:")
+    ),
+    "ecdsa on a security key": _line(
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+        _wire(b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", P256_POINT, b"ssh:"),
+    ),
+    "separated by tabs": "ssh-ed25519\t" + base64.b64encode(ED25519_BLOB).decode(),
+}
+
+
+@pytest.mark.parametrize("key", SSH_KEYS.values(), ids=SSH_KEYS)
+def test_each_kind_of_ssh_key_is_accepted(bundled_data: dict[str, Any], tmp_path: Path, key: str) -> None:
+    bundled_data["access"]["ssh_authorized_keys"].append(key)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(bundled_data))
+    assert load_cluster(path).access.ssh_authorized_keys[1] == key
+
+
+BAD_SSH_KEYS: list[tuple[str, str, str, str]] = [
+    # (case, key line, text the message must contain, text the hint must contain)
+    (
+        "ssh-rsa holding an ed25519 key",
+        _line("ssh-rsa", ED25519_BLOB),
+        "ssh-rsa key 'ops@laptop' holds ssh-ed25519 key data",
+        "as ssh-keygen wrote it",
+    ),
+    (
+        "base64 that does not decode",
+        _line("ssh-ed25519", ED25519_BLOB)[:-12] + " ops@laptop",
+        "is not valid base64",
+        "whole line",
+    ),
+    ("a truncated key", _line("ssh-ed25519", ED25519_BLOB[:-4]), "ends early", "whole line"),
+    (
+        "an RSA key of 1024 bits",
+        _line("ssh-rsa", _wire(b"ssh-rsa", _mpint(65537), _mpint(2**1023 + 1))),
+        "1024 bits; OpenSSH refuses RSA keys under 1024 bits and picluster wants at least 2048",
+        "ssh-keygen -t ed25519",
+    ),
+    (
+        "an ed25519 key of 31 bytes",
+        _line("ssh-ed25519", _wire(b"ssh-ed25519", bytes(31))),
+        "31 bytes long, not 32",
+        "ssh-keygen -t ed25519",
+    ),
+    (
+        "ecdsa on the wrong curve",
+        _line("ecdsa-sha2-nistp256", _wire(b"ecdsa-sha2-nistp256", b"nistp384", P256_POINT)),
+        "names the curve 'nistp384', not 'nistp256'",
+        "as ssh-keygen wrote it",
+    ),
+    ("bytes after the key", _line("ssh-ed25519", ED25519_BLOB + b"\0"), "1 byte after the key", "whole line"),
+    (
+        "a second line in the comment",
+        _line("ssh-ed25519", ED25519_BLOB, "me\nssh-ed25519 AAAA intruder"),
+        "line break",
+        "one line",
+    ),
+    ("DSA, which OpenSSH dropped", _line("ssh-dss", _wire(b"ssh-dss")), "'ssh-dss' is not", "ssh-keygen"),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "message", "hint"), [case[1:] for case in BAD_SSH_KEYS], ids=[c[0] for c in BAD_SSH_KEYS]
+)
+def test_an_ssh_key_openssh_would_refuse_is_named_with_a_fix(
+    bundled_data: dict[str, Any], tmp_path: Path, key: str, message: str, hint: str
+) -> None:
+    bundled_data["access"]["ssh_authorized_keys"].append(key)
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "access.ssh_authorized_keys[1]"
+    assert message in problem.message
+    assert hint in problem.hint
+
+
 def test_all_problems_are_reported_together(bundled_data: dict[str, Any], tmp_path: Path) -> None:
     bundled_data["cluster"]["kubernetes"] = "1.20.0"
     bundled_data["flannel"]["ifce"] = "eth0"
@@ -234,6 +425,74 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     assert problem.path == "(yaml)"
     assert problem.line == 4
     assert "column" in problem.message
+
+
+HOSTILE_YAML = {
+    "a tag for Python objects": "cluster: !!python/object:os.system x\n",
+    "an unknown tag": "cluster: !secret homelab\n",
+    "a date that does not exist": "cluster: 2020-99-99\n",
+    "an integer tag on text": "cluster: !!int homelab\n",
+    "a merge of a scalar": "base: &b trixie\ncluster: {<<: *b}\n",
+    "a mapping as a key": "cluster:\n  {a: 1}: homelab\n",
+    "a number as a key": "cluster:\n  1: homelab\n",
+}
+
+
+def the_problem_with(text: str, tmp_path: Path) -> Problem:
+    """The one problem load_cluster finds in a cluster.yaml of text."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    (problem,) = caught.value.problems
+    return problem
+
+
+@pytest.mark.parametrize("text", HOSTILE_YAML.values(), ids=HOSTILE_YAML)
+def test_yaml_that_builds_no_settings_is_a_located_problem(tmp_path: Path, text: str) -> None:
+    problem = the_problem_with(text, tmp_path)
+    assert problem.line is not None
+    assert problem.hint
+
+
+def billion_laughs(levels: int) -> str:
+    """About 1 KB of YAML whose aliases expand to 9**levels strings."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels + 1):
+        below = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{below}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    start = time.monotonic()
+    problem = the_problem_with(billion_laughs(8), tmp_path)
+    assert time.monotonic() - start < 0.5
+    assert "aliases" in problem.message
+    assert problem.line is not None
+    assert problem.hint
+
+
+def test_a_few_aliases_are_fine(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    text = BUNDLED.read_text().replace("dns: [192.168.50.1]", "dns: &lan [192.168.50.1]")
+    path.write_text(text.replace("ntp: [pool.ntp.org]", "ntp: *lan"))
+    assert [str(a) for a in load_cluster(path).network.ntp] == ["192.168.50.1"]
+
+
+RUNAWAY_YAML = {
+    "an alias inside its own anchor": "cluster: &c {name: *c}\n",
+    "a list inside itself": "nodes: &n [*n]\n",
+    "lists nested 10,000 deep": "nodes: " + "[" * 10_000 + "]" * 10_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("text", RUNAWAY_YAML.values(), ids=RUNAWAY_YAML)
+def test_runaway_structures_are_refused(tmp_path: Path, text: str) -> None:
+    problem = the_problem_with(text, tmp_path)
+    assert problem.path == "(yaml)"
+    assert problem.line == 1
+    assert problem.hint
 
 
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
