@@ -214,7 +214,8 @@ def test_an_unwritable_cluster_folder_is_a_user_error(
     folder.mkdir()
     shutil.copy(BUNDLED, folder / "cluster.yaml")
     if os.geteuid() == 0:  # root writes anywhere; a read-only mount stops it too
-        blocked = mock.patch("tempfile.mkdtemp", side_effect=PermissionError(13, "Permission denied"))
+        refusing = mock.Mock(mkdtemp=mock.Mock(side_effect=PermissionError(13, "Permission denied")))
+        blocked = mock.patch("builder.state.tempfile", refusing)
     else:
         folder.chmod(0o500)
         blocked = contextlib.nullcontext()
