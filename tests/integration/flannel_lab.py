@@ -42,7 +42,7 @@ from tests.integration.api_standin import APIStandin, api_standin
 REQUIRED = {
     "ip": "iproute2", "unshare": "util-linux", "setpriv": "util-linux", "mount": "mount",
     "ping": "iputils-ping", "iptables": "iptables", "sysctl": "procps", "go": "golang-go",
-    "gcc": "gcc (flanneld's amd64 build uses cgo; golang-go recommends it)",
+    "gcc": "gcc",
 }  # fmt: skip
 """Each program the lab runs, with the Debian package that has it."""
 CNI_PLUGINS = Path("/usr/lib/cni")
