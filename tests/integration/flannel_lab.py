@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,6 +116,8 @@ class LabNode:
     logs: Path
     flanneld: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    started: float = 0.0
+    """When the latest run started (time.monotonic)."""
 
     @property
     def log(self) -> Path:
@@ -150,6 +152,8 @@ class Lab:
     namespaces: list[str]
     """Every network namespace the lab made, deleted with it."""
     pods: list[Pod] = field(default_factory=list)
+    lease_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds from each node's first flanneld start to its lease."""
 
     def kubeconfig(self, api: APIStandin | None = None) -> Path:
         """An admin kubeconfig (builder.kubeconfig) for the rendered endpoint, or for `api`."""
@@ -176,6 +180,7 @@ class Lab:
         node = self.nodes[name]
         assert node.flanneld is None, f"flanneld already runs on {name}"
         node.runs += 1
+        node.started = time.monotonic()
         command = [str(self.binaries["flanneld"]), *(self.rendered.flanneld_args if args is None else args),
                    f"--kubeconfig-file={self.kubeconfig(api)}"]  # fmt: skip
         with node.log.open("wb") as log:
@@ -203,17 +208,26 @@ class Lab:
         self.start_flanneld(name, args)
         return self.wait_for_lease(name)
 
-    def wait_for_lease(self, name: str, timeout: float = 60) -> dict[str, str]:
+    def wait_for_lease(self, name: str) -> dict[str, str]:
         """subnet.env once this run of flanneld wrote it; LabError with its log if it stops first."""
-        node = self.nodes[name]
-        deadline = time.monotonic() + timeout
-        while WROTE_LEASE not in node.log_text():
-            if node.flanneld is None or node.flanneld.poll() is not None:
-                raise LabError(f"flanneld on {name} stopped before a lease:\n{node.log_text()}")
-            if time.monotonic() > deadline:
-                raise LabError(f"flanneld on {name}: no lease after {timeout} s:\n{node.log_text()}")
-            time.sleep(0.1)
-        return node.subnet_env()
+        self.wait_for_leases([name])
+        return self.nodes[name].subnet_env()
+
+    def wait_for_leases(self, names: Iterable[str], timeout: float = 60) -> dict[str, float]:
+        """Seconds from each flanneld's start to its lease, watching all of them at once."""
+        waiting = {name: self.nodes[name] for name in names}
+        leased: dict[str, float] = {}
+        while waiting:
+            for name, node in list(waiting.items()):
+                if WROTE_LEASE in node.log_text():
+                    leased[name] = time.monotonic() - node.started
+                    del waiting[name]
+                elif node.flanneld is None or node.flanneld.poll() is not None:
+                    raise LabError(f"flanneld on {name} stopped before a lease:\n{node.log_text()}")
+                elif time.monotonic() - node.started > timeout:
+                    raise LabError(f"flanneld on {name}: no lease after {timeout} s:\n{node.log_text()}")
+            time.sleep(0.05)
+        return leased
 
     def wait_for_exit(self, name: str, timeout: float = 60) -> tuple[int, str]:
         """flanneld's exit status and log, for a run that must fail."""
@@ -334,8 +348,7 @@ def flannel_lab(folder: Path, cache: Path) -> Iterator[Lab]:
             stack.callback(lab.stop_flanneld, name)
         for name in nodes:
             lab.start_flanneld(name)
-        for name in nodes:
-            lab.wait_for_lease(name)
+        lab.lease_seconds = lab.wait_for_leases(nodes)
         yield lab
 
 
