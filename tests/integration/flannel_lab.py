@@ -335,7 +335,7 @@ def flannel_lab(folder: Path, cache: Path) -> Iterator[Lab]:
     namespaces: list[str] = []
     with ExitStack() as stack:
         stack.callback(_delete_namespaces, namespaces)
-        _make_network(f"{prefix}-lan", list(nodes.values()), namespaces)
+        _make_network(f"{prefix}-lan", list(nodes.values()), str(cluster.network.gateway), namespaces)
         stack.enter_context(_host_mount_points())
         endpoint = cluster.init_node.address.ip
         api = stack.enter_context(
@@ -363,13 +363,16 @@ def _install_flannel_config(root: Path, rendered: Rendered) -> None:
     (root / "etc/cni/net.d/10-flannel.conflist").write_text(rendered.cni_conf)
 
 
-def _make_network(lan: str, nodes: list[LabNode], namespaces: list[str]) -> None:
-    """The nodes' eth0 on one bridge; the Wi-Fi node's wlan0 on an access point whose address
-    is its default gateway. Nothing leaves the lab: every address is one of its namespaces'."""
+def _make_network(lan: str, nodes: list[LabNode], gateway: str, namespaces: list[str]) -> None:
+    """The nodes' eth0 on one bridge that holds the rendered gateway's address, their default
+    route as on the cards; the Wi-Fi node's default route is instead its wlan0's, through an
+    access point. Nothing leaves the lab: every address is one of its namespaces'."""
+    lan_ip = ["ip", "-n", lan]
     run(["ip", "netns", "add", lan])
     namespaces.append(lan)
-    run(["ip", "-n", lan, "link", "add", "br0", "type", "bridge"])
-    run(["ip", "-n", lan, "link", "set", "br0", "up"])
+    run([*lan_ip, "link", "add", "br0", "type", "bridge"])
+    run([*lan_ip, "addr", "add", f"{gateway}/{nodes[0].address.network.prefixlen}", "dev", "br0"])
+    run([*lan_ip, "link", "set", "br0", "up"])
     for node in nodes:
         run(["ip", "netns", "add", node.netns])
         namespaces.append(node.netns)
@@ -378,25 +381,16 @@ def _make_network(lan: str, nodes: list[LabNode], namespaces: list[str]) -> None
         run([*ns, "link", "add", "eth0", "type", "veth", "peer", "name", node.name, "netns", lan])
         run([*ns, "addr", "add", str(node.address), "dev", "eth0"])
         run([*ns, "link", "set", "eth0", "up"])
-        run(["ip", "-n", lan, "link", "set", node.name, "master", "br0", "up"])
+        run([*lan_ip, "link", "set", node.name, "master", "br0", "up"])
         if node.name == WIFI_NODE:
             run([*ns, "link", "add", "wlan0", "type", "veth", "peer", "name", "wifi-ap", "netns", lan])
             run([*ns, "addr", "add", str(WLAN0), "dev", "wlan0"])
             run([*ns, "link", "set", "wlan0", "up"])
-            run(
-                [
-                    "ip",
-                    "-n",
-                    lan,
-                    "addr",
-                    "add",
-                    f"{WIFI_GATEWAY}/{WLAN0.network.prefixlen}",
-                    "dev",
-                    "wifi-ap",
-                ]
-            )
-            run(["ip", "-n", lan, "link", "set", "wifi-ap", "up"])
+            run([*lan_ip, "addr", "add", f"{WIFI_GATEWAY}/{WLAN0.network.prefixlen}", "dev", "wifi-ap"])
+            run([*lan_ip, "link", "set", "wifi-ap", "up"])
             run([*ns, "route", "add", "default", "via", WIFI_GATEWAY, "dev", "wlan0"])
+        else:
+            run([*ns, "route", "add", "default", "via", gateway, "dev", "eth0"])
         _apply_sysctls(node)
 
 
