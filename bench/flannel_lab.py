@@ -44,8 +44,7 @@ def main() -> None:
         while subprocess.run(ping, capture_output=True).returncode != 0:
             time.sleep(0.05)
         first_ping = time.monotonic() - started
-        for name in lab.nodes:
-            lab.stop_flanneld(name)
+        lab.stop_flanneld(*lab.nodes)
         for name in lab.nodes:
             lab.start_flanneld(name)
         restarted = lab.wait_for_leases(lab.nodes)

@@ -18,6 +18,7 @@ import http.server
 import ipaddress
 import json
 import os
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -135,6 +136,13 @@ class APIStandin:
         with self.changed:
             self.stopped = True
             self.changed.notify_all()
+
+
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer's looks its address up in DNS (socket.getfqdn), which in a lab's network
+        # namespace waits for resolvers it cannot reach; the name is never used
+        socketserver.TCPServer.server_bind(self)
 
 
 def in_netns(netns: str | None, make: Callable[[], T]) -> T:
@@ -267,7 +275,7 @@ def api_standin(
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = in_netns(netns, lambda: http.server.ThreadingHTTPServer((str(address), port), Handler))
+    server = in_netns(netns, lambda: Server((str(address), port), Handler))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -189,19 +189,23 @@ class Lab:
                 env={"PATH": os.environ["PATH"], "NODE_NAME": name},
             )  # fmt: skip
 
-    def stop_flanneld(self, name: str) -> None:
-        node = self.nodes[name]
-        if node.flanneld is None:
-            return
-        node.flanneld.terminate()
-        try:
-            # v0.10.0 logs "shutdownHandler sent cancel signal..." and then waits on goroutines
-            # that never end; kubelet kills it once the pod's grace period is over, and so do we
-            node.flanneld.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            node.flanneld.kill()
-            node.flanneld.wait()
-        node.flanneld = None
+    def stop_flanneld(self, *names: str) -> None:
+        """SIGTERM, then SIGKILL after STOP_GRACE: v0.10.0 logs "shutdownHandler sent cancel
+        signal..." and then waits on goroutines that never end; kubelet kills it once the pod's
+        grace period is over, and so does the lab. Several nodes' at once."""
+        running = [self.nodes[name] for name in names if self.nodes[name].flanneld is not None]
+        for node in running:
+            assert node.flanneld is not None
+            node.flanneld.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for node in running:
+            assert node.flanneld is not None
+            try:
+                node.flanneld.wait(timeout=max(0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.flanneld.kill()
+                node.flanneld.wait()
+            node.flanneld = None
 
     def restart_flanneld(self, name: str, args: tuple[str, ...] | None = None) -> dict[str, str]:
         self.stop_flanneld(name)
@@ -271,7 +275,10 @@ class Lab:
         added = subprocess.run(command, env=env, capture_output=True, text=True)
         if added.returncode != 0:
             raise LabError(f"cnitool add on {name} failed:\n{added.stdout}{added.stderr}")
-        (address,) = json.loads(added.stdout)["ips"]
+        result = json.loads(added.stdout)
+        if "ips" not in result:  # results before CNI 0.3.0 have ip4 instead
+            raise LabError(f"cnitool add on {name}: a CNI {result.get('cniVersion')} result:\n{added.stdout}")
+        (address,) = result["ips"]
         pod = Pod(
             name,
             netns,
@@ -344,8 +351,7 @@ def flannel_lab(folder: Path, cache: Path) -> Iterator[Lab]:
         )  # fmt: skip
         api.register_nodes(nodes, rendered.cluster_configuration)
         lab = Lab(cluster, rendered, nodes, api, binaries, folder, prefix, namespaces)
-        for name in nodes:
-            stack.callback(lab.stop_flanneld, name)
+        stack.callback(lab.stop_flanneld, *nodes)
         for name in nodes:
             lab.start_flanneld(name)
         lab.lease_seconds = lab.wait_for_leases(nodes)

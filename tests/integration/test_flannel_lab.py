@@ -81,8 +81,8 @@ def agent(lab: Lab, name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def ping(lab: Lab, source: str, target: ipaddress.IPv4Address, count: int = 2) -> None:
-    pinged = subprocess.run(["ip", "netns", "exec", source, "ping", "-c", str(count), "-W", "2", str(target)],
-                            capture_output=True, text=True)  # fmt: skip
+    command = ["ping", "-c", str(count), "-i", "0.2", "-W", "2", str(target)]
+    pinged = subprocess.run(["ip", "netns", "exec", source, *command], capture_output=True, text=True)
     assert pinged.returncode == 0, f"{source} -> {target}:\n{pinged.stdout}{pinged.stderr}\n{lab.logs()}"
 
 
