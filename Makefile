@@ -12,10 +12,14 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 # for the arm base, kmod (the base's module index is made natively), the filesystem tools that
 # write images without mounting them, compressors, bmaptool; for the tests, openssl (to
 # cross-check the CA pin), gnupg and dpkg-dev (a signed stand-in apt repository), xfsprogs (a
-# filesystem with reflink copies), qemu-system-arm and ssh (booting a card in QEMU).
+# filesystem with reflink copies), qemu-system-arm and ssh (booting a card in QEMU); for the
+# flannel lab, which runs the real flanneld v0.10.0 in network namespaces: golang-go and gcc
+# (build flanneld, the flannel CNI plugin and cnitool from shared/upstream; flanneld's amd64 build
+# uses cgo), containernetworking-plugins (the cards' bridge, host-local, portmap), iptables
+# (flanneld runs it) and iputils-ping (pods ping across nodes).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
-	openssh-client
+	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping
 
 .PHONY: images render validate verify test test-fast lint setup host-packages clean
 

@@ -1,42 +1,67 @@
-"""STAND-IN for the Kubernetes API server (which cannot run here): HTTPS on 127.0.0.1 with a
-certificate from the cluster CA, client certificates required and checked against that CA, and
-just the calls picluster makes: list nodes, get a bootstrap-token Secret, create one. It records
-every request and the client certificate's subject."""
+"""STAND-IN for the Kubernetes API server (which cannot run here): HTTPS with a certificate from
+the cluster CA, client certificates required and checked against that CA, and just the calls
+picluster and flanneld make. It records every request's client certificate subject.
+
+picluster's calls: list nodes, get a bootstrap-token Secret, create one. flanneld v0.10.0's
+(subnet/kube/kube.go in shared/upstream/flannel-v0.10.0.tar.xz, with the vendored client-go of
+Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
+and a strategic-merge patch of nodes/<name>/status that sets its annotations. Nodes get a
+spec.podCIDR as kube-controller-manager's node IPAM gives them (register_nodes).
+"""
 
 from __future__ import annotations
 
 import base64
+import copy
+import ctypes
 import http.server
+import ipaddress
 import json
+import os
+import socketserver
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from builder.pki import ClusterSecrets
-from tests.agent_support import make_server_cert
+from tests.agent_support import LOCALHOST, make_server_cert
 
 SECRETS_PATH = "/api/v1/namespaces/kube-system/secrets"
+NODES_PATH = "/api/v1/nodes"
+ATTACH_DETACH = "volumes.kubernetes.io/controller-managed-attach-detach"
+NODE_CIDR_PREFIX = 24
+"""kube-controller-manager's node CIDR size when nothing sets one (defaultNodeMaskCIDRIPv4 in
+cmd/kube-controller-manager/app/core.go); kubeadm sets none."""
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 @dataclass
 class APIStandin:
+    address: ipaddress.IPv4Address
     port: int
     nodes: list[dict[str, Any]] = field(default_factory=list)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
+    version: int = 0
+    """The last resourceVersion handed out; every node change takes the next one."""
+    events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    stopped: bool = False
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def add_token(self, token: str, expiration: str) -> None:
         token_id, secret = token.split(".")
@@ -45,22 +70,133 @@ class APIStandin:
             "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
         }
 
+    def register_nodes(self, names: Iterable[str], cluster_configuration: dict[str, Any]) -> None:
+        """Nodes as their kubelets register them, in this order, each given a spec.podCIDR as
+        kube-controller-manager's node IPAM does: the next free /24 of its --cluster-cidr
+        (pkg/controller/nodeipam/ipam/range_allocator.go). kubeadm passes --allocate-node-cidrs
+        and --cluster-cidr only when the ClusterConfiguration has networking.podSubnet
+        (cmd/kubeadm/app/phases/controlplane/manifests.go, getControllerManagerCommand);
+        without it no node gets a podCIDR."""
+        pod_subnet = cluster_configuration.get("networking", {}).get("podSubnet")
+        cidrs = ipaddress.ip_network(pod_subnet).subnets(new_prefix=NODE_CIDR_PREFIX) if pod_subnet else None
+        for name in names:
+            node = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                # kubelet always annotates its node; flannel v0.10.0 writes into the annotation
+                # map it decodes without making one (kube.go, AcquireLease)
+                "metadata": {"name": name, "annotations": {ATTACH_DETACH: "true"}},
+                "spec": {"podCIDR": str(next(cidrs))} if cidrs else {},
+            }
+            self.nodes.append(node)
+            self._changed("ADDED", node)
+
+    def node(self, name: str) -> dict[str, Any]:
+        return next(node for node in self.nodes if node["metadata"]["name"] == name)
+
+    def _changed(self, kind: str, node: dict[str, Any]) -> None:
+        with self.changed:
+            self.version += 1
+            node["metadata"]["resourceVersion"] = str(self.version)
+            self.events.append((self.version, {"type": kind, "object": copy.deepcopy(node)}))
+            self.changed.notify_all()
+
+    def events_after(self, version: int) -> tuple[int, list[dict[str, Any]]]:
+        """The watch events after `version`, waiting a little for one; (the last version, events)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.stopped or self.version > version, timeout=1)
+            return self.version, [event for seen, event in self.events if seen > version]
+
+    def patch_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A strategic-merge patch of nodes/<name>/status; annotations are a map, so the patch's
+        keys replace the node's and a null removes one. flanneld patches nothing else; the
+        caller refuses any other field."""
+        with self.changed:
+            node = self.node(name)
+            annotations = node["metadata"].setdefault("annotations", {})
+            for key, value in patch["metadata"]["annotations"].items():
+                if value is None:
+                    annotations.pop(key, None)
+                else:
+                    annotations[key] = value
+            self._changed("MODIFIED", node)
+            return copy.deepcopy(node)
+
+    def node_list(self) -> dict[str, Any]:
+        with self.changed:  # not while a patch changes a node
+            listed = {"resourceVersion": str(self.version)}
+            return {
+                "kind": "NodeList",
+                "apiVersion": "v1",
+                "metadata": listed,
+                "items": copy.deepcopy(self.nodes),
+            }
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+
+
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer's looks its address up in DNS (socket.getfqdn), which in a lab's network
+        # namespace waits for resolvers it cannot reach; the name is never used
+        socketserver.TCPServer.server_bind(self)
+
+
+def in_netns(netns: str | None, make: Callable[[], T]) -> T:
+    """`make()` run in a network namespace: a socket it opens stays there. Only a thread of its
+    own enters the namespace (setns(2) changes the calling thread alone), so the test's threads
+    stay where they are."""
+    if netns is None:
+        return make()
+    made: list[T] = []
+    failed: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{netns}") as namespace:
+                if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"setns into {netns}: {os.strerror(error)}")
+            made.append(make())
+        except BaseException as error:
+            failed.append(error)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made[0]
+
 
 @contextmanager
-def api_standin(cluster_secrets: ClusterSecrets, folder: Path) -> Iterator[APIStandin]:
+def api_standin(
+    cluster_secrets: ClusterSecrets,
+    folder: Path,
+    address: ipaddress.IPv4Address = LOCALHOST,
+    port: int = 0,
+    netns: str | None = None,
+) -> Iterator[APIStandin]:
+    """Serves on `address`, in the network namespace `netns` when given (the lab's control plane)."""
     ca_key = load_pem_private_key(cluster_secrets.ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = (ca_key, x509.load_pem_x509_certificate(cluster_secrets.ca.public_pem))
-    cert_pem, key_pem = make_server_cert(ca)
+    cert_pem, key_pem = make_server_cert(ca, address)
     (folder / "apiserver.crt").write_bytes(cert_pem)
     (folder / "apiserver.key").write_bytes(key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "apiserver.crt", folder / "apiserver.key")
     context.verify_mode = ssl.CERT_REQUIRED  # like kube-apiserver's --client-ca-file, and stricter
     context.load_verify_locations(cadata=cluster_secrets.ca.public_pem.decode())
-    state = APIStandin(port=0)
+    state = APIStandin(address=address, port=port)
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # a watch is a chunked response, which HTTP/1.0 lacks
+
         def _client(self) -> None:
             peer = self.connection.getpeercert()  # type: ignore[attr-defined]
             state.clients.append(",".join(f"{k}={v}" for rdn in peer["subject"] for k, v in rdn))
@@ -73,18 +209,59 @@ def api_standin(cluster_secrets: ClusterSecrets, folder: Path) -> Iterator[APISt
             self.end_headers()
             self.wfile.write(data)
 
+        def _body(self) -> Any:
+            return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
         def do_GET(self) -> None:
             self._client()
-            if self.path == "/api/v1/nodes":
-                self._answer(200, {"kind": "NodeList", "items": state.nodes})
-            elif self.path.startswith(SECRETS_PATH + "/") and self.path.split("/")[-1] in state.secrets:
-                self._answer(200, state.secrets[self.path.split("/")[-1]])
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if url.path == NODES_PATH and query.get("watch") == ["true"]:
+                self._watch(int(query.get("resourceVersion", ["0"])[0] or 0))
+            elif url.path == NODES_PATH:
+                self._answer(200, state.node_list())
+            elif url.path.startswith(SECRETS_PATH + "/") and url.path.split("/")[-1] in state.secrets:
+                self._answer(200, state.secrets[url.path.split("/")[-1]])
             else:
                 self._answer(404, {"kind": "Status", "reason": "NotFound"})
 
+        def _watch(self, version: int) -> None:
+            """Events as newline-separated JSON in HTTP chunks until the stand-in stops, as
+            kube-apiserver streams a watch (client-go's StreamWatcher reads one object at a time)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                while not state.stopped:
+                    version, events = state.events_after(version)
+                    for event in events:
+                        data = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:  # ssl.SSLError among them
+                pass  # the client went away: flanneld stopped
+
+        def do_PATCH(self) -> None:
+            self._client()
+            patch = self._body()
+            parts = urlsplit(self.path).path.split("/")
+            names = [node["metadata"]["name"] for node in state.nodes]
+            if parts[:4] != NODES_PATH.split("/") or parts[5:] != ["status"] or parts[4] not in names:
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
+            elif self.headers["Content-Type"] != "application/strategic-merge-patch+json":
+                self._answer(415, {"kind": "Status", "reason": "UnsupportedMediaType"})
+            elif set(patch) != {"metadata"} or set(patch["metadata"]) != {"annotations"}:
+                self._answer(422, {"kind": "Status", "reason": "Invalid",
+                                   "message": "the stand-in applies annotation changes only"})  # fmt: skip
+            else:
+                self._answer(200, state.patch_status(parts[4], patch))
+
         def do_POST(self) -> None:
             self._client()
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self._body()
             if self.path != SECRETS_PATH:
                 self._answer(404, {"kind": "Status", "reason": "NotFound"})
                 return
@@ -98,12 +275,13 @@ def api_standin(cluster_secrets: ClusterSecrets, folder: Path) -> Iterator[APISt
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = in_netns(netns, lambda: Server((str(address), port), Handler))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield state
     finally:
+        state.stop()
         server.shutdown()
         server.server_close()
