@@ -166,7 +166,8 @@ def test_flannel_conflist_states_its_cni_version_and_keeps_portmap(
     cluster: Cluster, secrets: ClusterSecrets
 ) -> None:
     """Without cniVersion libcni reads the list as 0.1.0 (libcni/conf.go; pkg/types/create
-    DecodeVersion), a version from before plugin chaining, which portmap is."""
+    DecodeVersion): results come back without interfaces, and chaining (portmap after flannel)
+    is only specified from 0.3.0. The flannel lab runs this conflist through the real libcni."""
     docs = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kube-flannel.yml")
     conflist = json.loads(docs["ConfigMap/kube-flannel-cfg"]["data"]["cni-conf.json"])
     assert conflist["cniVersion"] == "0.3.1"
