@@ -16,7 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from builder import state, tokens
 from builder.errors import UserError
@@ -24,16 +24,22 @@ from builder.files import write_atomic
 from builder.pki import ClusterSecrets
 
 MANIFEST = "MANIFEST.json"
+KEPT = (*state.REQUIRED, tokens.TOKENS_FILE, "admin.conf")
+"""What a backup holds: the secrets, the token record, the admin kubeconfig if there is one."""
 MAX_MEMBER = 1 << 20
 """No secret file is near this size; a larger member means the archive is something else."""
 
 
 def backup(state_dir: Path, cluster_name: str, out: Path) -> tuple[ClusterSecrets, int]:
     """Write the archive of a state folder that loads cleanly; returns its secrets and file count."""
+    if state.is_new(state_dir):
+        raise UserError(
+            f"there are no cluster secrets in {state_dir} to back up",
+            "run it beside the cluster.yaml whose .picluster/ you keep",
+        )
     secrets = state.load(state_dir)
     tokens.load_tokens(state_dir, secrets)  # a damaged token record is no backup either
-    files = sorted(path for path in state_dir.rglob("*") if path.is_file() and not path.is_symlink())
-    contents = {path.relative_to(state_dir).as_posix(): path.read_bytes() for path in files}
+    contents = {name: (state_dir / name).read_bytes() for name in KEPT if (state_dir / name).is_file()}
     manifest = {
         "cluster": cluster_name,
         "ca_cert_hash": secrets.ca_cert_hash,
@@ -63,7 +69,12 @@ def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
         )
     contents, manifest = _read_checked(archive_path)
     target = state_dir.resolve()
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.restore-"))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.restore-"))
+    except OSError as error:
+        raise UserError(
+            f"cannot write beside {target}: {error.strerror}", "run it where you may write"
+        ) from None
     try:
         for name, data in contents.items():
             write_atomic(staging / name, data, 0o600)
@@ -84,23 +95,21 @@ def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, objec
     try:
         with tarfile.open(archive_path, mode="r:gz") as archive:
             for member in archive:
-                name = PurePosixPath(member.name)
-                if (
-                    not member.isfile()
-                    or name.is_absolute()
-                    or ".." in name.parts
-                    or member.size > MAX_MEMBER
-                ):
-                    raise _not_a_backup(archive_path, f"it holds {member.name!r}, which no backup holds")
+                # only the files a backup holds, by name: no links, folders, paths of its own
+                if not member.isfile() or member.name not in (*KEPT, MANIFEST) or member.size > MAX_MEMBER:
+                    shown = member.name if len(member.name) < 80 else member.name[:77] + "..."
+                    raise _not_a_backup(archive_path, f"it holds {shown!r}, which no backup holds")
                 extracted = archive.extractfile(member)
                 assert extracted is not None  # a regular file
-                contents[name.as_posix()] = extracted.read()
+                contents[member.name] = extracted.read()
     except (OSError, tarfile.TarError, EOFError) as error:
         raise _not_a_backup(archive_path, f"it cannot be read ({error})") from None
     try:
         manifest = json.loads(contents.pop(MANIFEST))
         listed: dict[str, str] = manifest["files"]
-    except (KeyError, ValueError, TypeError):
+        if not all(isinstance(key, str) and isinstance(value, str) for key, value in listed.items()):
+            raise TypeError
+    except (KeyError, ValueError, TypeError, AttributeError):
         raise _not_a_backup(archive_path, f"it has no readable {MANIFEST}") from None
     if set(listed) != set(contents):
         raise _not_a_backup(archive_path, "its files are not the ones its manifest lists")

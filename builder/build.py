@@ -201,8 +201,11 @@ def stale_reasons(stored: dict[str, object], wanted: dict[str, object]) -> list[
 def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:
     if not all(path.exists() for path in (outputs.image, outputs.checksum, outputs.bmap, outputs.record)):
         return False
-    stored = json.loads(outputs.record.read_text())
-    if mismatched_set(outputs, stored):
+    try:
+        stored = json.loads(outputs.record.read_bytes())
+    except ValueError:
+        return False  # a damaged record: the image is built again
+    if not isinstance(stored, dict) or mismatched_set(outputs, stored):
         return False
     return {key: value for key, value in stored.items() if key not in WRITTEN} == record
 

@@ -16,12 +16,12 @@ from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
-from builder.files import write_atomic
+from builder.files import check_output, write_atomic
 from builder.model import Cluster, warnings
 from builder.pki import ClusterSecrets
 from builder.progress import Reporter
 from builder.render import render_cluster
-from builder.tree import write_tree
+from builder.tree import check_replaceable, write_tree
 from builder.verify import verify
 
 EXIT_USER_ERROR = 2
@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished outputs are intact, unfinished ones were discarded", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`picluster status | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -258,9 +262,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     cluster = _load(args)
-    _check_output_folder(args.out)
-    secrets = _secrets(args.file)
     mtime = source_date_epoch()
+    state_dir = state.state_dir_for(args.file)
+    if Path(os.path.abspath(args.out)).is_relative_to(Path(os.path.abspath(state_dir))):
+        raise UserError(f"-o {args.out} is inside the cluster's state folder {state_dir}", _OUTPUT_HINT)
+    _check_output_folder(args.out)
+    for node in cluster.nodes:  # every refusal before the first folder is written
+        check_replaceable(args.out / node.name)
+    secrets = _secrets(args.file)
     for plan in render_cluster(cluster, secrets, _node_tokens(args.file, cluster, secrets)):
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
@@ -348,7 +357,7 @@ def _node_tokens(cluster_file: Path, cluster: Cluster, secrets: ClusterSecrets) 
 
 def _token(args: argparse.Namespace) -> int:
     cluster = _load(args)
-    secrets = _secrets(args.file)
+    secrets = _existing_secrets(args.file, "token")
     state_dir = state.state_dir_for(args.file)
     issued = tokens.issue_token(cluster, secrets, tokens.load_tokens(state_dir, secrets), datetime.now(UTC))
     tokens.save_tokens(state_dir, issued)
@@ -361,9 +370,12 @@ def _token(args: argparse.Namespace) -> int:
 
 def _kubeconfig(args: argparse.Namespace) -> int:
     cluster = _load(args)
-    out = args.out or state.state_dir_for(args.file) / "admin.conf"
-    text = kubeconfig.admin_kubeconfig(cluster, _secrets(args.file), datetime.now(UTC))
-    write_atomic(out, text.encode(), 0o600)
+    state_dir = state.state_dir_for(args.file)
+    out = args.out or state_dir / "admin.conf"
+    secrets = _existing_secrets(args.file, "kubeconfig")
+    # the default lives in the state folder; a path the user names may not
+    check_output(out, state_dir if args.out else None, lambda data: b"picluster-admin@" in data)
+    write_atomic(out, kubeconfig.admin_kubeconfig(cluster, secrets, datetime.now(UTC)).encode(), 0o600)
     print(
         f"wrote {out} (an admin credential for one year: keep it private)\n"
         f"  kubectl --kubeconfig {out} get nodes"
@@ -373,7 +385,9 @@ def _kubeconfig(args: argparse.Namespace) -> int:
 
 def _backup(args: argparse.Namespace) -> int:
     cluster = _load(args)
-    secrets, count = backup.backup(state.state_dir_for(args.file), cluster.cluster.name, args.out)
+    state_dir = state.state_dir_for(args.file)
+    check_output(args.out, state_dir, lambda data: False)  # a backup never replaces another
+    secrets, count = backup.backup(state_dir, cluster.cluster.name, args.out)
     print(
         f"backed up {count} files of cluster {cluster.cluster.name} (CA {secrets.ca_cert_hash}) to "
         f"{args.out}\n  it holds the cluster's CA keys: keep it off this machine, where only you can read it"
@@ -419,7 +433,7 @@ def _image_statuses(
 
 def _status(args: argparse.Namespace) -> int:
     cluster = _load(args)
-    secrets = _secrets(args.file)
+    secrets = _existing_secrets(args.file, "status")
     statuses = _image_statuses(cluster, secrets, state.state_dir_for(args.file), args.images)
     try:
         with cluster_api.connect(cluster.api_endpoint, secrets) as api:
@@ -436,6 +450,19 @@ def default_cache() -> Path:
     if configured:
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster"
+
+
+def _existing_secrets(cluster_file: Path, command: str) -> ClusterSecrets:
+    """The cluster's secrets for a command that works on a cluster: never made anew here (a user
+    who forgot to restore would get a new cluster identity)."""
+    state_dir = state.state_dir_for(cluster_file)
+    if state.is_new(state_dir):
+        raise UserError(
+            f"there are no cluster secrets in {state_dir}: `picluster {command}` works on a cluster "
+            "picluster has made",
+            "bring them back with picluster restore FILE, or make them with picluster render or build",
+        )
+    return state.load(state_dir)
 
 
 def _secrets(cluster_file: Path) -> ClusterSecrets:

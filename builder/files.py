@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from builder.errors import UserError
+
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Replace path with data in one step; the mode is set before the name appears.
@@ -18,8 +20,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     cluster's secrets). Build outputs skip it: on ext4 an fsync also flushes every other file
     written in the same journal transaction, here the whole just-written image.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UserError(
+            f"cannot write {path}: {error.strerror}",
+            "check that its folder can be created and written, and that the disk has room",
+        ) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -51,3 +59,21 @@ def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[Non
         handle.write(f"picluster (pid {os.getpid()})\n")
         handle.flush()
         yield
+
+
+def check_output(path: Path, keep_out_of: Path | None, replaceable: Callable[[bytes], bool]) -> None:
+    """Refuse an output path that would destroy something: a place inside `keep_out_of` (the
+    cluster's state folder), a link, device or folder (a rename would replace the name, not
+    write through it), or an existing file that `replaceable` does not recognise as one picluster
+    wrote."""
+    if keep_out_of is not None and Path(os.path.abspath(path)).is_relative_to(
+        Path(os.path.abspath(keep_out_of))
+    ):
+        raise UserError(f"{path} is inside the cluster's state folder {keep_out_of}", "write it elsewhere")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise UserError(f"{path} is {kind}; picluster writes only files of its own", "name a new file")
+    if path.exists() and not replaceable(path.read_bytes()):
+        raise UserError(
+            f"{path} exists and is not one picluster wrote; it is left as it is", "name a new file"
+        )

@@ -36,6 +36,8 @@ CAS = {
 SERVICE_ACCOUNT = ("pki/sa.pub", "pki/sa.key")
 REQUIRED = (*(name for pair in CAS.values() for name in pair), *SERVICE_ACCOUNT, TOKEN_FILE)
 """Every file a complete state folder holds."""
+SHOWN_PROBLEMS = 10
+"""A damaged folder's error stays on one screen."""
 RESTORE = (
     "restore the folder from your backup (picluster restore FILE); only if no node of this "
     "cluster has ever booted, move the folder away to start a new cluster"
@@ -43,11 +45,22 @@ RESTORE = (
 
 
 def state_dir_for(cluster_file: Path) -> Path:
-    return cluster_file.resolve().parent / STATE_DIR_NAME
+    """The folder beside cluster.yaml as named, a link not followed. Should it be new while the
+    folder beside the link's target holds a cluster, that is an error: guessing either way could
+    give the next card a new CA."""
+    beside = Path(os.path.abspath(cluster_file)).parent / STATE_DIR_NAME
+    target = cluster_file.resolve().parent / STATE_DIR_NAME
+    if target != beside and is_new(beside) and not is_new(target):
+        raise UserError(
+            f"{cluster_file} is a link; the cluster's secrets are beside its target, in {target}, "
+            f"and there are none in {beside}",
+            f"pass -f {cluster_file.resolve()}, or move {target} beside the link",
+        )
+    return beside
 
 
 def is_new(state_dir: Path) -> bool:
-    """No cluster yet: no folder, or an empty one. Anything else must load."""
+    """No cluster yet: no folder, or one without a single file in it. Anything else must load."""
     if state_dir.is_symlink() and not state_dir.exists():
         raise UserError(
             f"{state_dir} is a link to {os.readlink(state_dir)}, which does not exist",
@@ -56,8 +69,13 @@ def is_new(state_dir: Path) -> bool:
     if not state_dir.exists():
         return True
     if not state_dir.is_dir():
-        raise UserError(f"{state_dir} is not a folder", RESTORE)
-    return not any(state_dir.iterdir())
+        raise UserError(
+            f"{state_dir} is not a folder", f"move it away; it is not the cluster's secrets. {RESTORE}"
+        )
+    try:
+        return not any(path.is_file() or path.is_symlink() for path in state_dir.rglob("*"))
+    except OSError as error:
+        raise _unreadable(state_dir, error) from None
 
 
 def load_or_create(state_dir: Path) -> ClusterSecrets:
@@ -83,7 +101,17 @@ def save(state_dir: Path, secrets: ClusterSecrets) -> None:
             write_atomic(staging / "pki" / name, data, 0o600)
         write_atomic(staging / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
         _tighten(staging)
+        # a folder with empty folders in it holds no cluster: rmdir, which takes only empty ones
+        for empty in sorted(target.rglob("*") if target.is_dir() else [], key=lambda p: -len(p.parts)):
+            empty.rmdir()
         os.rename(staging, target)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.is_dir() and not is_new(target):
+            return  # another picluster made the cluster's secrets a moment ago: those are used
+        raise UserError(
+            f"cannot create the cluster's secrets in {target}: {error.strerror}", RESTORE
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -96,9 +124,12 @@ def load(state_dir: Path) -> ClusterSecrets:
     if problems:
         raise _damaged(state_dir, problems)
     _tighten(state_dir)
-    pairs = {field: _pair(state_dir, *names, problems, ca=True) for field, names in CAS.items()}
-    service_account = _pair(state_dir, *SERVICE_ACCOUNT, problems, ca=False)
-    token = (state_dir / TOKEN_FILE).read_text(errors="replace").strip()
+    try:
+        pairs = {field: _pair(state_dir, *names, problems, ca=True) for field, names in CAS.items()}
+        service_account = _pair(state_dir, *SERVICE_ACCOUNT, problems, ca=False)
+        token = (state_dir / TOKEN_FILE).read_text(errors="replace").strip()
+    except OSError as error:
+        raise _unreadable(state_dir, error) from None
     if not BOOTSTRAP_TOKEN.fullmatch(token):
         problems.append(f"{TOKEN_FILE}: not a bootstrap token ([a-z0-9]{{6}}.[a-z0-9]{{16}})")
     if problems:
@@ -153,8 +184,17 @@ def _spki(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _unreadable(state_dir: Path, error: OSError) -> UserError:
+    return UserError(
+        f"cannot read the cluster's secrets in {state_dir}: {error.strerror} ({error.filename})",
+        "run picluster as the user who owns the folder (or root)",
+    )
+
+
 def _damaged(state_dir: Path, problems: list[str]) -> UserError:
-    listed = "".join(f"\n  {problem}" for problem in problems)
+    shown = problems[:SHOWN_PROBLEMS]
+    more = [f"... and {len(problems) - len(shown)} more"] if len(problems) > len(shown) else []
+    listed = "".join(f"\n  {problem}" for problem in [*shown, *more])
     return UserError(
         f"the cluster's secrets in {state_dir} are incomplete or damaged, so no card can be "
         f"written that joins this cluster:{listed}",

@@ -31,7 +31,12 @@ def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[Nod
         if not present or not record_file.exists():
             statuses.append(NodeStatus(plan.node, "missing", ["not built yet"]))
             continue
-        stored = json.loads(record_file.read_text())
+        try:
+            stored = json.loads(record_file.read_bytes())
+            stored.get("compress")
+        except (ValueError, AttributeError):  # AttributeError: a record that is no JSON object
+            statuses.append(NodeStatus(plan.node, "stale", [f"{record_file.name} is damaged; rebuild"]))
+            continue
         wanted = build_record(plan, base_key, None, stored.get("compress"))
         mismatch = mismatched_set(NodeOutputs(images, plan.node, stored.get("compress")), stored)
         reasons = stale_reasons(stored, wanted) + ([mismatch] if mismatch else [])

@@ -7,6 +7,8 @@ wrote (it carries MARKER) is ever replaced: node names such as `etc` or `home` a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -22,11 +24,7 @@ def write_tree(plan: NodePlan, out_dir: Path, mtime: int | None = None) -> Path:
     """Write one node's files under out_dir/<node>; return that folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / plan.node
-    if final.is_symlink() or (final.exists() and not (final / MARKER).is_file()):
-        raise UserError(
-            f"{final} exists and is not a folder picluster render wrote; it is left as it is",
-            "render into another folder (-o DIR), or move that one away",
-        )
+    check_replaceable(final)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{plan.node}."))
     try:
         for entry in plan.files:
@@ -50,12 +48,29 @@ def write_tree(plan: NodePlan, out_dir: Path, mtime: int | None = None) -> Path:
     return final
 
 
+def check_replaceable(final: Path) -> None:
+    """Refuse a node folder that picluster render did not write (call it for every node first,
+    so a refusal leaves the output folder as it was)."""
+    if final.is_symlink() or (final.exists() and not (final / MARKER).is_file()):
+        raise UserError(
+            f"{final} exists and is not a folder picluster render wrote; it is left as it is",
+            "render into another folder (-o DIR), or move that one away",
+        )
+
+
 def _swap_in(staging: Path, final: Path) -> None:
-    if not final.exists():
-        staging.rename(final)
-        return
-    retired = final.with_name(f".{final.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    final.rename(retired)
-    staging.rename(final)
-    shutil.rmtree(retired)
+    """The old tree moves to a name of its own (never one a user's folder could have), the new
+    one takes its place. Another render of the same node at the same moment may win the race:
+    then its tree stands."""
+    retired = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+    try:
+        with contextlib.suppress(FileNotFoundError):  # no previous tree, or another render moved it
+            final.rename(retired / final.name)
+        try:
+            staging.rename(final)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(staging)
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
