@@ -5,11 +5,16 @@ A test that means to run one (openssl, to cross-check a hash) asks for `allow_su
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from builder.cli import main
+from tests.conftest import BUNDLED
 
 
 class UnexpectedSubprocess(AssertionError):
@@ -30,3 +35,14 @@ def _no_subprocess(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 @pytest.fixture
 def allow_subprocess() -> None:
     """Request this to let a unit test run a program on purpose."""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A cluster folder (tmp_path/site) whose secrets exist: a first render made them, into
+    tmp_path/out."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    shutil.copy(BUNDLED, folder / "cluster.yaml")
+    assert main(["render", "-f", str(folder / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
+    return folder

@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from tests.conftest import BUNDLED, file_contents
-
-
-@pytest.fixture
-def cluster_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "site"
-    folder.mkdir()
-    shutil.copy(BUNDLED, folder / "cluster.yaml")
-    assert main(["render", "-f", str(folder / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
-    return folder
+from tests.conftest import file_contents
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -29,37 +20,37 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def test_backup_then_restore_gives_back_the_same_cluster(
-    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "usb/homelab.tar.gz"
-    before = file_contents(cluster_dir / ".picluster")
-    assert main(["backup", "-f", str(cluster_dir / "cluster.yaml"), "-o", str(archive)]) == 0
+    before = file_contents(site / ".picluster")
+    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     assert archive.stat().st_mode & 0o777 == 0o600
-    shutil.rmtree(cluster_dir / ".picluster")
-    assert main(["restore", "-f", str(cluster_dir / "cluster.yaml"), str(archive)]) == 0
-    assert file_contents(cluster_dir / ".picluster") == before
-    assert (cluster_dir / ".picluster").stat().st_mode & 0o777 == 0o700
+    shutil.rmtree(site / ".picluster")
+    assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 0
+    assert file_contents(site / ".picluster") == before
+    assert (site / ".picluster").stat().st_mode & 0o777 == 0o700
     out = capsys.readouterr().out
     assert "restored cluster homelab's secrets (CA sha256:" in out
-    assert (cluster_dir / ".picluster/bootstrap-token").read_text().strip() not in out
+    assert (site / ".picluster/bootstrap-token").read_text().strip() not in out
 
 
 def test_restore_never_replaces_a_cluster(
-    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "backup.tar.gz"
-    main(["backup", "-f", str(cluster_dir / "cluster.yaml"), "-o", str(archive)])
-    before = file_contents(cluster_dir / ".picluster")
-    assert main(["restore", "-f", str(cluster_dir / "cluster.yaml"), str(archive)]) == 2
+    main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)])
+    before = file_contents(site / ".picluster")
+    assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 2
     assert "already holds a cluster's secrets" in capsys.readouterr().err
-    assert file_contents(cluster_dir / ".picluster") == before
+    assert file_contents(site / ".picluster") == before
 
 
 def test_a_changed_archive_is_refused_and_nothing_restored(
-    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "backup.tar.gz"
-    main(["backup", "-f", str(cluster_dir / "cluster.yaml"), "-o", str(archive)])
+    main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)])
     members = {}
     with tarfile.open(archive) as original:
         for member in original:
@@ -72,17 +63,17 @@ def test_a_changed_archive_is_refused_and_nothing_restored(
             info = tarfile.TarInfo(name)
             info.size = len(data)
             changed.addfile(info, io.BytesIO(data))
-    shutil.rmtree(cluster_dir / ".picluster")
-    assert main(["restore", "-f", str(cluster_dir / "cluster.yaml"), str(archive)]) == 2
+    shutil.rmtree(site / ".picluster")
+    assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 2
     err = capsys.readouterr().err
     assert "changed since the backup: pki/ca.key" in err and "Traceback" not in err
-    assert not (cluster_dir / ".picluster").exists()
-    assert [p.name for p in cluster_dir.iterdir() if "restore-" in p.name] == []
+    assert not (site / ".picluster").exists()
+    assert [p.name for p in site.iterdir() if "restore-" in p.name] == []
 
 
 @pytest.mark.parametrize("bad", ["link", "parent", "not gzip"])
 def test_archives_that_no_backup_is_are_refused(
-    cluster_dir: Path, tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "evil.tar.gz"
     if bad == "not gzip":
@@ -93,16 +84,16 @@ def test_archives_that_no_backup_is_are_refused(
             if bad == "link":
                 info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
             evil.addfile(info, io.BytesIO(b""))
-    shutil.rmtree(cluster_dir / ".picluster")
-    assert main(["restore", "-f", str(cluster_dir / "cluster.yaml"), str(archive)]) == 2
+    shutil.rmtree(site / ".picluster")
+    assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 2
     assert "is not a usable picluster backup" in capsys.readouterr().err
-    assert not (cluster_dir / ".picluster").exists() and not (tmp_path / "outside").exists()
+    assert not (site / ".picluster").exists() and not (tmp_path / "outside").exists()
 
 
 def test_a_damaged_folder_is_not_backed_up(
-    cluster_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (cluster_dir / ".picluster/pki/sa.key").unlink()
-    assert main(["backup", "-f", str(cluster_dir / "cluster.yaml"), "-o", str(tmp_path / "b.tar.gz")]) == 2
+    (site / ".picluster/pki/sa.key").unlink()
+    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "b.tar.gz")]) == 2
     assert "pki/sa.key: missing" in capsys.readouterr().err
     assert not (tmp_path / "b.tar.gz").exists()

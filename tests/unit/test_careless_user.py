@@ -15,16 +15,6 @@ from builder.cli import main
 from tests.conftest import BUNDLED, file_contents
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """A cluster folder whose secrets exist (a first render made them)."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    shutil.copy(BUNDLED, folder / "cluster.yaml")
-    assert main(["render", "-f", str(folder / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
-    return folder
-
-
 def refused(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: "), err
