@@ -12,10 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from builder import state, tokens
@@ -30,14 +27,9 @@ MAX_MEMBER = 1 << 20
 """No secret file is near this size; a larger member means the archive is something else."""
 
 
-def backup(state_dir: Path, cluster_name: str, out: Path) -> tuple[ClusterSecrets, int]:
-    """Write the archive of a state folder that loads cleanly; returns its secrets and file count."""
-    if state.is_new(state_dir):
-        raise UserError(
-            f"there are no cluster secrets in {state_dir} to back up",
-            "run it beside the cluster.yaml whose .picluster/ you keep",
-        )
-    secrets = state.load(state_dir)
+def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Path) -> int:
+    """Write the archive of a state folder that loaded cleanly (`secrets`); returns the number of
+    files kept."""
     tokens.load_tokens(state_dir, secrets)  # a damaged token record is no backup either
     contents = {name: (state_dir / name).read_bytes() for name in KEPT if (state_dir / name).is_file()}
     manifest = {
@@ -57,7 +49,7 @@ def backup(state_dir: Path, cluster_name: str, out: Path) -> tuple[ClusterSecret
         raise UserError(
             f"cannot write {out}: {error.strerror}", "choose another place with -o FILE"
         ) from None
-    return secrets, len(contents)
+    return len(contents)
 
 
 def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
@@ -68,26 +60,18 @@ def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
             f"move {state_dir} away first if it is really the wrong one (it may be the only copy)",
         )
     contents, manifest = _read_checked(archive_path)
-    target = state_dir.resolve()
-    try:
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.restore-"))
-    except OSError as error:
-        raise UserError(
-            f"cannot write beside {target}: {error.strerror}", "run it where you may write"
-        ) from None
-    try:
+
+    def write(staging: Path) -> None:
         for name, data in contents.items():
             write_atomic(staging / name, data, 0o600)
-        secrets = state.load(staging)
+        secrets = state.load(staging)  # checked where nothing depends on it yet
         tokens.load_tokens(staging, secrets)
         if secrets.ca_cert_hash != manifest.get("ca_cert_hash"):
             raise _not_a_backup(archive_path, "its CA is not the one its manifest names")
-        os.chmod(staging, 0o700)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return secrets, str(manifest.get("cluster", "?"))
+
+    if not state.publish(state_dir, write):
+        raise UserError(f"{state_dir} was given a cluster's secrets while this ran; nothing was restored")
+    return state.load(state_dir), str(manifest.get("cluster", "?"))
 
 
 def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, object]]:

@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from builder.base import ensure_base
 from builder.bmap import digest_image
 from builder.epoch import source_date_epoch
-from builder.errors import UserError
 from builder.files import exclusive, write_atomic
 from builder.image import BaseImage, stamp
 from builder.model import Cluster
@@ -40,10 +39,10 @@ COMPRESSORS: dict[str, list[str]] = {
     "xz": ["xz", "-q", "-T0", "-6"],
 }
 IMAGE_SUFFIXES = ("", *(f".{name}" for name in COMPRESSORS))
+"""What an image file's name may end in after `.img`: raw or one of the compressions."""
 LOCK = ".picluster.lock"
 """In the images folder: one build writes there at a time (a second one would clear the
 first's unfinished images as a killed build's leftovers)."""
-"""What an image file's name may end in after `.img`: raw or one of the compressions."""
 
 
 @dataclass(frozen=True)
@@ -88,15 +87,9 @@ def build_images(
     """Build every node whose card changed; return the names of the nodes built."""
     plans = render_cluster(cluster, secrets, tokens)
     base = ensure_base(cluster, cache, reporter, rebuild=rebuild_base)
-    try:
-        images.mkdir(parents=True, exist_ok=True)
-        (images / LOCK).touch()
-    except OSError as error:
-        raise UserError(
-            f"cannot write images into {images}: {error.strerror}", "pass -o a folder you can write to"
-        ) from None
     with exclusive(images / LOCK, f"images into {images}", reporter.say):
-        return _build_stale(plans, base, images, reporter, compress, clock_seed(clock_epoch(base), secrets))
+        epoch = clock_epoch(base)
+        return _build_stale(plans, base, images, reporter, compress, epoch, clock_seed(epoch, secrets))
 
 
 def _build_stale(
@@ -105,11 +98,11 @@ def _build_stale(
     images: Path,
     reporter: Reporter,
     compress: Compression | None,
+    epoch: int,
     seed: int,
 ) -> list[str]:
     """With the images folder to ourselves: clear a killed build's leftovers, then build every
     node whose card changed."""
-    epoch = clock_epoch(base)
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
     reporter.say(f"==> node images in {images}")
@@ -161,7 +154,8 @@ def clock_seed(epoch: int, secrets: ClusterSecrets) -> int:
     cluster's CAs (they may be newer than a cached base) and the time the card is stamped
     (SOURCE_DATE_EPOCH pins that too, so the same inputs still give the same bytes). A node
     without NTP then starts inside the certificates' validity, not before it."""
-    stamped = source_date_epoch() or int(time.time())
+    pinned = source_date_epoch()
+    stamped = int(time.time()) if pinned is None else pinned
     return max(epoch, int(secrets.ca_not_before.timestamp()), stamped)
 
 
@@ -199,15 +193,21 @@ def stale_reasons(stored: dict[str, object], wanted: dict[str, object]) -> list[
 
 
 def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:
-    if not all(path.exists() for path in (outputs.image, outputs.checksum, outputs.bmap, outputs.record)):
+    if not all(path.exists() for path in (outputs.image, outputs.checksum, outputs.bmap)):
         return False
+    stored = read_record(outputs)
+    if stored is None or mismatched_set(outputs, stored):
+        return False  # a damaged record or an interrupted set: the image is built again
+    return {key: value for key, value in stored.items() if key not in WRITTEN} == record
+
+
+def read_record(outputs: NodeOutputs) -> dict[str, Any] | None:
+    """A node's build record, or None when there is none or it is damaged."""
     try:
         stored = json.loads(outputs.record.read_bytes())
-    except ValueError:
-        return False  # a damaged record: the image is built again
-    if not isinstance(stored, dict) or mismatched_set(outputs, stored):
-        return False
-    return {key: value for key, value in stored.items() if key not in WRITTEN} == record
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 WRITTEN = ("sha256", "bmap_sha256")
@@ -219,7 +219,8 @@ def mismatched_set(outputs: NodeOutputs, stored: dict[str, object]) -> str | Non
 
     The four files are renamed into place one by one, the record last; a build killed between
     two renames leaves a set whose record names other checksums than the files hold."""
-    checksum = outputs.checksum.read_text().split()[0] if outputs.checksum.exists() else None
+    said = outputs.checksum.read_text(errors="replace").split() if outputs.checksum.exists() else []
+    checksum = said[0] if said else None
     bmap = hashlib.sha256(outputs.bmap.read_bytes()).hexdigest() if outputs.bmap.exists() else None
     if (checksum, bmap) == (stored.get("sha256"), stored.get("bmap_sha256")):
         return None

@@ -16,7 +16,7 @@ from builder.build import build_images
 from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
-from builder.files import check_output, write_atomic
+from builder.files import check_output, inside, write_atomic
 from builder.model import Cluster, warnings
 from builder.pki import ClusterSecrets
 from builder.progress import Reporter
@@ -264,7 +264,7 @@ def _render(args: argparse.Namespace) -> int:
     cluster = _load(args)
     mtime = source_date_epoch()
     state_dir = state.state_dir_for(args.file)
-    if Path(os.path.abspath(args.out)).is_relative_to(Path(os.path.abspath(state_dir))):
+    if inside(args.out, state_dir):
         raise UserError(f"-o {args.out} is inside the cluster's state folder {state_dir}", _OUTPUT_HINT)
     _check_output_folder(args.out)
     for node in cluster.nodes:  # every refusal before the first folder is written
@@ -386,8 +386,9 @@ def _kubeconfig(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     cluster = _load(args)
     state_dir = state.state_dir_for(args.file)
-    check_output(args.out, state_dir, lambda data: False)  # a backup never replaces another
-    secrets, count = backup.backup(state_dir, cluster.cluster.name, args.out)
+    secrets = _existing_secrets(args.file, "backup")
+    check_output(args.out, state_dir, None)  # a backup never replaces another
+    count = backup.backup(state_dir, secrets, cluster.cluster.name, args.out)
     print(
         f"backed up {count} files of cluster {cluster.cluster.name} (CA {secrets.ca_cert_hash}) to "
         f"{args.out}\n  it holds the cluster's CA keys: keep it off this machine, where only you can read it"
@@ -404,24 +405,32 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _warn_if_stale(args: argparse.Namespace, image: Path) -> None:
-    """An image built before cluster.yaml or the tokens changed still flashes, with a warning."""
-    state_dir = state.state_dir_for(args.file)
-    if not args.file.exists() or state.is_new(state_dir):
-        print(f"note: no cluster.yaml and secrets at {args.file}, so whether {image.name} is current "
-              "is not known (-f names the cluster.yaml)", file=sys.stderr)  # fmt: skip
+    """An image built before cluster.yaml or the tokens changed still flashes, with a warning;
+    when there is no telling (no cluster.yaml, a damaged one), it flashes with a note."""
+    try:
+        stale = _staleness(args)
+    except UserError as error:
+        print(f"note: whether {image.name} is current is not known: {error.message}", file=sys.stderr)
         return
-    cluster = load_cluster(args.file)
-    if args.node not in {node.name for node in cluster.nodes}:
-        print(f"warning: {args.node} is not a node of {args.file}", file=sys.stderr)
-        return
-    (node,) = [s for s in _image_statuses(cluster, state.load(state_dir), state_dir, args.images)
-               if s.name == args.node]  # fmt: skip
-    if node.image == "stale":
+    if stale:
         print(
-            f"warning: {image.name} is stale against {args.file}: {'; '.join(node.why)}\n"
+            f"warning: {image.name} is stale against {args.file}: {'; '.join(stale)}\n"
             f"  hint: rebuild it first: picluster build -f {args.file} -o {args.images}",
             file=sys.stderr,
         )
+
+
+def _staleness(args: argparse.Namespace) -> list[str]:
+    """Why the node's image is not what cluster.yaml and the secrets would build now."""
+    state_dir = state.state_dir_for(args.file)
+    if not args.file.exists() or state.is_new(state_dir):
+        raise UserError(f"no cluster.yaml and secrets at {args.file} (-f names the cluster.yaml)")
+    cluster = load_cluster(args.file)
+    if args.node not in {node.name for node in cluster.nodes}:
+        raise UserError(f"{args.node} is not a node of {args.file}")
+    (node,) = [s for s in _image_statuses(cluster, state.load(state_dir), state_dir, args.images)
+               if s.name == args.node]  # fmt: skip
+    return node.why if node.image == "stale" else []
 
 
 def _image_statuses(

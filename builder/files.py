@@ -45,8 +45,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
 def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
     """Hold `lock` (an flock, released by the kernel when the holder dies, however it dies)
     while writing `what`; a second picluster waits, saying which process it waits for."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as handle:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")  # noqa: SIM115  closed by the with below, after the yield
+    except OSError as error:
+        raise UserError(
+            f"cannot write in {lock.parent}: {error.strerror}", "choose a folder you can write to"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,19 +67,28 @@ def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[Non
         yield
 
 
-def check_output(path: Path, keep_out_of: Path | None, replaceable: Callable[[bytes], bool]) -> None:
+def inside(path: Path, folder: Path) -> bool:
+    """Whether path names something in folder (neither need exist; links are not followed)."""
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
+
+
+def check_output(path: Path, keep_out_of: Path | None, replaceable: Callable[[bytes], bool] | None) -> None:
     """Refuse an output path that would destroy something: a place inside `keep_out_of` (the
     cluster's state folder), a link, device or folder (a rename would replace the name, not
     write through it), or an existing file that `replaceable` does not recognise as one picluster
-    wrote."""
-    if keep_out_of is not None and Path(os.path.abspath(path)).is_relative_to(
-        Path(os.path.abspath(keep_out_of))
-    ):
+    wrote (None: no existing file may be replaced)."""
+    if keep_out_of is not None and inside(path, keep_out_of):
         raise UserError(f"{path} is inside the cluster's state folder {keep_out_of}", "write it elsewhere")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
         raise UserError(f"{path} is {kind}; picluster writes only files of its own", "name a new file")
-    if path.exists() and not replaceable(path.read_bytes()):
+    if not path.exists():
+        return
+    try:
+        ours = replaceable is not None and replaceable(path.read_bytes())
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}", "name a new file") from None
+    if not ours:
         raise UserError(
             f"{path} exists and is not one picluster wrote; it is left as it is", "name a new file"
         )

@@ -186,8 +186,7 @@ def stage_files(entries: Iterable[FileEntry], folder: Path, epoch: int) -> dict[
         path = folder / entry.partition / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(entry.data)
-        mtime = epoch if entry.mtime is None else entry.mtime
-        os.utime(path, (mtime, mtime))
+        os.utime(path, (entry.time_stamp(epoch),) * 2)
         staged[entry] = path
     return staged
 
@@ -213,8 +212,10 @@ def debugfs_script(entries: list[FileEntry], staged: dict[FileEntry, Path], base
         if entry.link is not None:
             lines += [f"symlink /{path} {entry.link}", *_times(path, epoch)]
         else:
-            mtime = epoch if entry.mtime is None else entry.mtime
-            lines += [f"write {staged[entry]} /{path}", *_attributes(path, 0o100000 | entry.mode, mtime)]
+            lines += [
+                f"write {staged[entry]} /{path}",
+                *_attributes(path, 0o100000 | entry.mode, entry.time_stamp(epoch)),
+            ]
     return "\n".join(lines) + "\n"
 
 

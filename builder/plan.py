@@ -27,6 +27,10 @@ class FileEntry:
     """Its modification time when that time means something (the clock seed); None: the
     build's time stamp, like every other file."""
 
+    def time_stamp(self, epoch: int) -> int:
+        """The modification time to give it in a build stamped `epoch`."""
+        return epoch if self.mtime is None else self.mtime
+
 
 @dataclass(frozen=True)
 class NodePlan:

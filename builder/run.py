@@ -95,7 +95,7 @@ def run_streaming(
     the start; under -v every line is printed.
     """
     words = _announce(command, None)
-    start = time.monotonic()
+    began = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [*DIE_WITH_PICLUSTER, *words], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -103,13 +103,13 @@ def run_streaming(
         assert process.stdout is not None
         for line in process.stdout:
             # the log says when each line came, so a slow step can be found afterwards
-            sink.write(f"[{time.monotonic() - start:7.1f}s] ".encode() + line)
+            sink.write(f"[{time.monotonic() - began:7.1f}s] ".encode() + line)
             sink.flush()  # someone may be following the log while the build runs
             text = line.decode(errors="replace").rstrip()
             if VERBOSE:
                 print(text, file=sys.stderr, flush=True)
             elif milestone(text):
-                minutes, seconds = divmod(int(time.monotonic() - start), 60)
+                minutes, seconds = divmod(int(time.monotonic() - began), 60)
                 shown = text if len(text) <= 100 else text[:97] + "..."
                 show(f"    [{minutes:2d}m{seconds:02d}s] {shown}")
         status = process.wait()
@@ -123,8 +123,10 @@ def _announce(command: Sequence[str | Path], env: Mapping[str, str] | None) -> l
     words = [str(word) for word in command]
     if VERBOSE:
         print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
-    if shutil.which(words[0], path=(env or {}).get("PATH", os.environ.get("PATH"))) is None:
-        raise UserError(
-            f"`{words[0]}` is not installed", "run `make images`, which installs what picluster needs"
-        )
+    path = (env or {}).get("PATH", os.environ.get("PATH"))
+    for program in (words[0], DIE_WITH_PICLUSTER[0]):
+        if shutil.which(program, path=path) is None:
+            raise UserError(
+                f"`{program}` is not installed", "run `make images`, which installs what picluster needs"
+            )
     return words

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from builder.errors import UserError
+from builder.errors import SHOWN_PROBLEMS, UserError
 from builder.files import write_atomic
 from builder.pki import ClusterSecrets, KeyPair, make_secrets
 
@@ -36,8 +37,6 @@ CAS = {
 SERVICE_ACCOUNT = ("pki/sa.pub", "pki/sa.key")
 REQUIRED = (*(name for pair in CAS.values() for name in pair), *SERVICE_ACCOUNT, TOKEN_FILE)
 """Every file a complete state folder holds."""
-SHOWN_PROBLEMS = 10
-"""A damaged folder's error stays on one screen."""
 RESTORE = (
     "restore the folder from your backup (picluster restore FILE); only if no node of this "
     "cluster has ever booted, move the folder away to start a new cluster"
@@ -86,8 +85,20 @@ def load_or_create(state_dir: Path) -> ClusterSecrets:
 
 
 def save(state_dir: Path, secrets: ClusterSecrets) -> None:
-    """Write a new state folder whole: under a temporary name beside it, then renamed into place
-    (over an empty folder), so no half-made folder is ever left to be mistaken for a cluster."""
+    """Write a new state folder whole (publish)."""
+
+    def write(staging: Path) -> None:
+        for name, data in secrets.pki_files().items():
+            write_atomic(staging / "pki" / name, data, 0o600)
+        write_atomic(staging / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
+
+    publish(state_dir, write)  # a first render racing another uses whichever secrets stand
+
+
+def publish(state_dir: Path, write: Callable[[Path], None]) -> bool:
+    """Make a state folder whole: `write` fills a folder under a temporary name beside it, which
+    is then renamed into place (over an empty folder), so no half-made folder is ever left to be
+    mistaken for a cluster. False when another picluster published one first: that one stands."""
     target = state_dir.resolve()  # the folder a link points to, for secrets kept elsewhere
     try:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.new-"))
@@ -97,9 +108,7 @@ def save(state_dir: Path, secrets: ClusterSecrets) -> None:
             "run picluster where that folder is writable, or copy cluster.yaml to one that is",
         ) from None
     try:
-        for name, data in secrets.pki_files().items():
-            write_atomic(staging / "pki" / name, data, 0o600)
-        write_atomic(staging / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
+        write(staging)
         _tighten(staging)
         # a folder with empty folders in it holds no cluster: rmdir, which takes only empty ones
         for empty in sorted(target.rglob("*") if target.is_dir() else [], key=lambda p: -len(p.parts)):
@@ -108,13 +117,14 @@ def save(state_dir: Path, secrets: ClusterSecrets) -> None:
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         if target.is_dir() and not is_new(target):
-            return  # another picluster made the cluster's secrets a moment ago: those are used
+            return False
         raise UserError(
             f"cannot create the cluster's secrets in {target}: {error.strerror}", RESTORE
         ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return True
 
 
 def load(state_dir: Path) -> ClusterSecrets:

@@ -9,7 +9,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.build import IMAGE_SUFFIXES, NodeOutputs, build_record, mismatched_set, stale_reasons
+from builder.build import (
+    IMAGE_SUFFIXES,
+    NodeOutputs,
+    build_record,
+    mismatched_set,
+    read_record,
+    stale_reasons,
+)
 from builder.plan import NodePlan
 
 
@@ -26,16 +33,14 @@ class NodeStatus:
 def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[NodeStatus]:
     statuses = []
     for plan in plans:
-        record_file = images / f"{plan.node}.img.json"
         present = any((images / f"{plan.node}.img{suffix}").exists() for suffix in IMAGE_SUFFIXES)
-        if not present or not record_file.exists():
+        outputs = NodeOutputs(images, plan.node, None)
+        if not present or not outputs.record.exists():
             statuses.append(NodeStatus(plan.node, "missing", ["not built yet"]))
             continue
-        try:
-            stored = json.loads(record_file.read_bytes())
-            stored.get("compress")
-        except (ValueError, AttributeError):  # AttributeError: a record that is no JSON object
-            statuses.append(NodeStatus(plan.node, "stale", [f"{record_file.name} is damaged; rebuild"]))
+        stored = read_record(outputs)
+        if stored is None:
+            statuses.append(NodeStatus(plan.node, "stale", [f"{outputs.record.name} is damaged; rebuild"]))
             continue
         wanted = build_record(plan, base_key, None, stored.get("compress"))
         mismatch = mismatched_set(NodeOutputs(images, plan.node, stored.get("compress")), stored)

@@ -250,9 +250,10 @@ def _wait(folder: Path, waiting: str, failure: str) -> None:
 
 def _take_one(counter: Path) -> bool:
     """True, counting one down, while a steering file holds a number above zero."""
-    if not counter.exists() or int(counter.read_text()) <= 0:
+    left = int(counter.read_text()) if counter.exists() else 0
+    if left <= 0:
         return False
-    counter.write_text(str(int(counter.read_text()) - 1))
+    counter.write_text(str(left - 1))
     return True
 
 

@@ -75,8 +75,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 f"or leave the tier out by name: {OPT_OUT}={tier} make test"
             )
             item.config.stash[_reasons].setdefault(tier, reason)
-    if report.when == "call" or report.outcome != "passed":
+    # one outcome per test: its call's, or the first phase that did not pass
+    counted = item.stash.setdefault(_counted, [False])
+    if not counted[0] and (report.when == "call" or report.outcome != "passed"):
         item.config.stash[_counts][tier, report.outcome] += 1
+        counted[0] = True
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -108,3 +111,4 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 _counts = pytest.StashKey[Counter[tuple[str, str]]]()
 _reasons = pytest.StashKey[dict[str, str]]()
 _skipped_tiers = pytest.StashKey[set[str]]()
+_counted = pytest.StashKey[list[bool]]()

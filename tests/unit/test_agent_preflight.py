@@ -164,7 +164,10 @@ def test_a_clock_before_the_cas_start_says_kubeadm_waits(root: Path, config: Nod
     goes on to clean the links instead of exiting into a restart loop."""
     result = preflight.check_clock(Host(root), replace(config, ca_not_before=time.time() + 86400))
     assert result.status == "failed" and not result.blocking
-    assert "before the cluster's CA became valid" in result.detail and "kubeadm waits" in result.detail
+    assert (
+        "before the cluster's CA became valid" in result.detail
+        and "the agent waits for NTP before kubeadm" in result.detail
+    )
 
 
 def test_containerd_answering(root: Path, config: NodeConfig) -> None:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(asdict(state), indent=2, sort_keys=True) if args.json else describe(state, config.name)
         )
         return 0
-    if args.command == "preflight" and not run_preflight(host, config, state):
+    if args.command == "preflight" and run_preflight(host, config, state):
         return 1
     if args.command == "run" and not wait_for_preflight(host, config, state):
         return 1
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_preflight(host: Host, config: NodeConfig, state: State, only: Collection[str] = ()) -> bool:
-    """Prints a line per check; False when a check that blocks the join failed."""
+def run_preflight(host: Host, config: NodeConfig, state: State, only: Collection[str] = ()) -> list[str]:
+    """Prints a line per check; returns the names of the failed checks that block the join."""
     if not only:
         state.enter(host, "preflight", state.last_error)
     results = preflight(host, config, only)
@@ -61,9 +61,9 @@ def run_preflight(host: Host, config: NodeConfig, state: State, only: Collection
     blocking = [r for r in results if r.status == "failed" and r.blocking]
     if blocking:
         state.enter(host, "preflight failed", "; ".join(f"{r.name}: {r.detail}" for r in blocking))
-        return False
-    state.save(host)
-    return True
+    else:
+        state.save(host)
+    return [r.name for r in blocking]
 
 
 def wait_for_preflight(host: Host, config: NodeConfig, state: State) -> bool:
@@ -72,14 +72,14 @@ def wait_for_preflight(host: Host, config: NodeConfig, state: State) -> bool:
     fails may clear by itself (a cable plugged in, containerd coming up); exiting would only
     hand the wait to systemd's restart loop. False only under --dry-run."""
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
-    failing: list[str] = []
-    while not run_preflight(host, config, state, failing):
+    failing = run_preflight(host, config, state)
+    while failing:
         if host.dry_run:
             return False
-        failing = [record["name"] for record in state.preflight if record["blocks_join"] == "true"]
         state.enter(host, WAITING_PREFLIGHT, state.last_error)
         say(f"{WAITING_PREFLIGHT}: {state.last_error}")
         host.sleep(backoff.next())
+        failing = run_preflight(host, config, state, failing)
     return True
 
 

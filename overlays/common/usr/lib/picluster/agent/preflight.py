@@ -174,8 +174,8 @@ def check_interface(host: Host, config: NodeConfig) -> Result:
 
 
 def check_clock(host: Host, config: NodeConfig) -> Result:
-    """Never blocks: kubeadm waits for the clock itself (join), so the node's other checks and
-    clean-links still run while NTP is unreachable."""
+    """Never blocks: the join waits for the clock itself before it runs kubeadm, so the node's
+    other checks and clean-links still run while NTP is unreachable."""
     marker = host.path(TIME_SYNCHRONISED)
     deadline = time.monotonic() + config.timing.clock_timeout
     while not marker.exists() and time.monotonic() < deadline and not host.dry_run:
@@ -196,7 +196,7 @@ def check_clock(host: Host, config: NodeConfig) -> Result:
         "clock",
         "failed",
         f"{waited}, and the clock ({clock}) is before the cluster's CA became valid "
-        f"({utc(config.ca_not_before)}): TLS would fail, so kubeadm waits for NTP; "
+        f"({utc(config.ca_not_before)}): TLS would fail, so the agent waits for NTP before kubeadm; "
         "check `timedatectl timesync-status`",
         blocking=False,
     )
