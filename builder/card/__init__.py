@@ -1,0 +1,1 @@
+"""Writing an image to an SD card and checking it landed."""

@@ -1,0 +1,1 @@
+"""A running cluster: its API server, bootstrap tokens, status and the verify suite."""

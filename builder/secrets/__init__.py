@@ -1,0 +1,1 @@
+"""The cluster's CAs and tokens, made once and kept safe in the state folder."""

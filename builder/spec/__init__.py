@@ -1,0 +1,1 @@
+"""cluster.yaml and its rules: the model, reading the file, the boards."""
