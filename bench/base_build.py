@@ -18,9 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder import base
-from builder.config_file import load_cluster
+from builder.image import base, debian
+from builder.image.context import BuildContext
 from builder.progress import Reporter
+from builder.run import Runner
+from builder.spec.load import load_cluster
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
@@ -29,8 +31,8 @@ def plain_mmdebstrap(root: Path) -> float:
     cluster = load_cluster(CLUSTER)
     command = [
         "mmdebstrap", "--mode=root", "--variant=apt", f"--arch={cluster.base.arch}",
-        f"--include={','.join(base.packages(cluster))}",
-        cluster.base.suite, str(root), *base.apt_sources(cluster.base.suite),
+        f"--include={','.join(debian.packages(cluster))}",
+        cluster.base.suite, str(root), *debian.apt_sources(cluster.base.suite),
     ]  # fmt: skip
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,7 +42,9 @@ def plain_mmdebstrap(root: Path) -> float:
 def picluster_base(cache: Path) -> tuple[float, Path]:
     cluster = load_cluster(CLUSTER)
     start = time.monotonic()
-    built = base.ensure_base(cluster, cache, Reporter(stream=None), rebuild=True)
+    built = base.ensure_base(
+        cluster, BuildContext(cache, cache, Reporter(stream=None), Runner(), rebuild_base=True)
+    )
     return time.monotonic() - start, built.image
 
 

@@ -33,18 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from builder import state
-from builder.base import ensure_base, load_base
-from builder.bmap import digest_image
-from builder.build import build_images
 from builder.cli import default_cache
-from builder.config_file import load_cluster
-from builder.image import BaseImage, stamp
-from builder.model import Cluster
-from builder.pki import ClusterSecrets
-from builder.plan import NodePlan
+from builder.image.base import ensure_base, load_base
+from builder.image.bmap import digest_image
+from builder.image.build import build_images
+from builder.image.context import BuildContext
+from builder.image.layout import BaseImage
+from builder.image.stamp import stamp
 from builder.progress import Reporter
-from builder.render import render_cluster
+from builder.render.node import render_cluster
+from builder.render.plan import NodePlan
+from builder.run import Runner
+from builder.secrets import store
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTS = (1, 4, 16)
@@ -122,10 +125,10 @@ def measure(name: str, base: BaseImage, cluster: Cluster, secrets: ClusterSecret
     used_before = used_bytes(out)
     start = time.monotonic()
     if name == "picluster":
-        build_images(cluster, secrets, out, cache, Reporter(stream=None))
+        build_images(cluster, secrets, {}, BuildContext(out, cache, Reporter(stream=None), Runner()))
     elif name == "stamp only":
         for plan in plans:
-            stamp(base, plan, out / f"{plan.node}.img", base.built_at)
+            stamp(base, plan, out / f"{plan.node}.img", base.built_at, Runner())
     elif name == "plain cp":
         plain_copy(base, plans, out)
     else:
@@ -142,7 +145,7 @@ def breakdown(base: BaseImage, plan: NodePlan, work: Path) -> None:
     start = time.monotonic()
     subprocess.run(["cp", "--sparse=always", str(base.image), str(image)], check=True)
     copied = time.monotonic()
-    stamp(base, plan, image, base.built_at)  # copies again, then writes the files
+    stamp(base, plan, image, base.built_at, Runner())  # copies again, then writes the files
     stamped = time.monotonic()
     digest_image(image)
     hashed = time.monotonic()
@@ -211,12 +214,12 @@ def reflink_filesystem(folder: Path) -> Iterator[Path | None]:
 def main() -> None:
     cache = default_cache()
     bundled = load_cluster(REPO / "cluster.yaml")
-    base = ensure_base(bundled, cache, Reporter())
+    base = ensure_base(bundled, BuildContext(cache, cache, Reporter(), Runner()))
     allocated = base.image.stat().st_blocks * 512 / 2**30
     print(f"base image: {base.image.stat().st_size / 2**30:.2f} GiB, {allocated:.2f} GiB allocated")
     with tempfile.TemporaryDirectory(prefix="picluster-bench-", dir=cache) as scratch:
         work = Path(scratch)
-        secrets = state.load_or_create(work / ".picluster")
+        secrets = store.load_or_create(work / ".picluster")
         print(f"in {cache}'s filesystem:")
         table(base, cache, secrets, work)
         with reflink_filesystem(work) as xfs:

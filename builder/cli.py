@@ -11,18 +11,24 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from builder import __version__, backup, base, cluster_api, flash, kubeconfig, run, state, status, tokens
-from builder.build import build_images
-from builder.config_file import load_cluster
+from builder import __version__
+from builder.card import flash
+from builder.cluster import api, kubeconfig, status
+from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
 from builder.files import check_output, inside, write_atomic
-from builder.model import Cluster, warnings
-from builder.pki import ClusterSecrets
+from builder.image import base
+from builder.image.build import build_images
+from builder.image.context import BuildContext
 from builder.progress import Reporter
-from builder.render import render_cluster
-from builder.tree import check_replaceable, write_tree
-from builder.verify import verify
+from builder.project import Project
+from builder.render.node import render_cluster
+from builder.render.tree import check_replaceable, write_tree
+from builder.run import Runner
+from builder.secrets import backup, store
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.model import warnings
 
 EXIT_USER_ERROR = 2
 
@@ -73,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write each node's files to a folder to read",
         description="Write every file that differs between nodes, as it will land on each "
         "card: OUT/<node>/boot/ (the FAT boot partition) and OUT/<node>/root/ (the root "
-        "filesystem). Creates the cluster's secrets in .picluster/ on first use.",
+        "filesystem). Creates the cluster's secrets in .picluster/ on first use; never asks the "
+        "running cluster anything or records a token: a node added since the last build is shown "
+        "with the current bootstrap token, which `build` may replace.",
     )
     render.add_argument(
         "-o", "--out", type=Path, default=Path("out"), metavar="OUT", help="output folder (default: ./out)"
@@ -154,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         "--force-non-removable", action="store_true", help="allow a device that does not say it is removable"
     )
     _images_option(card)
+    card.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
     card.set_defaults(command=_flash)
 
     token = commands.add_parser(
@@ -241,15 +250,19 @@ def _common_options(file_default: object, flag_default: object) -> argparse.Argu
     return options
 
 
-def _load(args: argparse.Namespace) -> Cluster:
-    cluster = load_cluster(args.file)
-    for warning in warnings(cluster):
+def _project(args: argparse.Namespace) -> Project:
+    project = Project.open(args.file)
+    for warning in warnings(project.cluster):
         print(f"warning: {warning.path}: {warning.message}\n  hint: {warning.hint}", file=sys.stderr)
-    return cluster
+    return project
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    cluster = _load(args)
+    cluster = _project(args).cluster
     planes = len(cluster.control_planes)
     workers = len(cluster.nodes) - planes
     print(
@@ -261,18 +274,22 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    cluster = _load(args)
+    project = _project(args)
     mtime = source_date_epoch()
-    state_dir = state.state_dir_for(args.file)
-    if inside(args.out, state_dir):
-        raise UserError(f"-o {args.out} is inside the cluster's state folder {state_dir}", _OUTPUT_HINT)
+    if inside(args.out, project.state_dir):
+        raise UserError(
+            f"-o {args.out} is inside the cluster's state folder {project.state_dir}", _OUTPUT_HINT
+        )
     _check_output_folder(args.out)
-    for node in cluster.nodes:  # every refusal before the first folder is written
+    for node in project.cluster.nodes:  # every refusal before the first folder is written
         check_replaceable(args.out / node.name)
-    secrets = _secrets(args.file)
-    for plan in render_cluster(cluster, secrets, _node_tokens(args.file, cluster, secrets)):
+    secrets = project.secrets(_note)
+    for plan in render_cluster(project.cluster, secrets, project.recorded_tokens(secrets)):
         folder = write_tree(plan, args.out, mtime)
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
+    note = project.tokens_note(secrets)
+    if note:
+        _note(f"note: {note}")
     return 0
 
 
@@ -294,32 +311,31 @@ _OUTPUT_HINT = "point -o at a folder you can write, or at a path where one can b
 
 
 def _build(args: argparse.Namespace) -> int:
-    run.VERBOSE = args.verbose
-    cluster = _load(args)
+    project = _project(args)
     reporter = Reporter()
-    start = time.monotonic()
-    secrets = _secrets(args.file)
-    tokens = _node_tokens(args.file, cluster, secrets)
-    built = build_images(
-        cluster, secrets, args.out, args.cache, reporter, args.compress, args.rebuild_base, tokens
+    context = BuildContext(
+        args.out, args.cache, reporter, Runner(args.verbose), args.compress, args.rebuild_base
     )
+    start = time.monotonic()
+    secrets = project.secrets(_note)
+    built = build_images(project.cluster, secrets, project.tokens_to_build(secrets, print), context)
+    nodes = len(project.cluster.nodes)
     reporter.say(
-        f"==> {len(built)} of {len(cluster.nodes)} images built in {time.monotonic() - start:.1f}s"
+        f"==> {len(built)} of {nodes} images built in {time.monotonic() - start:.1f}s"
         + ("" if built else " (nothing changed)")
     )
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    cluster = _load(args)
-    unknown = sorted(set(args.node) - {node.name for node in cluster.nodes})
+    project = _project(args)
+    unknown = sorted(set(args.node) - {node.name for node in project.cluster.nodes})
     if unknown:
-        names = ", ".join(node.name for node in cluster.nodes)
+        names = ", ".join(node.name for node in project.cluster.nodes)
         raise UserError(f"--node {', '.join(unknown)}: no such node in {args.file}", f"choose from {names}")
-    run.VERBOSE = args.verbose
+    checks = Checks(args.node, args.skip, args.ssh_config)
     # today's stderr, not the one Reporter's default bound at import, so tests can capture it
-    reporter = Reporter(sys.stderr)
-    return verify(args.file, cluster, args.node, args.ssh_config, args.skip, args.verbose, reporter)
+    return verify(args.file, project.cluster, checks, Reporter(sys.stderr), Runner(args.verbose))
 
 
 def _flash(args: argparse.Namespace) -> int:
@@ -341,41 +357,30 @@ def _flash(args: argparse.Namespace) -> int:
         print(f"about to erase {disk.describe()}\nand write {image.name} to it.")
         return input(f"type {disk.name} to go on: ").strip() == disk.name
 
-    flash.flash(image, args.device, force_non_removable=args.force_non_removable, confirm=confirm, say=print)
+    flash.flash(image, args.device, force_non_removable=args.force_non_removable, confirm=confirm, say=print,
+                runner=Runner(args.verbose))  # fmt: skip
     return 0
 
 
-def _node_tokens(cluster_file: Path, cluster: Cluster, secrets: ClusterSecrets) -> dict[str, str]:
-    """The bootstrap token each node's card carries; a new node may need a new one (tokens.py)."""
-    state_dir = state.state_dir_for(cluster_file)
-    loaded = tokens.load_tokens(state_dir, secrets)
-    assigned = tokens.assign_tokens(cluster, secrets, loaded, datetime.now(UTC), say=print)
-    if assigned != loaded:
-        tokens.save_tokens(state_dir, assigned)
-    return assigned.nodes
-
-
 def _token(args: argparse.Namespace) -> int:
-    cluster = _load(args)
-    secrets = _existing_secrets(args.file, "token")
-    state_dir = state.state_dir_for(args.file)
-    issued = tokens.issue_token(cluster, secrets, tokens.load_tokens(state_dir, secrets), datetime.now(UTC))
-    tokens.save_tokens(state_dir, issued)
+    project = _project(args)
+    issued = project.new_token(project.existing_secrets("token"))
     print(
         f"made bootstrap token {issued.current_id} on the cluster, valid for "
-        f"{cluster.cluster.token_ttl_hours} h; nodes added from now on carry it"
+        f"{project.cluster.cluster.token_ttl_hours} h; nodes added from now on carry it"
     )
     return 0
 
 
 def _kubeconfig(args: argparse.Namespace) -> int:
-    cluster = _load(args)
-    state_dir = state.state_dir_for(args.file)
-    out = args.out or state_dir / "admin.conf"
-    secrets = _existing_secrets(args.file, "kubeconfig")
+    project = _project(args)
+    out = args.out or project.state_dir / "admin.conf"
+    secrets = project.existing_secrets("kubeconfig")
     # the default lives in the state folder; a path the user names may not
-    check_output(out, state_dir if args.out else None, lambda data: b"picluster-admin@" in data)
-    write_atomic(out, kubeconfig.admin_kubeconfig(cluster, secrets, datetime.now(UTC)).encode(), 0o600)
+    check_output(out, project.state_dir if args.out else None, lambda data: b"picluster-admin@" in data)
+    write_atomic(
+        out, kubeconfig.admin_kubeconfig(project.cluster, secrets, datetime.now(UTC)).encode(), 0o600
+    )
     print(
         f"wrote {out} (an admin credential for one year: keep it private)\n"
         f"  kubectl --kubeconfig {out} get nodes"
@@ -384,23 +389,22 @@ def _kubeconfig(args: argparse.Namespace) -> int:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    cluster = _load(args)
-    state_dir = state.state_dir_for(args.file)
-    secrets = _existing_secrets(args.file, "backup")
-    check_output(args.out, state_dir, None)  # a backup never replaces another
-    count = backup.backup(state_dir, secrets, cluster.cluster.name, args.out)
+    project = _project(args)
+    secrets = project.existing_secrets("backup")
+    check_output(args.out, project.state_dir, None)  # a backup never replaces another
+    name = project.cluster.cluster.name
+    count = backup.backup(project.state_dir, secrets, name, args.out)
     print(
-        f"backed up {count} files of cluster {cluster.cluster.name} (CA {secrets.ca_cert_hash}) to "
+        f"backed up {count} files of cluster {name} (CA {secrets.ca_cert_hash}) to "
         f"{args.out}\n  it holds the cluster's CA keys: keep it off this machine, where only you can read it"
     )
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
-    _load(args)
-    state_dir = state.state_dir_for(args.file)
-    secrets, name = backup.restore(args.archive, state_dir)
-    print(f"restored cluster {name}'s secrets (CA {secrets.ca_cert_hash}) into {state_dir}")
+    project = _project(args)
+    secrets, name = backup.restore(args.archive, project.state_dir)
+    print(f"restored cluster {name}'s secrets (CA {secrets.ca_cert_hash}) into {project.state_dir}")
     return 0
 
 
@@ -422,33 +426,31 @@ def _warn_if_stale(args: argparse.Namespace, image: Path) -> None:
 
 def _staleness(args: argparse.Namespace) -> list[str]:
     """Why the node's image is not what cluster.yaml and the secrets would build now."""
-    state_dir = state.state_dir_for(args.file)
-    if not args.file.exists() or state.is_new(state_dir):
+    if not args.file.exists() or store.is_new(store.state_dir_for(args.file)):
         raise UserError(f"no cluster.yaml and secrets at {args.file} (-f names the cluster.yaml)")
-    cluster = load_cluster(args.file)
-    if args.node not in {node.name for node in cluster.nodes}:
+    project = Project.open(args.file)
+    if args.node not in {node.name for node in project.cluster.nodes}:
         raise UserError(f"{args.node} is not a node of {args.file}")
-    (node,) = [s for s in _image_statuses(cluster, state.load(state_dir), state_dir, args.images)
+    (node,) = [s for s in _image_statuses(project, store.load(project.state_dir), args.images)
                if s.name == args.node]  # fmt: skip
     return node.why if node.image == "stale" else []
 
 
-def _image_statuses(
-    cluster: Cluster, secrets: ClusterSecrets, state_dir: Path, images: Path
-) -> list[status.NodeStatus]:
-    plans = render_cluster(cluster, secrets, tokens.load_tokens(state_dir, secrets).nodes)
-    return status.image_status(plans, images, base.cache_key(base.manifest(cluster)))
+def _image_statuses(project: Project, secrets: ClusterSecrets, images: Path) -> list[status.NodeStatus]:
+    plans = render_cluster(project.cluster, secrets, project.recorded_tokens(secrets))
+    return status.image_status(plans, images, base.cache_key(base.manifest(project.cluster)))
 
 
 def _status(args: argparse.Namespace) -> int:
-    cluster = _load(args)
-    secrets = _existing_secrets(args.file, "status")
-    statuses = _image_statuses(cluster, secrets, state.state_dir_for(args.file), args.images)
+    project = _project(args)
+    secrets = project.existing_secrets("status")
+    statuses = _image_statuses(project, secrets, args.images)
+    endpoint = project.cluster.api_endpoint
     try:
-        with cluster_api.connect(cluster.api_endpoint, secrets) as api:
-            statuses = status.add_cluster_view(statuses, cluster_api.list_nodes(api))
-        note = f"cluster: https://{cluster.api_endpoint} answered"
-    except cluster_api.Unreachable as why:
+        with api.connect(endpoint, secrets) as server:
+            statuses = status.add_cluster_view(statuses, api.list_nodes(server))
+        note = f"cluster: https://{endpoint} answered"
+    except api.Unreachable as why:
         note = f"cluster: not reachable ({why})"
     print(status.as_json(statuses, note) if args.json else status.format_status(statuses, note))
     return 0
@@ -459,29 +461,3 @@ def default_cache() -> Path:
     if configured:
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster"
-
-
-def _existing_secrets(cluster_file: Path, command: str) -> ClusterSecrets:
-    """The cluster's secrets for a command that works on a cluster: never made anew here (a user
-    who forgot to restore would get a new cluster identity)."""
-    state_dir = state.state_dir_for(cluster_file)
-    if state.is_new(state_dir):
-        raise UserError(
-            f"there are no cluster secrets in {state_dir}: `picluster {command}` works on a cluster "
-            "picluster has made",
-            "bring them back with picluster restore FILE, or make them with picluster render or build",
-        )
-    return state.load(state_dir)
-
-
-def _secrets(cluster_file: Path) -> ClusterSecrets:
-    state_dir = state.state_dir_for(cluster_file)
-    new = state.is_new(state_dir)
-    secrets = state.load_or_create(state_dir)
-    if new:
-        print(
-            f"created the cluster's CA and bootstrap token in {state_dir} "
-            "(keep it, and a backup of it: nodes built later need it to join; see picluster backup)",
-            file=sys.stderr,
-        )
-    return secrets

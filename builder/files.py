@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,3 +93,19 @@ def check_output(path: Path, keep_out_of: Path | None, replaceable: Callable[[by
         raise UserError(
             f"{path} exists and is not one picluster wrote; it is left as it is", "name a new file"
         )
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build folder, but never one with something mounted mounted (a killed mmdebstrap
+    can leave /proc or /dev mounted in its root, and deleting through those harms the host)."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        mounted = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
+    if mounted:
+        raise UserError(
+            f"{path} still has filesystems mounted in it: {', '.join(mounted)}",
+            f"unmount them (umount -R {mounted[0]}) and run the build again",
+        )
+    shutil.rmtree(path)

@@ -1,4 +1,5 @@
-"""The one place picluster starts programs. Under -v each command is echoed as `+ cmd`.
+"""The one place picluster starts programs: a Runner. A verbose one (-v) echoes each command as
+`+ cmd`, and every line of a long one.
 
 A failing command becomes a CommandError naming the command and the end of its output, so a
 broken build reads as one clear message rather than a traceback. Every program dies with
@@ -16,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from builder.errors import UserError
 
-VERBOSE = False
-"""Set by the CLI's -v."""
+Output = Literal["show", "hide", "pipe"]
 
 OUTPUT_TAIL_LINES = 15
 DIE_WITH_PICLUSTER = ("setpriv", "--pdeathsig", "KILL", "--")
@@ -38,95 +40,99 @@ class CommandError(UserError):
         self.output = output
 
 
-def run(
-    command: Sequence[str | Path],
-    *,
-    input: bytes | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-    hint: str = "",
-    merge_stderr: bool = False,
-) -> str:
-    """Run a command to completion; return its output; raise CommandError on failure.
+@dataclass(frozen=True)
+class Runner:
+    """Starts programs. `verbose`: echo each command, and every line of a long one."""
 
-    The output is standard output, or both streams interleaved with merge_stderr.
-    """
-    words = _announce(command, env)
-    result = subprocess.run(
-        [*DIE_WITH_PICLUSTER, *words],
-        input=input,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-        env={**os.environ, **env} if env else None,
-        cwd=cwd,
-        check=False,
-    )
-    stdout = result.stdout.decode(errors="replace")
-    if result.returncode != 0:
-        output = stdout + (result.stderr or b"").decode(errors="replace")
-        raise CommandError(words, result.returncode, output, hint)
-    return stdout
+    verbose: bool = False
 
+    def run(
+        self,
+        command: Sequence[str | Path],
+        *,
+        input: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        hint: str = "",
+        merge_stderr: bool = False,
+    ) -> str:
+        """Run a command to completion; return its output; raise CommandError on failure.
 
-def start(
-    command: Sequence[str | Path], *, cwd: Path | None = None, quiet: bool = False
-) -> subprocess.Popen[bytes]:
-    """Start a command that picluster follows while it runs; the caller waits for it.
-
-    Its output goes to the terminal, or nowhere when quiet.
-    """
-    words = _announce(command, None)
-    return subprocess.Popen(
-        [*DIE_WITH_PICLUSTER, *words], cwd=cwd, stdout=subprocess.DEVNULL if quiet else None
-    )
-
-
-def run_streaming(
-    command: Sequence[str | Path],
-    log: Path,
-    *,
-    milestone: Callable[[str], bool] = lambda line: False,
-    show: Callable[[str], None] = lambda text: None,
-    hint: str = "",
-) -> None:
-    """Run a long command with its output going to a log file, each line stamped with its time.
-
-    Lines for which `milestone` is true are passed to `show` as they come, with the time since
-    the start; under -v every line is printed.
-    """
-    words = _announce(command, None)
-    began = time.monotonic()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*DIE_WITH_PICLUSTER, *words], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        The output is standard output, or both streams interleaved with merge_stderr.
+        """
+        words = self._announce(command, env)
+        result = subprocess.run(
+            [*DIE_WITH_PICLUSTER, *words],
+            input=input,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
+            cwd=cwd,
+            check=False,
         )
-        assert process.stdout is not None
-        for line in process.stdout:
-            # the log says when each line came, so a slow step can be found afterwards
-            sink.write(f"[{time.monotonic() - began:7.1f}s] ".encode() + line)
-            sink.flush()  # someone may be following the log while the build runs
-            text = line.decode(errors="replace").rstrip()
-            if VERBOSE:
-                print(text, file=sys.stderr, flush=True)
-            elif milestone(text):
-                minutes, seconds = divmod(int(time.monotonic() - began), 60)
-                shown = text if len(text) <= 100 else text[:97] + "..."
-                show(f"    [{minutes:2d}m{seconds:02d}s] {shown}")
-        status = process.wait()
-    if status != 0:
-        raise CommandError(words, status, log.read_text(errors="replace"), hint or f"full log: {log}")
+        stdout = result.stdout.decode(errors="replace")
+        if result.returncode != 0:
+            output = stdout + (result.stderr or b"").decode(errors="replace")
+            raise CommandError(words, result.returncode, output, hint)
+        return stdout
 
+    def start(
+        self, command: Sequence[str | Path], *, cwd: Path | None = None, output: Output = "show"
+    ) -> subprocess.Popen[bytes]:
+        """Start a command that picluster follows while it runs; the caller waits for it.
 
-def _announce(command: Sequence[str | Path], env: Mapping[str, str] | None) -> list[str]:
-    """The command as words, echoed under -v; a program that is not installed is a UserError
-    here, before setpriv would report it as a failed command."""
-    words = [str(word) for word in command]
-    if VERBOSE:
-        print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
-    path = (env or {}).get("PATH", os.environ.get("PATH"))
-    for program in (words[0], DIE_WITH_PICLUSTER[0]):
-        if shutil.which(program, path=path) is None:
-            raise UserError(
-                f"`{program}` is not installed", "run `make images`, which installs what picluster needs"
+        Its output goes to the terminal ("show"), nowhere ("hide") or to the caller ("pipe").
+        """
+        words = self._announce(command, None)
+        stdout = {"show": None, "hide": subprocess.DEVNULL, "pipe": subprocess.PIPE}[output]
+        return subprocess.Popen([*DIE_WITH_PICLUSTER, *words], cwd=cwd, stdout=stdout)
+
+    def stream(
+        self,
+        command: Sequence[str | Path],
+        log: Path,
+        *,
+        milestone: Callable[[str], bool] = lambda line: False,
+        show: Callable[[str], None] = lambda text: None,
+        hint: str = "",
+    ) -> None:
+        """Run a long command with its output going to a log file, each line stamped with its time.
+
+        Lines for which `milestone` is true are passed to `show` as they come, with the time since
+        the start; under -v every line is printed.
+        """
+        words = self._announce(command, None)
+        began = time.monotonic()
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [*DIE_WITH_PICLUSTER, *words], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
-    return words
+            assert process.stdout is not None
+            for line in process.stdout:
+                # the log says when each line came, so a slow step can be found afterwards
+                sink.write(f"[{time.monotonic() - began:7.1f}s] ".encode() + line)
+                sink.flush()  # someone may be following the log while the build runs
+                text = line.decode(errors="replace").rstrip()
+                if self.verbose:
+                    print(text, file=sys.stderr, flush=True)
+                elif milestone(text):
+                    minutes, seconds = divmod(int(time.monotonic() - began), 60)
+                    shown = text if len(text) <= 100 else text[:97] + "..."
+                    show(f"    [{minutes:2d}m{seconds:02d}s] {shown}")
+            status = process.wait()
+        if status != 0:
+            raise CommandError(words, status, log.read_text(errors="replace"), hint or f"full log: {log}")
+
+    def _announce(self, command: Sequence[str | Path], env: Mapping[str, str] | None) -> list[str]:
+        """The command as words, echoed under -v; a program that is not installed is a UserError
+        here, before setpriv would report it as a failed command."""
+        words = [str(word) for word in command]
+        if self.verbose:
+            print(f"+ {shlex.join(words)}", file=sys.stderr, flush=True)
+        path = (env or {}).get("PATH", os.environ.get("PATH"))
+        for program in (words[0], DIE_WITH_PICLUSTER[0]):
+            if shutil.which(program, path=path) is None:
+                raise UserError(
+                    f"`{program}` is not installed", "run `make images`, which installs what picluster needs"
+                )
+        return words

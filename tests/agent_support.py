@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
 
-from builder.config_file import load_cluster
-from builder.render import render_node
-from builder.tree import write_tree
+from builder.render.node import render_node
+from builder.render.tree import write_tree
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 
 AGENT_LAUNCHER = REPO / "overlays/common/usr/sbin/picluster-agent"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from builder.pki import ClusterSecrets, make_secrets
+from builder.secrets.pki import ClusterSecrets, make_secrets
 from tests.tiers import (  # noqa: F401  the rules of `make test`'s tiers, as hooks of this conftest
     pytest_collection_modifyitems,
     pytest_configure,

@@ -1,4 +1,4 @@
-"""Reading a block map (bmaptool's format 2.0, as builder.bmap writes it) back: the image's size
+"""Reading a block map (bmaptool's format 2.0, as builder.image.bmap writes it) back: the image's size
 and the ranges that hold data, each with its SHA-256."""
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
-from builder.bmap_reader import BlockMap, parse_bmap
-from builder.build import IMAGE_SUFFIXES
+from builder.card.bmap_reader import BlockMap, parse_bmap
 from builder.errors import UserError
+from builder.image.build import IMAGE_SUFFIXES
+from builder.run import Runner
 
 CHUNK = 4 * 1024 * 1024
 DECOMPRESSORS = {".zst": ["zstd", "-dcq"], ".xz": ["xz", "-dcq"]}
@@ -137,14 +137,14 @@ def find_image(images: Path, node: str) -> Path:
 
 
 @contextmanager
-def image_stream(image: Path) -> Iterator[IO[bytes]]:
+def image_stream(image: Path, runner: Runner) -> Iterator[IO[bytes]]:
     """The raw image's bytes, read in order; a compressed image is decompressed on the way."""
     command = DECOMPRESSORS.get(image.suffix)
     if command is None:
         with image.open("rb") as raw:
             yield raw
         return
-    with subprocess.Popen([*command, str(image)], stdout=subprocess.PIPE) as process:
+    with runner.start([*command, image], output="pipe") as process:
         assert process.stdout is not None
         try:
             yield process.stdout
@@ -158,14 +158,14 @@ def _beside(image: Path, suffix: str) -> Path:
     return image.with_name(raw_name + suffix)
 
 
-def check_checksum(image: Path) -> None:
+def check_checksum(image: Path, runner: Runner) -> None:
     """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk)."""
     checksum_file = _beside(image, ".sha256")
     if not checksum_file.exists():
         raise UserError(f"{checksum_file} is missing", "rebuild the image: make images")
     expected = checksum_file.read_text().split()[0]
     digest = hashlib.sha256()
-    with image_stream(image) as stream:
+    with image_stream(image, runner) as stream:
         while chunk := stream.read(CHUNK):
             digest.update(chunk)
     if digest.hexdigest() != expected:
@@ -267,6 +267,7 @@ def flash(
     force_non_removable: bool,
     confirm: Callable[[Disk], bool],
     say: Callable[[str], None],
+    runner: Runner,
 ) -> None:
     """Check the image, refuse a device that is not a free card, ask, write, read back."""
     bmap = load_bmap(image)
@@ -278,7 +279,7 @@ def flash(
             "check the device: lsblk -o NAME,SIZE,RM,MOUNTPOINTS,MODEL",
         )
     say(f"==> checking {image.name} against its .sha256")
-    check_checksum(image)
+    check_checksum(image, runner)
     if not confirm(disk):
         raise UserError("not confirmed; nothing was written", "add --yes to skip the question")
     say(f"==> writing {_size(bmap.mapped_bytes)} of {image.name} to {device} (the mapped blocks only)")
@@ -292,7 +293,7 @@ def flash(
     except OSError as error:
         raise UserError(f"cannot open {device}: {error.strerror}", "unmount it and try again") from None
     try:
-        with image_stream(image) as stream:
+        with image_stream(image, runner) as stream:
             write_mapped(stream, bmap, target, progress_printer(bmap.mapped_bytes))
     finally:
         os.close(target)

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from builder.errors import UserError
-from builder.pki import ClusterSecrets, make_admin_client
+from builder.secrets.pki import ClusterSecrets, make_admin_client
 
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import yaml
 
-from builder.model import Cluster
-from builder.pki import ClusterSecrets, make_admin_client
+from builder.secrets.pki import ClusterSecrets, make_admin_client
+from builder.spec.model import Cluster
 
 
 def admin_kubeconfig(cluster: Cluster, secrets: ClusterSecrets, now: datetime) -> str:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.build import (
+from builder.image.build import (
     IMAGE_SUFFIXES,
     NodeOutputs,
     build_record,
@@ -17,7 +17,7 @@ from builder.build import (
     read_record,
     stale_reasons,
 )
-from builder.plan import NodePlan
+from builder.render.plan import NodePlan
 
 
 @dataclass

@@ -15,13 +15,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import run
-from builder.boards import ROOT
 from builder.errors import UserError
-from builder.model import Cluster, Node
 from builder.progress import Reporter
+from builder.resources import VERIFY_SUITE
+from builder.run import CommandError, Runner
+from builder.spec.model import Cluster, Node
 
-SUITE = ROOT / "tests" / "verify"
 CELLS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 CONNECT_TIMEOUT_S = 5
 """Ample for a Pi on a LAN; the suite itself waits 10 s per command, minutes for a node that is off."""
@@ -29,26 +28,26 @@ FOLLOW_INTERVAL_S = 0.5
 UNREACHABLE_FIX = "is each node powered and on the LAN? try the ssh command shown"
 
 
-def verify(
-    cluster_file: Path,
-    cluster: Cluster,
-    nodes: Sequence[str],
-    ssh_config: Path | None,
-    skip: Sequence[str],
-    verbose: bool,
-    reporter: Reporter,
-) -> int:
+@dataclass(frozen=True)
+class Checks:
+    """What `picluster verify` was asked to check: which nodes (all when empty), which checks to
+    skip, and how ssh reaches the nodes."""
+
+    nodes: Sequence[str] = ()
+    skip: Sequence[str] = ()
+    ssh_config: Path | None = None
+
+
+def verify(cluster_file: Path, cluster: Cluster, checks: Checks, reporter: Reporter, runner: Runner) -> int:
     """Reach the nodes, run the suite on those that answer, print the report; return non-zero
     when a check failed or a node did not answer."""
-    if not SUITE.is_dir():
-        raise UserError(f"the verify suite is missing ({SUITE})", "run picluster from its source checkout")
-    names = check_names(SUITE)
-    unknown = sorted(set(skip) - set(names))
+    names = check_names(VERIFY_SUITE)
+    unknown = sorted(set(checks.skip) - set(names))
     if unknown:
         raise UserError(f"--skip {', '.join(unknown)}: no such check", f"choose from {', '.join(names)}")
-    config = ssh_config.resolve() if ssh_config else None
-    selected = [node for node in cluster.nodes if not nodes or node.name in nodes]
-    reaches = reach_nodes(selected, cluster.access.user, config, reporter.say)
+    config = checks.ssh_config.resolve() if checks.ssh_config else None
+    selected = [node for node in cluster.nodes if not checks.nodes or node.name in checks.nodes]
+    reaches = reach_nodes(selected, cluster.access.user, config, reporter.say, runner)
     answered = [r.node for r in reaches if not r.reason]
     unreachable = [r for r in reaches if r.reason]
     if not answered:
@@ -58,7 +57,8 @@ def verify(
         )
     if unreachable:
         reporter.say(f"checking {', '.join(answered)} only")
-    status, results = run_suite(cluster_file, answered, config, skip, verbose, reporter.say)
+    chosen = Checks(answered, checks.skip, config)
+    status, results = run_suite(cluster_file, chosen, reporter.say, runner)
     print(format_report(results))
     if unreachable:
         print(f"\nnot checked, no answer over SSH:\n{format_unreachable(unreachable)}")
@@ -89,7 +89,7 @@ class Reach:
     reason: str = ""
 
 
-def reach(node: Node, user: str, ssh_config: Path | None) -> Reach:
+def reach(node: Node, user: str, ssh_config: Path | None, runner: Runner) -> Reach:
     """ssh to the node as the suite's testinfra does (same user, address and ssh_config) and run `true`."""
     config = ["-F", str(ssh_config)] if ssh_config else []
     target = f"{user}@{node.address.ip}"
@@ -99,8 +99,8 @@ def reach(node: Node, user: str, ssh_config: Path | None) -> Reach:
         # BatchMode: a missing key or an unknown host key fails here with ssh's reason, where the
         # suite would wait at a prompt
         options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
-        run.run(["ssh", *config, *options, target, "true"])
-    except run.CommandError as error:
+        runner.run(["ssh", *config, *options, target, "true"])
+    except CommandError as error:
         said = error.output.strip().splitlines()
         reason = said[-1] if said else f"ssh failed with status {error.status}"
         return Reach(node.name, by_hand, time.monotonic() - start, reason)
@@ -108,11 +108,11 @@ def reach(node: Node, user: str, ssh_config: Path | None) -> Reach:
 
 
 def reach_nodes(
-    nodes: Sequence[Node], user: str, ssh_config: Path | None, say: Callable[[str], None]
+    nodes: Sequence[Node], user: str, ssh_config: Path | None, say: Callable[[str], None], runner: Runner
 ) -> list[Reach]:
     """Try every node at once, saying each as it answers; return them in the nodes' order."""
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        futures = [pool.submit(reach, node, user, ssh_config) for node in nodes]
+        futures = [pool.submit(reach, node, user, ssh_config, runner) for node in nodes]
         for done in as_completed(futures):
             say(describe_reach(done.result()))
     return [future.result() for future in futures]
@@ -129,29 +129,25 @@ def format_unreachable(reaches: Sequence[Reach]) -> str:
 
 
 def run_suite(
-    cluster_file: Path,
-    nodes: Sequence[str],
-    ssh_config: Path | None,
-    skip: Sequence[str],
-    verbose: bool,
-    say: Callable[[str], None],
+    cluster_file: Path, checks: Checks, say: Callable[[str], None], runner: Runner
 ) -> tuple[int, list[dict[str, str]]]:
-    """Run pytest on the suite, saying how far it has come; return its status and the results."""
+    """Run pytest on the suite for `checks.nodes`, saying how far it has come; return its status
+    and the results."""
     with tempfile.TemporaryDirectory(prefix="picluster-verify-") as scratch:
         report = Path(scratch) / "report.jsonl"
         report.touch()  # followed from the start; the suite writes to it as each check finishes
         command = [
-            sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-o", "addopts=",
+            sys.executable, "-m", "pytest", str(VERIFY_SUITE), "-p", "no:cacheprovider", "-o", "addopts=",
             "--cluster", str(cluster_file.resolve()), "--report-json", str(report),
-            *(f"--node={name}" for name in nodes),
-            *([f"--ssh-config={ssh_config}"] if ssh_config else []),
-            *(f"--skip-check={name}" for name in skip),
-            "-v" if verbose else "-q",
+            *(f"--node={name}" for name in checks.nodes),
+            *([f"--ssh-config={checks.ssh_config}"] if checks.ssh_config else []),
+            *(f"--skip-check={name}" for name in checks.skip),
+            "-v" if runner.verbose else "-q",
         ]  # fmt: skip
         progress = Progress()
         start = time.monotonic()
         # pytest's own report repeats the table at length; -v shows it
-        process = run.start(command, cwd=ROOT, quiet=not verbose)
+        process = runner.start(command, cwd=VERIFY_SUITE, output="show" if runner.verbose else "hide")
         with report.open() as growing:
             while process.poll() is None:
                 time.sleep(FOLLOW_INTERVAL_S)

@@ -19,21 +19,21 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from builder.base import ensure_base
-from builder.bmap import digest_image
 from builder.epoch import source_date_epoch
 from builder.files import exclusive, write_atomic
-from builder.image import BaseImage, stamp
-from builder.model import Cluster
-from builder.pki import ClusterSecrets
-from builder.plan import NodePlan
-from builder.progress import Reporter
-from builder.render import CLOCK_FILE, render_cluster
-from builder.run import run
+from builder.image.base import ensure_base
+from builder.image.bmap import digest_image
+from builder.image.context import BuildContext, Compression
+from builder.image.layout import BaseImage
+from builder.image.stamp import stamp
+from builder.render.node import CLOCK_FILE, render_cluster
+from builder.render.plan import NodePlan
+from builder.run import Runner
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.model import Cluster
 
-Compression = Literal["zst", "xz"]
 COMPRESSORS: dict[str, list[str]] = {
     "zst": ["zstd", "-q", "-T0", "-10", "--rm"],
     "xz": ["xz", "-q", "-T0", "-6"],
@@ -74,43 +74,31 @@ class NodeOutputs:
         return [self.folder / f"{self.node}.img{suffix}" for suffix in IMAGE_SUFFIXES]
 
 
-def build_images(
-    cluster: Cluster,
-    secrets: ClusterSecrets,
-    images: Path,
-    cache: Path,
-    reporter: Reporter,
-    compress: Compression | None = None,
-    rebuild_base: bool = False,
-    tokens: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Build every node whose card changed; return the names of the nodes built."""
+def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Mapping[str, str],
+                 context: BuildContext) -> list[str]:  # fmt: skip
+    """Build every node whose card changed; return the names of the nodes built. `tokens`: the
+    bootstrap token each node's card carries (builder.secrets.tokens)."""
     plans = render_cluster(cluster, secrets, tokens)
-    base = ensure_base(cluster, cache, reporter, rebuild=rebuild_base)
-    with exclusive(images / LOCK, f"images into {images}", reporter.say):
+    base = ensure_base(cluster, context)
+    images = context.images
+    with exclusive(images / LOCK, f"images into {images}", context.reporter.say):
         epoch = clock_epoch(base)
-        return _build_stale(plans, base, images, reporter, compress, epoch, clock_seed(epoch, secrets))
+        return _build_stale(plans, base, context, epoch, clock_seed(epoch, secrets))
 
 
-def _build_stale(
-    plans: list[NodePlan],
-    base: BaseImage,
-    images: Path,
-    reporter: Reporter,
-    compress: Compression | None,
-    epoch: int,
-    seed: int,
-) -> list[str]:
+def _build_stale(plans: list[NodePlan], base: BaseImage, context: BuildContext, epoch: int,
+                 seed: int) -> list[str]:  # fmt: skip
     """With the images folder to ourselves: clear a killed build's leftovers, then build every
     node whose card changed."""
+    images, reporter = context.images, context.reporter
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
     reporter.say(f"==> node images in {images}")
     stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
     done = 0
     for plan in plans:
-        outputs = NodeOutputs(images, plan.node, compress)
-        record = build_record(plan, base.key, epoch, compress)
+        outputs = NodeOutputs(images, plan.node, context.compress)
+        record = build_record(plan, base.key, epoch, context.compress)
         if is_current(outputs, record):
             done += 1
             reporter.item(done, len(plans), f"{plan.node}: unchanged")
@@ -120,7 +108,7 @@ def _build_stale(
     # one node per core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = {
-            pool.submit(_timed_build, plan, base, epoch, outputs, record): (plan, outputs)
+            pool.submit(_timed_build, plan, base, epoch, outputs, record, context.runner): (plan, outputs)
             for plan, outputs, record in stale
         }
         for future in as_completed(futures):
@@ -134,11 +122,10 @@ def _build_stale(
     return [plan.node for plan, _, _ in stale]
 
 
-def _timed_build(
-    plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs, record: dict[str, object]
-) -> float:
+def _timed_build(plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs,
+                 record: dict[str, object], runner: Runner) -> float:  # fmt: skip
     start = time.monotonic()
-    build_node(plan, base, epoch, outputs, record)
+    build_node(plan, base, epoch, outputs, record, runner)
     return time.monotonic() - start
 
 
@@ -227,14 +214,13 @@ def mismatched_set(outputs: NodeOutputs, stored: dict[str, object]) -> str | Non
     return "its .sha256 and .bmap are not the ones its build record names (a build was interrupted)"
 
 
-def build_node(
-    plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs, record: dict[str, object]
-) -> None:
+def build_node(plan: NodePlan, base: BaseImage, epoch: int, outputs: NodeOutputs,
+               record: dict[str, object], runner: Runner) -> None:  # fmt: skip
     with _scratch_image(outputs.folder, plan.node) as partial:
-        stamp(base, plan, partial, epoch)
+        stamp(base, plan, partial, epoch, runner)
         digests = digest_image(partial)
         if outputs.compress:
-            run([*COMPRESSORS[outputs.compress], str(partial)])
+            runner.run([*COMPRESSORS[outputs.compress], str(partial)])
             partial.unlink(missing_ok=True)
             partial = partial.with_name(f"{partial.name}.{outputs.compress}")
         write_atomic(outputs.bmap, digests.bmap.encode(), durable=False)

@@ -8,7 +8,7 @@ so an upgrade of the node never moves them.
 
 from __future__ import annotations
 
-from builder.model import Cluster
+from builder.spec.model import Cluster
 
 PACKAGES = ("kubeadm", "kubelet", "kubectl", "cri-tools")
 PINNED = ("kubeadm", "kubelet", "kubectl")

@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 from builder.download import fetch_file, unpack_image
 from builder.errors import UserError
-from builder.image import BOOT_LABEL, ROOT_LABEL, Layout, tool_env
-from builder.model import ImageSource
-from builder.run import run
+from builder.image.layout import BOOT_LABEL, ROOT_LABEL, Layout, tool_env
+from builder.run import Runner
+from builder.spec.model import ImageSource
 
 FAT_TYPES = {"b", "c", "e"}
 LINUX_TYPE = "83"
@@ -34,25 +34,25 @@ def fetch_image(source: ImageSource, downloads: Path) -> Path:
     return unpack_image(downloaded, folder / name.removesuffix(".xz"))
 
 
-def adopt(raw: Path, image: Path, epoch: int) -> tuple[Layout, list[str], list[str]]:
+def adopt(raw: Path, image: Path, epoch: int, runner: Runner) -> tuple[Layout, list[str], list[str]]:
     """Copy a downloaded image to `image` and make it a base: its layout, folders and files."""
-    run(["cp", "--sparse=always", str(raw), str(image)])
-    layout = read_layout(image)
+    runner.run(["cp", "--sparse=always", str(raw), str(image)])
+    layout = read_layout(image, runner)
     env = tool_env(epoch)
-    listing = run(["mdir", "-b", "-i", layout.boot_target(image), "::/"], env=env)
+    listing = runner.run(["mdir", "-b", "-i", layout.boot_target(image), "::/"], env=env)
     if not any(f"::/{kernel}" in listing.split() for kernel in KERNELS):
         raise UserError(
             f"{raw.name} does not look like Raspberry Pi OS: its boot partition has no {KERNELS[0]}",
             "use a Raspberry Pi OS (Lite, 64-bit) image, or remove base.image to build Debian",
         )
-    run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
-    run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
-    dirs, others = list_root(image, layout)
+    runner.run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
+    runner.run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
+    dirs, others = list_root(image, layout, runner)
     return layout, dirs, others
 
 
-def read_layout(image: Path) -> Layout:
-    table = json.loads(run(["sfdisk", "--json", str(image)]))["partitiontable"]
+def read_layout(image: Path, runner: Runner) -> Layout:
+    table = json.loads(runner.run(["sfdisk", "--json", str(image)]))["partitiontable"]
     partitions = table.get("partitions", [])
     sector = table.get("sectorsize", 512)
     if (
@@ -72,7 +72,7 @@ def read_layout(image: Path) -> Layout:
 LS_ENTRY = re.compile(r"^/(\d+)/(\d+)/\d+/\d+/(.*)/\d*/$")
 
 
-def list_root(image: Path, layout: Layout) -> tuple[list[str], list[str]]:
+def list_root(image: Path, layout: Layout, runner: Runner) -> tuple[list[str], list[str]]:
     """Every folder and every other entry of the root filesystem, one debugfs run per depth."""
     dirs: list[str] = []
     others: list[str] = []
@@ -81,7 +81,7 @@ def list_root(image: Path, layout: Layout) -> tuple[list[str], list[str]]:
         script = Path(scratch) / "ls.cmds"
         while level:
             script.write_text("".join(f'ls -p "/{folder}"\n' for folder in level))
-            output = run(["debugfs", "-f", str(script), layout.root_target(image)])
+            output = runner.run(["debugfs", "-f", str(script), layout.root_target(image)])
             level = []
             for folder, entries in _listings(output):
                 for name, is_dir in entries:

@@ -19,11 +19,12 @@ from typing import Any
 import jinja2
 import yaml
 
-from builder.boards import FIRMWARE_DIR, OVERLAYS_DIR, ROOT, boards
 from builder.errors import UserError
-from builder.model import Cluster, Node
-from builder.pki import ClusterSecrets
-from builder.plan import FileEntry, NodePlan
+from builder.render.plan import FileEntry, NodePlan
+from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.boards import boards
+from builder.spec.model import Cluster, Node
 
 KERNEL_CGROUP_ARGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
 """The Pi kernels disable the memory cgroup by default; kubelet needs it."""
@@ -46,12 +47,15 @@ resets after every failed attempt, so a retried `kubeadm init` would make a new 
 worker card pins. The agent copies the seed into /etc/kubernetes/pki before each init or
 control-plane join."""
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
+TEMPLATES = OVERLAYS_DIR.parent
+"""The folder holding both overlays/ and firmware/ (the package, or the checkout's top): template
+names, as errors show them, are relative to it."""
 
 
 def render_cluster(
     cluster: Cluster, secrets: ClusterSecrets, tokens: Mapping[str, str] | None = None
 ) -> list[NodePlan]:
-    """`tokens`: the bootstrap token each node's card carries (builder.tokens), when not the
+    """`tokens`: the bootstrap token each node's card carries (builder.cluster.tokens), when not the
     cluster's first one."""
     chosen = tokens or {}
     return [
@@ -129,9 +133,6 @@ def _overlay_files(layers: list[str], context: dict[str, Any]) -> Iterator[FileE
         top = OVERLAYS_DIR / layer
         for source in sorted(_walk(top)):
             relative = PurePosixPath(source.relative_to(top).as_posix())
-            if source.is_symlink():
-                yield FileEntry("root", relative, mode=0o777, link=os.readlink(source))
-                continue
             if source.suffix == ".j2":
                 relative = relative.with_suffix("")
                 data = _render_template(source, context).encode()
@@ -139,6 +140,8 @@ def _overlay_files(layers: list[str], context: dict[str, Any]) -> Iterator[FileE
                 data = source.read_bytes()
             default = 0o755 if os.access(source, os.X_OK) else 0o644
             yield FileEntry("root", relative, data, modes.get(str(relative), default))
+        for path, target in _links().get(layer, {}).items():
+            yield FileEntry("root", PurePosixPath(path), mode=0o777, link=target)
 
 
 def _walk(top: Path) -> Iterator[Path]:
@@ -216,9 +219,15 @@ def _permissions() -> dict[str, int]:
 
 
 @cache
+def _links() -> dict[str, dict[str, str]]:
+    links: dict[str, dict[str, str]] = yaml.safe_load((OVERLAYS_DIR / "links.yaml").read_text())
+    return links
+
+
+@cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ROOT),
+        loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -228,7 +237,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _render_template(path: Path, context: dict[str, Any]) -> str:
-    name = path.relative_to(ROOT).as_posix()
+    name = path.relative_to(TEMPLATES).as_posix()
     try:
         return _environment().get_template(name).render(context)
     except jinja2.TemplateSyntaxError as error:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.plan import NodePlan
+from builder.render.plan import NodePlan
 
 MARKER = ".picluster-render"
 

@@ -15,13 +15,13 @@ import json
 import tarfile
 from pathlib import Path
 
-from builder import state, tokens
 from builder.errors import UserError
 from builder.files import write_atomic
-from builder.pki import ClusterSecrets
+from builder.secrets import store, tokens
+from builder.secrets.pki import ClusterSecrets
 
 MANIFEST = "MANIFEST.json"
-KEPT = (*state.REQUIRED, tokens.TOKENS_FILE, "admin.conf")
+KEPT = (*store.REQUIRED, tokens.TOKENS_FILE, "admin.conf")
 """What a backup holds: the secrets, the token record, the admin kubeconfig if there is one."""
 MAX_MEMBER = 1 << 20
 """No secret file is near this size; a larger member means the archive is something else."""
@@ -54,7 +54,7 @@ def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Pat
 
 def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
     """Put a checked archive's folder in place; returns its secrets and the cluster's name."""
-    if not state.is_new(state_dir):
+    if not store.is_new(state_dir):
         raise UserError(
             f"{state_dir} already holds a cluster's secrets; restoring would replace them",
             f"move {state_dir} away first if it is really the wrong one (it may be the only copy)",
@@ -64,14 +64,14 @@ def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
     def write(staging: Path) -> None:
         for name, data in contents.items():
             write_atomic(staging / name, data, 0o600)
-        secrets = state.load(staging)  # checked where nothing depends on it yet
+        secrets = store.load(staging)  # checked where nothing depends on it yet
         tokens.load_tokens(staging, secrets)
         if secrets.ca_cert_hash != manifest.get("ca_cert_hash"):
             raise _not_a_backup(archive_path, "its CA is not the one its manifest names")
 
-    if not state.publish(state_dir, write):
+    if not store.publish(state_dir, write):
         raise UserError(f"{state_dir} was given a cluster's secrets while this ran; nothing was restored")
-    return state.load(state_dir), str(manifest.get("cluster", "?"))
+    return store.load(state_dir), str(manifest.get("cluster", "?"))
 
 
 def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, object]]:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from builder.errors import SHOWN_PROBLEMS, UserError
 from builder.files import write_atomic
-from builder.pki import ClusterSecrets, KeyPair, make_secrets
+from builder.secrets.pki import ClusterSecrets, KeyPair, make_secrets
 
 STATE_DIR_NAME = ".picluster"
 TOKEN_FILE = "bootstrap-token"

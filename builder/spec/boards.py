@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_DIR = ROOT / "firmware"
-OVERLAYS_DIR = ROOT / "overlays"
+from builder.resources import FIRMWARE_DIR
 
 
 class Board(BaseModel):

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from builder.errors import ConfigError, FieldError, Problem, UserError
-from builder.model import Cluster, cross_field_problems, validation_context
+from builder.spec.model import Cluster, cross_field_problems, validation_context
 
 MAX_FILE_BYTES = 1 << 20
 """A cluster description is a few KB; the cap keeps `-f /dev/zero` or a disk image from being read whole."""

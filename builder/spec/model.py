@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
-from builder.boards import boards
 from builder.errors import FieldError, Problem
-from builder.ssh_key import check_authorized_key
+from builder.spec.boards import boards
+from builder.spec.ssh_key import check_authorized_key
 
 SUPPORTED_KUBERNETES = (31, 37)
 """Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders

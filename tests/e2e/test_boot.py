@@ -26,14 +26,17 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.base import ensure_base
-from builder.build import build_images, clock_epoch
 from builder.cli import default_cache
-from builder.config_file import load_cluster
-from builder.image import ROOT_OFFSET, stamp
-from builder.plan import FileEntry, NodePlan
+from builder.image.base import ensure_base
+from builder.image.build import build_images, clock_epoch
+from builder.image.context import BuildContext
+from builder.image.layout import ROOT_OFFSET
+from builder.image.stamp import stamp
 from builder.progress import Reporter, silent
-from builder.render import render_node
+from builder.render.node import render_node
+from builder.render.plan import FileEntry, NodePlan
+from builder.run import Runner
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools
 
@@ -123,6 +126,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def quiet_context() -> BuildContext:
+    """For the cached base only: its images folder is never written."""
+    return BuildContext(default_cache(), default_cache(), silent(), Runner())
+
+
 @pytest.fixture(scope="module")
 def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
     """cp1's card, the only node of a cluster on QEMU's user network."""
@@ -139,8 +147,10 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
     cluster_file = work / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(data))
     cluster = load_cluster(cluster_file)
-    ensure_base(cluster, default_cache(), Reporter())
-    build_images(cluster, fixed_secrets(), work / "images", default_cache(), silent())
+    ensure_base(cluster, BuildContext(work / "images", default_cache(), Reporter(), Runner()))
+    build_images(
+        cluster, fixed_secrets(), {}, BuildContext(work / "images", default_cache(), silent(), Runner())
+    )
     return Card(work, cluster_file, key, work / "images" / "cp1.img")
 
 
@@ -158,7 +168,7 @@ def stamp_with_test_unit(
 ) -> None:
     """A node's card as picluster builds it, plus a test-only unit enabled on it (and `extra`)."""
     cluster = load_cluster(cluster_file)
-    base = ensure_base(cluster, default_cache(), silent())
+    base = ensure_base(cluster, quiet_context())
     plan = render_node(cluster, next(n for n in cluster.nodes if n.name == node), fixed_secrets())
     unit = PurePosixPath(f"etc/systemd/system/{name}")
     test_files = (
@@ -167,7 +177,7 @@ def stamp_with_test_unit(
                   mode=0o777, link=f"/{unit}"),
         *extra,
     )  # fmt: skip
-    stamp(base, NodePlan(plan.node, plan.files + test_files), image, clock_epoch(base))
+    stamp(base, NodePlan(plan.node, plan.files + test_files), image, clock_epoch(base), Runner())
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +198,7 @@ def booted_without_its_boot_partition(card: Card) -> Iterator[Booted]:
     """The card with its FAT partition relabelled, so /dev/disk/by-label/RASPIFIRM never
     appears: as on a loaded machine where udev names the device too late."""
     cluster = load_cluster(card.cluster_file)
-    base = ensure_base(cluster, default_cache(), silent())
+    base = ensure_base(cluster, quiet_context())
     image = card.work / "cp1-no-boot-label.img"
     subprocess.run(["cp", "--sparse=always", str(card.image), str(image)], check=True)
     subprocess.run(["mlabel", "-i", base.layout.boot_target(image), "::NOTFIRM"], check=True,
@@ -199,7 +209,7 @@ def booted_without_its_boot_partition(card: Card) -> Iterator[Booted]:
 
 def boot_files(card: Card, image: Path, *names: str) -> dict[str, Path]:
     """Copy files out of a card's FAT partition, as the Pi's firmware reads them."""
-    base = ensure_base(load_cluster(card.cluster_file), default_cache(), silent())
+    base = ensure_base(load_cluster(card.cluster_file), quiet_context())
     copies = {}
     for name in names:
         copies[name] = card.work / f"{image.stem}-{name}"

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from builder.pki import ClusterSecrets
+from builder.secrets.pki import ClusterSecrets
 from tests.agent_support import LOCALHOST, make_server_cert
 
 SECRETS_PATH = "/api/v1/namespaces/kube-system/secrets"

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from builder import base
-from builder.config_file import load_cluster
-from builder.model import Cluster
+from builder.image import base
+from builder.run import Runner
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.conftest import BUNDLED
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
@@ -52,7 +53,7 @@ def publish_tiny_base(cluster: Cluster, cache: Path) -> Path:
     (root / "boot/firmware/config.txt").write_text("# from the raspi-firmware package\n")
     inputs = base.manifest(cluster)
     folder = cache / "base" / base.cache_key(inputs)[:16]
-    base.publish_base(root, inputs, folder, TINY_EPOCH)
+    base.publish_base(root, inputs, folder, TINY_EPOCH, Runner())
     shutil.rmtree(root)
     return folder
 

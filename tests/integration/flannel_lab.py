@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from builder.config_file import load_cluster
-from builder.kubeconfig import admin_kubeconfig
-from builder.model import Cluster
+from builder.cluster.kubeconfig import admin_kubeconfig
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.agent_support import node_root
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration import upstream
@@ -156,7 +156,7 @@ class Lab:
     """Seconds from each node's first flanneld start to its lease."""
 
     def kubeconfig(self, api: APIStandin | None = None) -> Path:
-        """An admin kubeconfig (builder.kubeconfig) for the rendered endpoint, or for `api`."""
+        """An admin kubeconfig (builder.cluster.kubeconfig) for the rendered endpoint, or for `api`."""
         server = api or self.api
         config = yaml.safe_load(admin_kubeconfig(self.cluster, fixed_secrets(), datetime.now(UTC)))
         config["clusters"][0]["cluster"]["server"] = f"https://{server.endpoint}"

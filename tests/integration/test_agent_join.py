@@ -19,7 +19,7 @@ from agent.config import load_config
 from agent.host import Host
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from builder.pki import ca_cert_hash
+from builder.secrets.pki import ca_cert_hash
 from tests.agent_support import (
     HA_CLUSTER,
     agent_command,

@@ -15,12 +15,15 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from builder.base import ensure_base
-from builder.boards import OVERLAYS_DIR, boards
 from builder.cli import default_cache
-from builder.config_file import load_cluster
-from builder.image import ROOT_OFFSET, BaseImage
+from builder.image.base import ensure_base
+from builder.image.context import BuildContext
+from builder.image.layout import ROOT_OFFSET, BaseImage
 from builder.progress import Reporter
+from builder.resources import OVERLAYS_DIR
+from builder.run import Runner
+from builder.spec.boards import boards
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
 from tests.integration.conftest import TOOLS, require_tools
 
@@ -32,7 +35,9 @@ def real_base() -> BaseImage:
     if os.geteuid() != 0:
         pytest.skip("building the Debian base needs root")
     require_tools(*TOOLS, "mmdebstrap")
-    return ensure_base(load_cluster(BUNDLED), default_cache(), Reporter())
+    return ensure_base(
+        load_cluster(BUNDLED), BuildContext(default_cache(), default_cache(), Reporter(), Runner())
+    )
 
 
 def boot_files(base: BaseImage) -> set[str]:
@@ -230,13 +235,13 @@ def test_cpio_reader_reads_a_hand_made_archive() -> None:
 
 def test_a_node_card_on_the_real_base(real_base: BaseImage, tmp_path: Path) -> None:
     """The whole path on the real base: the card's boot partition has what its model boots from."""
-    from builder.build import build_images
+    from builder.image.build import build_images
     from builder.progress import silent
     from tests.conftest import fixed_secrets
 
     cluster = load_cluster(BUNDLED)
     images = tmp_path / "images"
-    build_images(cluster, fixed_secrets(), images, default_cache(), silent())
+    build_images(cluster, fixed_secrets(), {}, BuildContext(images, default_cache(), silent(), Runner()))
     card = BaseImage(images / "w2.img", "", 0, real_base.layout, real_base.dirs, real_base.others)
     files = boot_files(card)
     assert {"vmlinuz", "initrd.img", "config.txt", "cmdline.txt", "bcm2837-rpi-3-b-plus.dtb"} <= files

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.build import build_images
-from builder.config_file import load_cluster
 from builder.errors import UserError
-from builder.image import tool_env
+from builder.image.build import build_images
+from builder.image.context import BuildContext
+from builder.image.layout import tool_env
 from builder.progress import silent
+from builder.run import Runner
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools, serve_folder
 
@@ -92,7 +94,9 @@ def test_nodes_are_stamped_onto_the_downloaded_image(
     packed = make_raspios_like(folder, {"kernel8.img": b"stand-in kernel", "config.txt": b"# raspios\n"})
     cluster = cluster_on(packed, url, tmp_path)
     images, cache = tmp_path / "images", tmp_path / "cache"
-    assert build_images(cluster, fixed_secrets(), images, cache, silent()) == ["cp1"]
+    assert build_images(cluster, fixed_secrets(), {}, BuildContext(images, cache, silent(), Runner())) == [
+        "cp1"
+    ]
 
     (meta_path,) = cache.glob("base/*/base.json")
     meta = json.loads(meta_path.read_text())
@@ -129,4 +133,9 @@ def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str]
     packed = make_raspios_like(folder, {"vmlinuz": b"something else"})
     cluster = cluster_on(packed, url, tmp_path)
     with pytest.raises(UserError, match="does not look like Raspberry Pi OS"):
-        build_images(cluster, fixed_secrets(), tmp_path / "images", tmp_path / "cache", silent())
+        build_images(
+            cluster,
+            fixed_secrets(),
+            {},
+            BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner()),
+        )

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.bmap import digest_image
-from builder.bmap_reader import parse_bmap
+from builder.card.bmap_reader import parse_bmap
+from builder.card.flash import Disk, read_back, uses
 from builder.cli import main
-from builder.flash import Disk, read_back, uses
+from builder.image.bmap import digest_image
 
 pytestmark = pytest.mark.integration
 

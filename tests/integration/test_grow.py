@@ -15,10 +15,11 @@ import requests
 import yaml
 from cryptography import x509
 
-from builder import state
 from builder.cli import main
-from builder.config_file import load_cluster
-from builder.tokens import TOKENS_FILE
+from builder.project import Project
+from builder.secrets import store
+from builder.secrets.tokens import TOKENS_FILE
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.conftest import TINY_EPOCH, publish_tiny_base
@@ -41,7 +42,7 @@ def project(tmp_path: Path, endpoint: str, token_age: timedelta) -> Path:
     data = yaml.safe_load(BUNDLED.read_text())
     data["cluster"]["control_plane_endpoint"] = endpoint
     (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
-    state.save(folder / ".picluster", fixed_secrets())
+    store.save(folder / ".picluster", fixed_secrets())
     issued = datetime.now(UTC) - token_age
     record = {
         "current": OLD_TOKEN,
@@ -111,15 +112,38 @@ def test_the_standin_refuses_a_client_without_the_cluster_certificate(
     assert api.clients == []
 
 
+def grow(cluster_file: Path, out: Path) -> int:
+    """What `picluster build` does for the tokens before it builds (Project.tokens_to_build), then
+    a render of the cards with the tokens that recorded."""
+    project = Project.open(cluster_file)
+    project.tokens_to_build(project.existing_secrets("build"), print)
+    return render(cluster_file, out)
+
+
+def test_render_neither_asks_the_cluster_nor_records_a_token(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))  # build would make a new token
+    record = cluster_file.parent / ".picluster" / TOKENS_FILE
+    before = (record.read_bytes(), record.stat().st_mtime_ns)
+    add_node(cluster_file)
+    assert render(cluster_file, tmp_path / "after") == 0
+    assert (api.clients, api.created) == ([], [])
+    assert (record.read_bytes(), record.stat().st_mtime_ns) == before
+    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN  # the current one, shown
+    error = capsys.readouterr().err
+    assert "w3: shown with bootstrap token abcdef; `picluster build` asks the cluster" in error
+
+
 def test_a_node_added_gets_the_current_token_while_the_cluster_honours_it_and_no_other_card_changes(
     tmp_path: Path, api: APIStandin
 ) -> None:
     cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))
     api.add_token(OLD_TOKEN, (datetime.now(UTC) + timedelta(hours=22)).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    assert render(cluster_file, tmp_path / "before") == 0
+    assert grow(cluster_file, tmp_path / "before") == 0
     assert api.clients == []  # nothing new: nothing asked
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 0
+    assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
     assert len(api.clients) == 1 and api.created == []
     for node in ("cp1", "w1", "w2"):
@@ -129,7 +153,7 @@ def test_a_node_added_gets_the_current_token_while_the_cluster_honours_it_and_no
 def test_a_young_token_the_cluster_does_not_know_is_replaced(tmp_path: Path, api: APIStandin) -> None:
     cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))  # e.g. deleted by an admin
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 0
+    assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == created_token(api)
 
 
@@ -138,7 +162,7 @@ def test_unreachable_cluster_with_a_young_token_goes_on_with_it(
 ) -> None:
     cluster_file = project(tmp_path, "127.0.0.1:9", timedelta(hours=2))
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 0
+    assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
     assert "the API server did not answer" in capsys.readouterr().out
 
@@ -147,9 +171,9 @@ def test_a_node_added_after_the_token_expired_gets_a_new_one_made_on_the_cluster
     tmp_path: Path, api: APIStandin
 ) -> None:
     cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))
-    assert render(cluster_file, tmp_path / "before") == 0  # nothing new: nothing asked
+    assert grow(cluster_file, tmp_path / "before") == 0  # nothing new: nothing asked
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 0
+    assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == created_token(api) != OLD_TOKEN
     for node in ("cp1", "w1", "w2"):
         assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
@@ -160,22 +184,24 @@ def test_a_token_the_cluster_still_honours_is_kept(tmp_path: Path, api: APIStand
     later = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     api.add_token(OLD_TOKEN, later)  # e.g. made with a longer ttl by hand
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 0
+    assert grow(cluster_file, tmp_path / "after") == 0
     assert api.created == []
     assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
 
 
-def test_unreachable_cluster_with_an_expired_token_writes_no_card(
+def test_unreachable_cluster_with_an_expired_token_builds_no_card(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster_file = project(tmp_path, "127.0.0.1:9", timedelta(days=3))
     add_node(cluster_file)
-    assert render(cluster_file, tmp_path / "after") == 2
+    images = tmp_path / "images"
+    build = ["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(tmp_path / "cache")]
+    assert main(build) == 2
     error = capsys.readouterr().err
     assert "w3 would join with bootstrap token abcdef, made 72 h ago, past its 24 h lifetime" in error
     assert "https://127.0.0.1:9" in error and "no card that could not join was written" in error
     assert OLD_TOKEN not in error  # the token id is not secret; the whole token is
-    assert not any((tmp_path / "after").iterdir()), "no node folder was written"
+    assert not images.exists() or not any(images.iterdir()), "no image was written"
 
 
 @pytest.fixture

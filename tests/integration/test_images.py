@@ -16,17 +16,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import base
-from builder.build import LOCK, build_images
 from builder.cli import main
-from builder.config_file import load_cluster
+from builder.cluster.status import image_status
 from builder.files import exclusive
-from builder.image import BOOT_OFFSET, ROOT_OFFSET, SECTOR, layout_for
-from builder.model import Cluster
-from builder.pki import ClusterSecrets
+from builder.image import base
+from builder.image.build import LOCK, build_images
+from builder.image.context import BuildContext, Compression
+from builder.image.layout import BOOT_OFFSET, ROOT_OFFSET, SECTOR, layout_for
 from builder.progress import silent
-from builder.render import render_cluster
-from builder.status import image_status
+from builder.render.node import render_cluster
+from builder.run import Runner
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.conftest import TINY_EPOCH, publish_tiny_base, require_tools
 
@@ -45,8 +47,10 @@ def _pinned_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(TINY_EPOCH))
 
 
-def build(cluster: Cluster, images: Path, cache: Path, **options: object) -> list[str]:
-    return build_images(cluster, fixed_secrets(), images, cache, silent(), **options)  # type: ignore[arg-type]
+def build(cluster: Cluster, images: Path, cache: Path, compress: Compression | None = None) -> list[str]:
+    return build_images(
+        cluster, fixed_secrets(), {}, BuildContext(images, cache, silent(), Runner(), compress)
+    )
 
 
 def sha256(path: Path) -> str:
@@ -362,7 +366,7 @@ def test_flashing_an_image_older_than_cluster_yaml_warns(
 
 
 def _save_fixed_secrets(state: Path) -> None:
-    from builder import state as state_module
+    from builder.secrets import store as state_module
 
     secrets: ClusterSecrets = fixed_secrets()
     state_module.save(state, secrets)

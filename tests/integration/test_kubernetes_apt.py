@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import base
-from builder.config_file import load_cluster
 from builder.errors import UserError
+from builder.image import debian
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
 from tests.integration.conftest import require_tools, serve_folder
 
@@ -95,15 +95,15 @@ def test_pinned_release_is_installed_and_held(repository: str, tmp_path: Path) -
     path.write_text(yaml.safe_dump(data))
     cluster = load_cluster(path)
 
-    folder = base.write_kubernetes_sources(cluster, tmp_path / "kubernetes")
+    folder = debian.write_kubernetes_sources(cluster, tmp_path / "kubernetes")
     sources = (folder / "kubernetes.sources").read_text()
     assert f"URIs: {repository}" in sources and "BEGIN PGP PUBLIC KEY BLOCK" in sources
-    options, source = base.kubernetes_options(folder)
+    options, source = debian.kubernetes_options(folder)
     root = tmp_path / "root"
     suite = "trixie"
     subprocess.run(
         ["mmdebstrap", "--mode=root", "--variant=apt", "--include=kubeadm,kubelet,kubectl,cri-tools",
-         *options, suite, str(root), *base.apt_sources(suite), source],
+         *options, suite, str(root), *debian.apt_sources(suite), source],
         check=True, capture_output=True,
     )  # fmt: skip
     status = _dpkg_status(root)
@@ -123,7 +123,7 @@ def test_a_repository_without_a_key_is_a_clear_error(repository: str, tmp_path: 
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match=r"cannot download .*Release\.key"):
-        base.write_kubernetes_sources(load_cluster(path), tmp_path / "kubernetes")
+        debian.write_kubernetes_sources(load_cluster(path), tmp_path / "kubernetes")
 
 
 def _dpkg_status(root: Path) -> dict[str, dict[str, str]]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.config_file import load_cluster
-from builder.pki import ClusterSecrets
-from builder.plan import NodePlan
-from builder.render import render_node
-from builder.tree import write_tree
+from builder.render.node import render_node
+from builder.render.plan import NodePlan
+from builder.render.tree import write_tree
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
 
 UNIT = "usr/lib/systemd/system/picluster-agent.service"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.boards import OVERLAYS_DIR
-from builder.config_file import load_cluster
-from builder.plan import FileEntry, NodePlan
-from builder.render import render_cluster
+from builder.render.node import render_cluster
+from builder.render.plan import FileEntry, NodePlan
+from builder.resources import OVERLAYS_DIR
+from builder.spec.load import load_cluster
 from tests.conftest import fixed_secrets
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -8,12 +8,12 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from builder import base
-from builder.bmap import bmap_text
-from builder.config_file import load_cluster
 from builder.errors import UserError
-from builder.image import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
-from builder.plan import FileEntry
+from builder.image import base, debian
+from builder.image.bmap import bmap_text
+from builder.image.layout import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
+from builder.render.plan import FileEntry
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
 
 EPOCH = 1_700_000_000
@@ -89,7 +89,7 @@ def test_base_key_follows_its_inputs(tmp_path: Path) -> None:
 
 
 def test_mmdebstrap_command_carries_the_package_set() -> None:
-    command = base.mmdebstrap_command(load_cluster(BUNDLED), Path("/tmp/root"))
+    command = debian.mmdebstrap_command(load_cluster(BUNDLED), Path("/tmp/root"))
     include = next(word for word in command if word.startswith("--include="))
     packages = include.removeprefix("--include=").split(",")
     for package in ("linux-image-arm64", "raspi-firmware", "containerd", "python3-yaml", "openssh-server"):
@@ -108,7 +108,7 @@ def test_image_mode_adds_the_pinned_kubernetes_repository(tmp_path: Path) -> Non
     edited = tmp_path / "cluster.yaml"
     edited.write_text(BUNDLED.read_text().replace("packages: firstboot", "packages: image"))
     cluster = load_cluster(edited)
-    command = base.mmdebstrap_command(cluster, Path("/tmp/root"), Path("/tmp/k8s"))
+    command = debian.mmdebstrap_command(cluster, Path("/tmp/root"), Path("/tmp/k8s"))
     include = next(word for word in command if word.startswith("--include="))
     assert {"kubeadm", "kubelet", "kubectl", "cri-tools"} <= set(include.split("=", 1)[1].split(","))
     assert command[-1] == "/tmp/k8s/kubernetes.sources"
@@ -120,7 +120,7 @@ def test_image_mode_adds_the_pinned_kubernetes_repository(tmp_path: Path) -> Non
 
 
 def test_kubernetes_source_carries_its_key_inline(tmp_path: Path) -> None:
-    from builder import kubernetes_apt
+    from builder.image import kubernetes_apt
 
     cluster = load_cluster(BUNDLED)
     key = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBF\n-----END PGP PUBLIC KEY BLOCK-----\n"
@@ -143,9 +143,9 @@ def test_kubernetes_source_carries_its_key_inline(tmp_path: Path) -> None:
 def test_a_missing_host_tool_is_named_with_its_package_before_the_build(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(base.shutil, "which", lambda tool: None if tool == "depmod" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(debian.shutil, "which", lambda tool: None if tool == "depmod" else f"/usr/bin/{tool}")
     with pytest.raises(UserError) as raised:
-        base.require_host_tools()
+        debian.require_host_tools()
     assert "kmod" in raised.value.message and "apt-get install kmod" in raised.value.hint
-    monkeypatch.setattr(base.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    base.require_host_tools()
+    monkeypatch.setattr(debian.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    debian.require_host_tools()

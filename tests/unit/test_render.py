@@ -13,11 +13,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from builder.config_file import load_cluster
-from builder.model import Cluster
-from builder.pki import ClusterSecrets
-from builder.plan import FileEntry, NodePlan
-from builder.render import render_cluster, render_node
+from builder.render.node import render_cluster, render_node
+from builder.render.plan import FileEntry, NodePlan
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN
 from tests.unit.kubeadm_api import ENCRYPTION_ALGORITHMS, FIELDS, unknown_fields
 
@@ -449,6 +449,6 @@ def test_a_raspberry_pi_os_base_gets_its_own_boot_conventions(
     args = text(plan, "cmdline.txt", "boot").split()
     assert "root=LABEL=RASPIROOT" in args and "cgroup_enable=memory" in args
     assert "console=serial0,115200" in args
-    from builder.model import warnings
+    from builder.spec.model import warnings
 
     assert warnings(cluster) == [], "pi5 is fine on Raspberry Pi OS"

@@ -17,10 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from builder import state
 from builder.cli import main
 from builder.errors import UserError
-from builder.pki import make_admin_client, new_bootstrap_token
+from builder.secrets import store
+from builder.secrets.pki import make_admin_client, new_bootstrap_token
 from tests.conftest import BUNDLED, file_contents, fixed_secrets
 
 
@@ -30,7 +30,7 @@ def mode(path: Path) -> int:
 
 def test_first_use_creates_private_state(tmp_path: Path) -> None:
     folder = tmp_path / ".picluster"
-    secrets = state.load_or_create(folder)
+    secrets = store.load_or_create(folder)
     assert mode(folder) == 0o700
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert {p.relative_to(folder).as_posix() for p in files} == {
@@ -50,27 +50,27 @@ def test_first_use_creates_private_state(tmp_path: Path) -> None:
 
 
 def test_later_runs_reuse_the_same_cluster_identity(tmp_path: Path) -> None:
-    first = state.load_or_create(tmp_path / ".picluster")
-    again = state.load_or_create(tmp_path / ".picluster")
+    first = store.load_or_create(tmp_path / ".picluster")
+    again = store.load_or_create(tmp_path / ".picluster")
     assert again == first
 
 
 def test_loose_modes_are_tightened(tmp_path: Path) -> None:
     folder = tmp_path / ".picluster"
-    state.load_or_create(folder)
+    store.load_or_create(folder)
     (folder / "pki" / "ca.key").chmod(0o644)
     folder.chmod(0o755)
-    state.load(folder)
+    store.load(folder)
     assert mode(folder / "pki" / "ca.key") == 0o600
     assert mode(folder) == 0o700
 
 
 def test_incomplete_state_is_a_user_error(tmp_path: Path) -> None:
     folder = tmp_path / ".picluster"
-    state.load_or_create(folder)
+    store.load_or_create(folder)
     (folder / "pki" / "sa.key").unlink()
     with pytest.raises(UserError, match=r"pki/sa\.key: missing"):
-        state.load_or_create(folder)
+        store.load_or_create(folder)
 
 
 def test_certificate_authorities_are_ca_certificates_named_like_kubeadms() -> None:
@@ -120,7 +120,7 @@ def listing(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def cluster_state(tmp_path: Path) -> Path:
     folder = tmp_path / ".picluster"
-    state.load_or_create(folder)
+    store.load_or_create(folder)
     return folder
 
 
@@ -128,7 +128,7 @@ def test_a_missing_ca_certificate_is_named_and_nothing_is_made_anew(cluster_stat
     (cluster_state / "pki/ca.crt").unlink()
     before = file_contents(cluster_state)
     with pytest.raises(UserError) as caught:
-        state.load_or_create(cluster_state)
+        store.load_or_create(cluster_state)
     assert "pki/ca.crt: missing" in caught.value.message
     assert "picluster restore" in caught.value.hint
     assert file_contents(cluster_state) == before, "no secret was written"
@@ -157,25 +157,25 @@ DAMAGE = {
 def test_broken_secrets_are_refused_on_load(cluster_state: Path, damage: Any, named: str) -> None:
     damage(cluster_state)
     with pytest.raises(UserError) as caught:
-        state.load(cluster_state)
+        store.load(cluster_state)
     assert named in caught.value.message
 
 
 def test_a_foreign_ca_key_is_refused(cluster_state: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    state.load_or_create(other)
+    store.load_or_create(other)
     shutil.copy(other / "pki/ca.key", cluster_state / "pki/ca.key")
     with pytest.raises(UserError, match=r"pki/ca\.key: does not belong to pki/ca\.crt"):
-        state.load(cluster_state)
+        store.load(cluster_state)
 
 
 def test_a_certificate_that_is_no_ca_is_refused(cluster_state: Path) -> None:
-    secrets = state.load(cluster_state)
+    secrets = store.load(cluster_state)
     client = make_admin_client(secrets.ca, datetime.now(UTC))
     (cluster_state / "pki/front-proxy-ca.crt").write_bytes(client.public_pem)
     (cluster_state / "pki/front-proxy-ca.key").write_bytes(client.key_pem)
     with pytest.raises(UserError, match=r"pki/front-proxy-ca\.crt: not a CA certificate"):
-        state.load(cluster_state)
+        store.load(cluster_state)
 
 
 def test_links_in_the_state_folder_are_refused_and_never_followed(
@@ -188,20 +188,20 @@ def test_links_in_the_state_folder_are_refused_and_never_followed(
     (cluster_state / "pki/ca.key").symlink_to(outside)
     (cluster_state / "pki/sa.key").chmod(0o644)
     with pytest.raises(UserError, match=r"pki/ca\.key: a link \(to "):
-        state.load(cluster_state)
+        store.load(cluster_state)
     assert mode(outside) == 0o644, "the file outside was not touched"
 
 
 def test_a_dangling_state_folder_link_is_named(tmp_path: Path) -> None:
     (tmp_path / ".picluster").symlink_to(tmp_path / "unmounted")
     with pytest.raises(UserError, match="which does not exist"):
-        state.load_or_create(tmp_path / ".picluster")
+        store.load_or_create(tmp_path / ".picluster")
 
 
 def test_an_empty_folder_becomes_a_cluster_and_a_linked_one_stays_linked(tmp_path: Path) -> None:
     (tmp_path / "vault").mkdir()
     (tmp_path / ".picluster").symlink_to(tmp_path / "vault")
-    state.load_or_create(tmp_path / ".picluster")
+    store.load_or_create(tmp_path / ".picluster")
     assert (tmp_path / ".picluster").is_symlink()
     assert (tmp_path / "vault/pki/ca.key").is_file()
     assert [p.name for p in tmp_path.iterdir() if ".new-" in p.name] == []
@@ -215,7 +215,7 @@ def test_an_unwritable_cluster_folder_is_a_user_error(
     shutil.copy(BUNDLED, folder / "cluster.yaml")
     if os.geteuid() == 0:  # root writes anywhere; a read-only mount stops it too
         refusing = mock.Mock(mkdtemp=mock.Mock(side_effect=PermissionError(13, "Permission denied")))
-        blocked = mock.patch("builder.state.tempfile", refusing)
+        blocked = mock.patch("builder.secrets.store.tempfile", refusing)
     else:
         folder.chmod(0o500)
         blocked = contextlib.nullcontext()
@@ -236,7 +236,7 @@ def test_a_damaged_token_record_is_a_one_screen_error(
     tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
-    state.load_or_create(tmp_path / ".picluster")
+    store.load_or_create(tmp_path / ".picluster")
     (tmp_path / ".picluster/tokens.json").write_bytes(content)
     assert main(["render", "-f", str(tmp_path / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

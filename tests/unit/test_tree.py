@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from builder.errors import UserError
-from builder.plan import FileEntry, NodePlan
-from builder.tree import write_tree
+from builder.render.plan import FileEntry, NodePlan
+from builder.render.tree import write_tree
 
 PLAN = NodePlan(
     "n1",

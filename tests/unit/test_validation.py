@@ -14,9 +14,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from builder.config_file import load_cluster
 from builder.errors import ConfigError, Problem
-from builder.model import warnings
+from builder.spec.load import load_cluster
+from builder.spec.model import warnings
 from tests.conftest import BUNDLED
 
 Edit = Callable[[dict[str, Any]], None]

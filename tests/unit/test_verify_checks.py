@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from builder.config_file import load_cluster
-from builder.model import Cluster
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.conftest import BUNDLED
 from tests.verify import test_node
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from builder.cli import main
-from builder.verify import Progress, format_report
+from builder.cluster.verify import Progress, format_report
 from tests.conftest import BUNDLED
 
 RESULTS = [

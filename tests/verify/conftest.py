@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import testinfra
 
-from builder.config_file import load_cluster
-from builder.model import Cluster, Node
+from builder.spec.load import load_cluster
+from builder.spec.model import Cluster, Node
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

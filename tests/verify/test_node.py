@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from builder.boards import OVERLAYS_DIR
-from builder.model import Cluster, Node
+from builder.resources import OVERLAYS_DIR
+from builder.spec.model import Cluster, Node
 
 
 def card_list(path: str) -> list[str]:
