@@ -16,6 +16,7 @@ from typing import Any
 
 from builder import __version__
 from builder.epoch import source_date_epoch
+from builder.errors import UserError
 from builder.files import exclusive, remove_tree, write_atomic
 from builder.image import debian, raspios
 from builder.image.context import BuildContext
@@ -58,15 +59,22 @@ def ensure_base(cluster: Cluster, context: BuildContext) -> BaseImage:
 
 
 def load_base(folder: Path) -> BaseImage:
-    meta = json.loads((folder / "base.json").read_text())
-    return BaseImage(
-        image=folder / "base.img",
-        key=meta["key"],
-        built_at=meta["built_at"],
-        layout=Layout(**meta["layout"]),
-        dirs=frozenset(meta["dirs"]),
-        others=frozenset(meta["others"]),
-    )
+    record = folder / "base.json"
+    try:
+        meta = json.loads(record.read_bytes())
+        return BaseImage(
+            image=folder / "base.img",
+            key=meta["key"],
+            built_at=meta["built_at"],
+            layout=Layout(**meta["layout"]),
+            dirs=frozenset(meta["dirs"]),
+            others=frozenset(meta["others"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"the cached base image's record {record} is damaged ({type(error).__name__}: {error})",
+            f"build the base again with picluster build --rebuild-base, or delete {folder}",
+        ) from None
 
 
 def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, context: BuildContext) -> None:
@@ -131,6 +139,9 @@ def _why_rebuild(cache_dir: Path, inputs: dict[str, Any], rebuild: bool) -> str:
     cached = sorted((cache_dir / "base").glob("*/base.json"), key=lambda p: p.stat().st_mtime)
     if not cached:
         return "no cached base yet"
-    previous = json.loads(cached[-1].read_text())["inputs"]
+    try:
+        previous = json.loads(cached[-1].read_bytes())["inputs"]
+    except (ValueError, KeyError, TypeError):
+        return f"no readable cached base ({cached[-1]} is damaged)"
     changed = sorted(key for key in inputs.keys() | previous.keys() if inputs.get(key) != previous.get(key))
     return "changed since the last base: " + ", ".join(changed)

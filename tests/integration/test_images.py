@@ -370,3 +370,19 @@ def _save_fixed_secrets(state: Path) -> None:
 
     secrets: ClusterSecrets = fixed_secrets()
     state_module.save(state, secrets)
+
+
+def test_a_damaged_base_record_is_an_error_that_names_it(
+    tmp_path: Path, cluster: Cluster, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (record,) = (cache / "base").glob("*/base.json")
+    record.write_text('{"key": "trunc')
+    (tmp_path / "site").mkdir()
+    cluster_file = tmp_path / "site" / "cluster.yaml"
+    shutil.copy(BUNDLED, cluster_file)
+    assert (
+        main(["build", "-f", str(cluster_file), "-o", str(tmp_path / "images"), "--cache", str(cache)]) == 2
+    )
+    error = capsys.readouterr().err
+    assert f"the cached base image's record {record} is damaged" in error
+    assert "--rebuild-base" in error and "Traceback" not in error
