@@ -19,14 +19,12 @@ from typing import Any
 import jinja2
 import yaml
 
+from builder import kernel_needs
 from builder.boards import FIRMWARE_DIR, OVERLAYS_DIR, ROOT, boards
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.pki import ClusterSecrets
 from builder.plan import FileEntry, NodePlan
-
-KERNEL_CGROUP_ARGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
-"""The Pi kernels disable the memory cgroup by default; kubelet needs it."""
 
 FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
 """Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
@@ -88,7 +86,7 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "cluster": cluster,
         "node": node,
         "board": boards()[node.model],
-        "kernel_args": KERNEL_CGROUP_ARGS,
+        "kernel_args": kernel_needs.KERNEL_ARGS,
         "kube_minor": f"1.{minor}",
         "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
         "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
@@ -205,6 +203,12 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes
             "version": cluster.cluster.kubernetes,
         },
         "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],
+        # what the agent's preflight and the verify suite check, as the card's boot applies it
+        "kernel_needs": {
+            "modules": [name for group in kernel_needs.MODULES for name in group.names],
+            "sysctls": {key: value for group in kernel_needs.SYSCTLS for key, value in group.values.items()},
+            "args": list(kernel_needs.KERNEL_ARGS),
+        },
     }
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
