@@ -1,9 +1,11 @@
 """What Kubernetes and flannel need of a node's kernel: the modules it loads, the sysctls it sets
-and the arguments it boots with, each with its reason.
+and the arguments it boots with, each with its reason. Written once, here.
 
-The card applies them at boot (modules-load.d, sysctl.d, cmdline.txt and Debian's
-raspi-extra-cmdline) and lists them in node.json's "kernel_needs", from which the agent's
-preflight and the verify suite take what they check.
+render puts them on the card twice: in the files that apply them at boot (the templates of
+modules-load.d and sysctl.d, which carry the reasons as comments; cmdline.txt and Debian's
+raspi-extra-cmdline), and in node.json's "kernel_needs", from which the agent's preflight and the
+verify suite take what they check. A change here reaches the boot, the agent and the checks
+together.
 """
 
 from __future__ import annotations
