@@ -20,14 +20,12 @@ import jinja2
 import yaml
 
 from builder.errors import UserError
+from builder.render import kernel_needs
 from builder.render.plan import FileEntry, NodePlan
 from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.boards import boards
 from builder.spec.model import Cluster, Node
-
-KERNEL_CGROUP_ARGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
-"""The Pi kernels disable the memory cgroup by default; kubelet needs it."""
 
 FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
 """Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
@@ -92,7 +90,9 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "cluster": cluster,
         "node": node,
         "board": boards()[node.model],
-        "kernel_args": KERNEL_CGROUP_ARGS,
+        "kernel_args": kernel_needs.KERNEL_ARGS,
+        "kernel_modules": kernel_needs.MODULES,
+        "kernel_sysctls": kernel_needs.SYSCTLS,
         "kube_minor": f"1.{minor}",
         "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
         "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
@@ -208,6 +208,12 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes
             "version": cluster.cluster.kubernetes,
         },
         "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],
+        # what the agent's preflight and the verify suite check, as the card's boot applies it
+        "kernel_needs": {
+            "modules": [name for group in kernel_needs.MODULES for name in group.names],
+            "sysctls": {key: value for group in kernel_needs.SYSCTLS for key, value in group.values.items()},
+            "args": list(kernel_needs.KERNEL_ARGS),
+        },
     }
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 

@@ -3,6 +3,7 @@ and stand-ins for swapoff and modprobe that change those files as the real ones 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -19,12 +20,6 @@ from agent.state import State
 
 from tests.agent_support import node_root
 
-BRIDGE_AND_FORWARDING = (
-    "net.ipv4.ip_forward",
-    "net.bridge.bridge-nf-call-iptables",
-    "net.bridge.bridge-nf-call-ip6tables",
-)
-LEGACY_IPTABLES = ("ip_tables", "iptable_nat", "iptable_filter")
 SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 
 
@@ -37,14 +32,25 @@ def root(tmp_path: Path) -> Path:
     (root / "proc/cmdline").write_text("console=tty0 root=LABEL=RASPIROOT rw\n")
     (root / "sys/fs/cgroup").mkdir(parents=True)
     (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    for key in BRIDGE_AND_FORWARDING:
-        (root / "proc/sys" / key.replace(".", "/")).write_text("1\n")
+    needs = load_config(root / "etc/picluster/node.json").kernel_needs
+    assert needs is not None
+    for key, value in needs.sysctls.items():
+        (root / "proc/sys" / key.replace(".", "/")).write_text(value + "\n")
     return root
 
 
 @pytest.fixture
 def config(root: Path) -> NodeConfig:
     return load_config(root / "etc/picluster/node.json")
+
+
+def listing(root: Path, **needs: Any) -> NodeConfig:
+    """The node's config once its node.json's kernel_needs lists `needs` instead."""
+    path = root / "etc/picluster/node.json"
+    raw = json.loads(path.read_text())
+    raw["kernel_needs"].update(needs)
+    path.write_text(json.dumps(raw))
+    return load_config(path)
 
 
 def standin(folder: Path, name: str, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,11 +86,21 @@ def test_missing_modules_are_loaded(
     (root / "sys/module/overlay").mkdir(parents=True)
     standin(tmp_path / "bin", "modprobe", f'mkdir -p {root}/sys/module/"$1"', monkeypatch)
     result = preflight.check_modules(Host(root), config)
-    assert (result.status, result.detail) == (
-        "fixed",
-        f"loaded br_netfilter, vxlan, {', '.join(LEGACY_IPTABLES)}",
-    )
+    assert config.kernel_needs is not None and config.kernel_needs.modules[0] == "overlay"
+    assert (result.status, result.detail) == ("fixed", f"loaded {', '.join(config.kernel_needs.modules[1:])}")
     assert preflight.check_modules(Host(root), config).status == "ok"
+
+
+def test_preflight_loads_exactly_the_modules_node_json_lists(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_subprocess: None
+) -> None:
+    standin(tmp_path / "bin", "modprobe", f'mkdir -p {root}/sys/module/"$1"', monkeypatch)
+    (root / "sys/module/overlay").mkdir(parents=True)
+    only_overlay = listing(root, modules=["overlay"])
+    assert preflight.check_modules(Host(root), only_overlay).detail == "overlay loaded"
+    one_more = listing(root, modules=["overlay", "nf_conntrack"])
+    result = preflight.check_modules(Host(root), one_more)
+    assert (result.status, result.detail) == ("fixed", "loaded nf_conntrack")
 
 
 def test_flannels_legacy_iptables_modules_are_required(
@@ -101,10 +117,17 @@ def test_flannels_legacy_iptables_modules_are_required(
     assert result.status == "failed" and "Module ip_tables not found" in result.detail
 
 
-def test_a_card_without_its_module_list_fails_and_says_so(root: Path, config: NodeConfig) -> None:
-    (root / "etc/modules-load.d/kubernetes.conf").unlink()
-    result = preflight.check_modules(Host(root), config)
-    assert result.status == "failed" and "/etc/modules-load.d/kubernetes.conf" in result.detail
+def test_a_node_json_without_kernel_needs_fails_and_says_to_reflash(root: Path) -> None:
+    """A card from an older picluster: its boot applied lists preflight cannot know."""
+    path = root / "etc/picluster/node.json"
+    raw = json.loads(path.read_text())
+    del raw["kernel_needs"]
+    path.write_text(json.dumps(raw))
+    config = load_config(path)
+    for check in (preflight.check_modules, preflight.check_sysctls, preflight.check_cgroups):
+        result = check(Host(root), config)
+        assert result.status == "failed" and result.blocking, check
+        assert "kernel_needs" in result.detail and "reflash the card" in result.detail
 
 
 def test_a_module_that_cannot_load_fails_with_modprobes_words(
@@ -121,6 +144,19 @@ def test_wrong_sysctls_are_set(root: Path, config: NodeConfig) -> None:
     result = preflight.check_sysctls(Host(root), config)
     assert (result.status, result.detail) == ("fixed", "net.ipv4.ip_forward 0 -> 1")
     assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
+
+
+def test_preflight_sets_exactly_the_sysctls_node_json_lists(root: Path) -> None:
+    (root / "proc/sys/net/bridge/bridge-nf-call-iptables").unlink()
+    only_forwarding = listing(root, sysctls={"net.ipv4.ip_forward": "1"})
+    result = preflight.check_sysctls(Host(root), only_forwarding)
+    assert (result.status, result.detail) == ("ok", "net.ipv4.ip_forward=1")
+    (root / "proc/sys/net/ipv4/conf/all").mkdir(parents=True)
+    (root / "proc/sys/net/ipv4/conf/all/rp_filter").write_text("2\n")
+    one_more = listing(root, sysctls={"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "1"})
+    result = preflight.check_sysctls(Host(root), one_more)
+    assert (result.status, result.detail) == ("fixed", "net.ipv4.conf.all.rp_filter 2 -> 1")
+    assert (root / "proc/sys/net/ipv4/conf/all/rp_filter").read_text() == "1\n"
 
 
 def test_bridge_sysctls_missing_name_br_netfilter(root: Path, config: NodeConfig) -> None:
@@ -140,9 +176,21 @@ def test_memory_cgroup_missing_says_how_to_enable_it(root: Path, config: NodeCon
     (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io pids\n")
     result = preflight.check_cgroups(Host(root), config)
     assert result.status == "failed" and result.blocking
-    assert "the kernel command line lacks cgroup_enable=memory cgroup_memory=1" in result.detail
+    assert config.kernel_needs is not None
+    assert f"the kernel command line lacks {' '.join(config.kernel_needs.args)}" in result.detail
     assert "/boot/firmware/cmdline.txt" in result.detail
     assert preflight.check_cgroups(Host(root), config).status == "failed"
+
+
+def test_a_missing_memory_cgroup_names_the_kernel_args_node_json_lists(root: Path) -> None:
+    (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io pids\n")
+    (root / "proc/cmdline").write_text("console=tty0 cgroup_enable=memory cgroup_memory=1\n")
+    config = listing(root, args=["cgroup_enable=memory", "cgroup_memory=1", "cgroup_enable=hugetlb"])
+    detail = preflight.check_cgroups(Host(root), config).detail
+    assert "(the kernel command line lacks cgroup_enable=hugetlb)" in detail
+    config = listing(root, args=["cgroup_enable=memory", "cgroup_memory=1"])
+    detail = preflight.check_cgroups(Host(root), config).detail
+    assert "(the kernel ignored them); add cgroup_enable=memory cgroup_memory=1 to" in detail
 
 
 def test_clock_synchronised(root: Path, config: NodeConfig) -> None:

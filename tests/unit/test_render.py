@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from builder.render.node import render_cluster, render_node
+from builder.render.node import firmware_flavor, render_cluster, render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
@@ -313,6 +313,32 @@ def test_kubernetes_prerequisites(cluster: Cluster, secrets: ClusterSecrets) -> 
     assert 'sandbox_image = "registry.k8s.io/pause:3.10.1"' in containerd
     assert entry(plan, "etc/systemd/system/swap.target").link == "/dev/null"
     assert entry(plan, "opt/cni/bin/bridge").link == "/usr/lib/cni/bridge"
+
+
+def card_entries(text: str) -> list[str]:
+    """The entries of a modules-load.d or sysctl.d file, as systemd reads them."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith(("#", ";"))]
+
+
+@pytest.mark.parametrize("flavor", ["debian", "raspios"])
+def test_node_json_lists_what_the_card_applies_at_boot(
+    flavor: str, bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    """The agent's preflight and the verify suite check node.json's kernel_needs, while the node
+    boots with modules-load.d, sysctl.d and cmdline.txt: they must list the same."""
+    if flavor == "raspios":
+        bundled_data["base"]["image"] = {"url": "https://example.org/raspios.img.xz", "sha256": "a" * 64}
+    cluster = cluster_from(bundled_data, tmp_path)
+    assert firmware_flavor(cluster) == flavor
+    plan = plan_for(cluster, "w2", secrets)
+    needs = json.loads(text(plan, "etc/picluster/node.json"))["kernel_needs"]
+    assert card_entries(text(plan, "etc/modules-load.d/kubernetes.conf")) == needs["modules"]
+    pairs = (entry.partition("=") for entry in card_entries(text(plan, "etc/sysctl.d/90-kubernetes.conf")))
+    assert {key.strip(): value.strip() for key, _, value in pairs} == needs["sysctls"]
+    cmdline = text(plan, "cmdline.txt", "boot").split()
+    assert cmdline[-len(needs["args"]) :] == needs["args"], "picluster's arguments end the command line"
+    assert text(plan, "etc/default/raspi-extra-cmdline").split() == needs["args"]
 
 
 def test_ssh_access_is_key_only_for_the_configured_user(cluster: Cluster, secrets: ClusterSecrets) -> None:

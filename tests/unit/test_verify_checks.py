@@ -3,7 +3,8 @@ suite's own runs over SSH are in the e2e tier)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED
-from tests.verify import test_node
+from tests.verify import conftest, test_node
 
 UDP_WITHOUT_VXLAN = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -23,6 +24,7 @@ UDP_WITHOUT_VXLAN = (
 class File:
     content_string: str = ""
     exists: bool = True
+    is_directory: bool = False
 
 
 @dataclass
@@ -44,10 +46,21 @@ class Node:
     kubelet_conf: bool = False
     agent_running: bool = True
     pod_namespaces: tuple[str, ...] = ()
+    node_json: dict[str, Any] = field(default_factory=dict)
+    modules: tuple[str, ...] = ()
+    """Loaded, as /sys/module shows them."""
+    proc: dict[str, str] = field(default_factory=dict)
+    """/proc files, /proc/cmdline and /proc/sys/... among them."""
 
     def file(self, path: str) -> File:
         if path == "/etc/kubernetes/kubelet.conf":
             return File(exists=self.kubelet_conf)
+        if path == "/etc/picluster/node.json":
+            return File(json.dumps(self.node_json))
+        if path.startswith("/sys/module/"):
+            return File(is_directory=path.removeprefix("/sys/module/") in self.modules)
+        if path in self.proc:
+            return File(self.proc[path])
         assert path == "/proc/net/udp", path
         return File(UDP_WITHOUT_VXLAN)
 
@@ -85,9 +98,57 @@ def test_a_vxlan_node_without_its_port_fails() -> None:
         test_node.test_vxlan_port(host=Node(), cluster=cluster_with_backend("vxlan"), kubernetes=None)
 
 
-def test_flannels_legacy_iptables_modules_are_checked() -> None:
-    assert {"ip_tables", "iptable_nat", "iptable_filter"} <= set(test_node.MODULES)
-    assert "net.bridge.bridge-nf-call-ip6tables" in test_node.SYSCTLS
+def outcomes(host: Node, argument: str, check: Any) -> dict[str, str]:
+    """Each case the suite collects for `argument` on one node, checked on `host`: ok, or the
+    failure's first words."""
+    node = load_cluster(BUNDLED).nodes[0]
+    results = {}
+    for case in conftest.kernel_needs_cases(argument, [node], lambda _: host):
+        entry = case.values[1]
+        try:
+            check(host=host, **{argument: entry})
+            results[entry] = "ok"
+        except AssertionError as error:
+            results[entry] = str(error).split(";")[0]
+    return results
+
+
+def test_the_kernels_needs_come_from_the_nodes_own_node_json() -> None:
+    """What the node's card lists, not this checkout: one case for each, one more listed is one
+    more checked."""
+    needs = {
+        "modules": ["overlay", "nf_conntrack"],
+        "sysctls": {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "2"},
+        "args": ["cgroup_memory=1", "cgroup_enable=hugetlb"],
+    }
+    host = Node(
+        node_json={"kernel_needs": needs},
+        modules=("overlay",),
+        proc={
+            "/proc/sys/net/ipv4/ip_forward": "1\n",
+            "/proc/sys/net/ipv4/conf/all/rp_filter": "1\n",
+            "/proc/cmdline": "console=tty0 cgroup_memory=1\n",
+        },
+    )
+    assert outcomes(host, "module", test_node.test_module_loaded) == {
+        "overlay": "ok",
+        "nf_conntrack": "nf_conntrack is not loaded",
+    }
+    assert outcomes(host, "sysctl", test_node.test_sysctl) == {
+        "net.ipv4.ip_forward=1": "ok",
+        "net.ipv4.conf.all.rp_filter=2": "net.ipv4.conf.all.rp_filter = 1",
+    }
+    assert outcomes(host, "kernel_arg", test_node.test_cgroup_flags) == {
+        "cgroup_memory=1": "ok",
+        "cgroup_enable=hugetlb": "/proc/cmdline lacks cgroup_enable=hugetlb",
+    }
+
+
+def test_a_card_whose_node_json_lists_no_kernel_needs_is_skipped_saying_reflash() -> None:
+    node = load_cluster(BUNDLED).nodes[0]
+    (case,) = conftest.kernel_needs_cases("module", [node], lambda _: Node(node_json={"node": {}}))
+    (mark,) = case.marks
+    assert mark.name == "skip" and "a card from an older picluster); reflash it" in mark.kwargs["reason"]
 
 
 def agent(phase: str, last_error: str | None = "waiting for something") -> dict[str, Any]:

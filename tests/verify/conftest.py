@@ -2,14 +2,16 @@
 over SSH as the cluster's login user at the node's address.
 
 An SSH config (testinfra's --ssh-config) can send an address elsewhere, e.g. `Host 10.0.2.15` to a port
-QEMU forwards. Each check is one test per node, so one failure hides nothing; the results go
-to --report-json, as each check finishes, for `picluster verify`'s count and table.
+QEMU forwards. Each check is one test per node (per node and entry, for the kernel's needs that
+the node's node.json lists), so one failure hides nothing; the results go to --report-json, as
+each check finishes, for `picluster verify`'s count and table.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,19 @@ import testinfra
 
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster, Node
+
+NODE_CONFIG = "/etc/picluster/node.json"
+KERNEL_NEEDS_CASES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "module": lambda needs: needs["modules"],
+    "sysctl": lambda needs: [f"{key}={value}" for key, value in needs["sysctls"].items()],
+    "kernel_arg": lambda needs: needs["args"],
+}
+"""A check taking one of these arguments runs once for each such entry of the kernel_needs in the
+node's own node.json: what its card applies at boot and its agent's preflight checks, which this
+checkout's builder/render/kernel_needs.py may no longer match when the card is older."""
+NO_KERNEL_NEEDS = (
+    "its node.json lists no kernel_needs (a card from an older picluster); reflash it to check them"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,7 +78,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         nodes = selected_nodes(metafunc.config)
         if metafunc.definition.get_closest_marker("control_plane"):
             nodes = [n for n in nodes if n.role == "control-plane"]
-        metafunc.parametrize("node", nodes, ids=[n.name for n in nodes])
+        listed = [argument for argument in KERNEL_NEEDS_CASES if argument in metafunc.fixturenames]
+        if listed:
+            (argument,) = listed
+            cases = kernel_needs_cases(argument, nodes, lambda node: host_for(metafunc.config, node))
+            metafunc.parametrize(("node", argument), cases)
+        else:
+            metafunc.parametrize("node", nodes, ids=[n.name for n in nodes])
+
+
+def kernel_needs_cases(argument: str, nodes: list[Node], host_of: Callable[[Node], Any]) -> list[Any]:
+    """One case per node and entry its node.json lists for `argument`; read over SSH while the
+    suite is collected, so each entry is a row of `picluster verify`'s table."""
+    cases = []
+    for node in nodes:
+        raw = json.loads(host_of(node).file(NODE_CONFIG).content_string)
+        needs = raw.get("kernel_needs")
+        if needs is None:
+            cases.append(
+                pytest.param(node, None, id=node.name, marks=pytest.mark.skip(reason=NO_KERNEL_NEEDS))
+            )
+        else:
+            entries = KERNEL_NEEDS_CASES[argument](needs)
+            cases += [pytest.param(node, entry, id=f"{node.name}-{entry}") for entry in entries]
+    return cases
 
 
 @pytest.fixture
@@ -129,7 +167,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = item.callspec.params if hasattr(item, "callspec") else {}
         node = params.get("node")
         label = (item.function.__doc__ or item.name).strip().splitlines()[0]
-        extra = [str(v) for k, v in params.items() if k != "node"]
+        extra = [str(v) for k, v in params.items() if k != "node" and v is not None]
         item.user_properties += [("node", node.name if node else ""), ("check", " ".join([label, *extra]))]
 
 

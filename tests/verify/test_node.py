@@ -1,7 +1,8 @@
 """What a broken Pi cluster gets wrong, checked on each booted node over SSH.
 
 Each test's docstring is the check's name in `picluster verify`'s table; each failure says what
-is wrong and, after `fix:`, the command or file that fixes it.
+is wrong and, after `fix:`, the command or file that fixes it. The checks taking a module, sysctl
+or kernel_arg run once for each the node's own node.json lists (conftest.py).
 """
 
 from __future__ import annotations
@@ -12,20 +13,7 @@ from typing import Any
 
 import pytest
 
-from builder.resources import OVERLAYS_DIR
 from builder.spec.model import Cluster, Node
-
-
-def card_list(path: str) -> list[str]:
-    """The entries of a list every card carries (modules-load.d, sysctl.d), as picluster wrote
-    it: the same files the node applies at boot and the agent's preflight checks."""
-    lines = (line.strip() for line in (OVERLAYS_DIR / "common" / path).read_text().splitlines())
-    return [line for line in lines if line and not line.startswith(("#", ";"))]
-
-
-MODULES = card_list("etc/modules-load.d/kubernetes.conf")
-SYSCTLS = [entry.partition("=")[0].strip() for entry in card_list("etc/sysctl.d/90-kubernetes.conf")]
-CGROUP_FLAGS = ("cgroup_enable=memory", "cgroup_memory=1")
 
 
 def ip_json(host: Any, *args: str) -> list[dict[str, Any]]:
@@ -98,12 +86,12 @@ def test_time_synchronised(host: Any) -> None:
     )
 
 
-def test_cgroup_flags(host: Any) -> None:
-    """cmdline carries the cgroup flags"""
+def test_cgroup_flags(host: Any, kernel_arg: str) -> None:
+    """cmdline carries"""
     cmdline = host.file("/proc/cmdline").content_string.split()
-    missing = [flag for flag in CGROUP_FLAGS if flag not in cmdline]
-    assert not missing, (
-        f"/proc/cmdline lacks {' '.join(missing)}; fix: add them to /boot/firmware/cmdline.txt, reboot"
+    assert kernel_arg in cmdline, (
+        f"/proc/cmdline lacks {kernel_arg}; fix: add it to /boot/firmware/cmdline.txt "
+        "(and /etc/default/raspi-extra-cmdline), reboot"
     )
 
 
@@ -121,7 +109,6 @@ def test_swap_off(host: Any) -> None:
     assert not swaps, f"swap in use: {swaps}; fix: sudo swapoff -a && sudo systemctl mask swap.target"
 
 
-@pytest.mark.parametrize("module", MODULES)
 def test_module_loaded(host: Any, module: str) -> None:
     """module loaded"""
     assert host.file(f"/sys/module/{module}").is_directory, (
@@ -129,12 +116,12 @@ def test_module_loaded(host: Any, module: str) -> None:
     )
 
 
-@pytest.mark.parametrize("key", SYSCTLS)
-def test_sysctl(host: Any, key: str) -> None:
-    """sysctl is 1"""
+def test_sysctl(host: Any, sysctl: str) -> None:
+    """sysctl"""
+    key, _, wanted = sysctl.partition("=")
     value = host.file("/proc/sys/" + key.replace(".", "/")).content_string.strip()
-    assert value == "1", (
-        f"{key} = {value}; fix: sudo sysctl -w {key}=1 (and check /etc/sysctl.d/90-kubernetes.conf)"
+    assert value == wanted, (
+        f"{key} = {value}; fix: sudo sysctl -w {sysctl} (and check /etc/sysctl.d/90-kubernetes.conf)"
     )
 
 

@@ -25,6 +25,16 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class KernelNeeds:
+    """What Kubernetes and flannel need of the node's kernel, as picluster wrote it on the card
+    (builder/render/kernel_needs.py): the same lists its boot applies, which preflight checks."""
+
+    modules: tuple[str, ...]
+    sysctls: dict[str, str]
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     name: str
     role: str
@@ -43,6 +53,8 @@ class NodeConfig:
     packages_install: str  # image | firstboot
     apt_repository: str
     manifests: tuple[str, ...]
+    kernel_needs: KernelNeeds | None
+    """None in a node.json from a picluster that did not list them."""
     timing: Timing
 
 
@@ -65,5 +77,12 @@ def load_config(path: Path) -> NodeConfig:
         packages_install=packages["install"],
         apt_repository=packages["apt_repository"],
         manifests=tuple(raw["manifests"]),
+        kernel_needs=_kernel_needs(raw.get("kernel_needs")),
         timing=Timing(**{key: float(value) for key, value in raw.get("agent", {}).items()}),
     )
+
+
+def _kernel_needs(raw: dict[str, Any] | None) -> KernelNeeds | None:
+    if raw is None:
+        return None
+    return KernelNeeds(tuple(raw["modules"]), dict(raw["sysctls"]), tuple(raw["args"]))

@@ -19,10 +19,10 @@ from agent.config import NodeConfig
 from agent.host import CommandFailed, Host, utc
 from agent.links import ipv4
 
-MODULES_LOAD = "/etc/modules-load.d/kubernetes.conf"
-SYSCTL_CONF = "/etc/sysctl.d/90-kubernetes.conf"
-"""The card's own lists of what Kubernetes and flannel need: systemd applies them at boot, and
-preflight checks (and repairs) the running node against the same files."""
+NO_KERNEL_NEEDS = "node.json lists no kernel_needs (a card from an older picluster); reflash the card"
+"""node.json's kernel_needs is what the card applies at boot (modules-load.d, sysctl.d, the
+kernel command line), written by the same render: preflight checks and repairs the running node
+against it. Without it there is nothing to check against."""
 TIME_SYNCHRONISED = "/run/systemd/timesync/synchronized"
 """systemd-timesyncd creates this file once it has synchronised the clock."""
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
@@ -76,20 +76,14 @@ def check_swap(host: Host, config: NodeConfig) -> Result:
     return _fixed("swap", f"turned off swap on {', '.join(active)}", host)
 
 
-def _entries(host: Host, path: str) -> list[str]:
-    lines = (line.strip() for line in host.path(path).read_text().splitlines())
-    return [line for line in lines if line and not line.startswith(("#", ";"))]
-
-
 def check_modules(host: Host, config: NodeConfig) -> Result:
-    try:
-        modules = _entries(host, MODULES_LOAD)
-    except OSError as error:
-        return Result("modules", "failed", f"cannot read {MODULES_LOAD} ({error.strerror}); reflash the card")
+    needs = config.kernel_needs
+    if needs is None:
+        return Result("modules", "failed", NO_KERNEL_NEEDS)
     # /sys/module/<name> exists for loaded modules and for ones built into the kernel
-    missing = [name for name in modules if not host.path(f"/sys/module/{name}").exists()]
+    missing = [name for name in needs.modules if not host.path(f"/sys/module/{name}").exists()]
     if not missing:
-        return Result("modules", "ok", ", ".join(modules) + " loaded")
+        return Result("modules", "ok", ", ".join(needs.modules) + " loaded")
     try:
         for name in missing:
             host.run(["modprobe", name])
@@ -99,13 +93,11 @@ def check_modules(host: Host, config: NodeConfig) -> Result:
 
 
 def check_sysctls(host: Host, config: NodeConfig) -> Result:
-    try:
-        pairs = (entry.partition("=") for entry in _entries(host, SYSCTL_CONF))
-        sysctls = {key.strip(): value.strip() for key, _, value in pairs}
-    except OSError as error:
-        return Result("sysctls", "failed", f"cannot read {SYSCTL_CONF} ({error.strerror}); reflash the card")
+    needs = config.kernel_needs
+    if needs is None:
+        return Result("sysctls", "failed", NO_KERNEL_NEEDS)
     changed = []
-    for key, wanted in sysctls.items():
+    for key, wanted in needs.sysctls.items():
         path = host.path("/proc/sys/" + key.replace(".", "/"))
         if not path.exists():
             return Result("sysctls", "failed", f"{key} does not exist (is br_netfilter loaded?)")
@@ -116,16 +108,20 @@ def check_sysctls(host: Host, config: NodeConfig) -> Result:
             changed.append(f"{key} {value} -> {wanted}")
     if changed:
         return _fixed("sysctls", "; ".join(changed), host)
-    return Result("sysctls", "ok", ", ".join(f"{key}={value}" for key, value in sysctls.items()))
+    return Result("sysctls", "ok", ", ".join(f"{key}={value}" for key, value in needs.sysctls.items()))
 
 
 def check_cgroups(host: Host, config: NodeConfig) -> Result:
+    needs = config.kernel_needs
+    if needs is None:
+        return Result("cgroups", "failed", NO_KERNEL_NEEDS)
     controllers = host.path("/sys/fs/cgroup/cgroup.controllers")
     if controllers.exists() and "memory" in controllers.read_text().split():
         return Result("cgroups", "ok", "memory controller enabled")
-    flags = "cgroup_enable=memory cgroup_memory=1"
-    present = flags.split()[0] in host.path("/proc/cmdline").read_text()
-    reason = "the kernel ignored them" if present else f"the kernel command line lacks {flags}"
+    booted_with = host.path("/proc/cmdline").read_text().split()
+    missing = [arg for arg in needs.args if arg not in booted_with]
+    flags = " ".join(missing or needs.args)
+    reason = f"the kernel command line lacks {flags}" if missing else "the kernel ignored them"
     return Result(
         "cgroups",
         "failed",

@@ -1,0 +1,213 @@
+"""The Debian base: a root tree made by mmdebstrap under qemu-user, with the Pi kernel and firmware.
+
+What goes in (packages, apt sources, dpkg options, the hooks) is listed here and is part of the
+base's cache key (builder.image.base); the tree is made into an image there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from builder.download import fetch_text
+from builder.errors import UserError
+from builder.image import kubernetes_apt
+from builder.image.context import BuildContext
+from builder.resources import FIRMWARE_DIR
+from builder.spec.model import Cluster
+
+HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
+INITRAMFS_MODULES = FIRMWARE_DIR / "initramfs-modules"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+COMPONENTS = ("main", "non-free-firmware")
+
+PACKAGES = (
+    # boot and system; dbus: runc and kubelet drive systemd's cgroups over D-Bus
+    "systemd", "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
+    "e2fsprogs", "dosfstools", "cloud-guest-utils", "sudo",
+    # network and time
+    "iproute2", "systemd-timesyncd", "openssh-server", "wpasupplicant", "ca-certificates",
+    # the Wi-Fi chips of the Pi 3, 3B+ and 4 (raspi-firmware only suggests it; without it wlan0
+    # never appears): 18 MB in every base keeps one base for every cluster; and the regulatory
+    # database, without which the kernel keeps the world domain whatever country Wi-Fi names
+    "firmware-brcm80211", "wireless-regdb",
+    # the first-boot agent
+    "python3", "python3-yaml", "python3-requests",
+    # Kubernetes node prerequisites (kubeadm's preflight checks for several of these)
+    "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool",
+    "socat",
+)  # fmt: skip
+KERNEL = "linux-image-arm64"
+QEMU_BINFMT = "qemu-aarch64"
+ARM64_MACHINES = ("aarch64", "arm64")
+"""platform.machine() on a build machine that runs arm64 programs natively."""
+DPKG_OPTIONS = (
+    "force-unsafe-io",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/info/*",
+)
+
+
+def inputs(cluster: Cluster) -> dict[str, Any]:
+    """Every input of a Debian base that changes its bytes, for its cache key."""
+    base = cluster.base
+    return {
+        "suite": base.suite,
+        "arch": base.arch,
+        "sources": apt_sources(base.suite),
+        "packages": packages(cluster),
+        "kubernetes": _kubernetes_inputs(cluster),
+        "dpkg_options": list(DPKG_OPTIONS),
+        "files": {
+            path.relative_to(path.parents[1]).as_posix(): _sha256(path)
+            for path in sorted([*HOOKS_DIR.iterdir(), INITRAMFS_MODULES])
+        },
+    }
+
+
+def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
+    """mmdebstrap a root tree into `work`; return it. Its boot partition's files are in
+    boot/firmware."""
+    _require_root()
+    require_host_tools()
+    ensure_binfmt(context)
+    kubernetes = None
+    if cluster.cluster.packages == "image":
+        kubernetes = write_kubernetes_sources(cluster, work / "kubernetes")
+    with context.reporter.step("mmdebstrap: Debian packages, kernel and Pi firmware (several minutes)"):
+        context.runner.stream(
+            mmdebstrap_command(cluster, work / "root", kubernetes),
+            work / "mmdebstrap.log",
+            milestone=_mmdebstrap_milestone,
+            show=context.reporter.say,
+        )
+    return work / "root"
+
+
+def packages(cluster: Cluster) -> list[str]:
+    extra = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
+    return sorted({*PACKAGES, KERNEL, *cluster.base.packages, *extra})
+
+
+def apt_sources(suite: str) -> list[str]:
+    """The suite with its updates and security fixes, as one-line apt sources."""
+    components = " ".join(COMPONENTS)
+    return [
+        f"deb {MIRROR} {suite} {components}",
+        f"deb {MIRROR} {suite}-updates {components}",
+        f"deb {SECURITY_MIRROR} {suite}-security {components}",
+    ]
+
+
+def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = None) -> list[str]:
+    """The mmdebstrap call; `kubernetes` is a folder holding `kubernetes.sources` and
+    `kubernetes.pref` when the Kubernetes tools go into the image."""
+    command = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        f"--arch={cluster.base.arch}",
+        f"--include={','.join(packages(cluster))}",
+        *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
+        '--aptopt=Acquire::Languages "none"',
+        # debconf's preconfiguration is a Perl run per package under emulation, for no questions
+        "--aptopt=#clear DPkg::Pre-Install-Pkgs",
+        f'--essential-hook=sh {HOOKS_DIR / "essential.sh"} "$1" {INITRAMFS_MODULES}',
+        f'--customize-hook=sh {HOOKS_DIR / "customize.sh"} "$1"',
+    ]
+    sources = apt_sources(cluster.base.suite)
+    if kubernetes is not None:
+        options, source = kubernetes_options(kubernetes)
+        command += options
+        sources.append(source)
+    return [*command, cluster.base.suite, str(root), *sources]
+
+
+def kubernetes_options(folder: Path) -> tuple[list[str], str]:
+    """mmdebstrap options and the extra source that bring in the pinned Kubernetes tools, from
+    the files write_kubernetes_sources put in folder (they go in with --include)."""
+    options = [
+        '--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && '
+        f'cp {folder / "kubernetes.pref"} "$1/etc/apt/preferences.d/kubernetes"',
+        f'--customize-hook=chroot "$1" apt-mark hold {" ".join(kubernetes_apt.PINNED)}',
+    ]
+    return options, str(folder / "kubernetes.sources")
+
+
+def write_kubernetes_sources(cluster: Cluster, folder: Path) -> Path:
+    """Fetch the repository's key and write the source and pin files mmdebstrap_command uses."""
+    key = fetch_text(kubernetes_apt.key_url(cluster))
+    if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
+        raise UserError(
+            f"{kubernetes_apt.key_url(cluster)} is not an armored OpenPGP key",
+            "point cluster.kubernetes_repository at a copy of pkgs.k8s.io's repository",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kubernetes.sources").write_text(kubernetes_apt.sources_entry(cluster, key))
+    (folder / "kubernetes.pref").write_text(kubernetes_apt.preferences(cluster))
+    return folder
+
+
+def _kubernetes_inputs(cluster: Cluster) -> dict[str, str] | None:
+    if cluster.cluster.packages != "image":
+        return None
+    return {"version": cluster.cluster.kubernetes, "repository": cluster.kubernetes_repository}
+
+
+def ensure_binfmt(context: BuildContext) -> None:
+    """Let this machine run arm64 programs through qemu-user, registering it if needed."""
+    if platform.machine() in ARM64_MACHINES:
+        return
+    name = QEMU_BINFMT
+    entry = Path("/proc/sys/fs/binfmt_misc") / name
+    if entry.exists():
+        return
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        context.runner.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+    rule = Path("/usr/lib/binfmt.d") / f"{name}.conf"
+    if not rule.exists():
+        raise UserError(
+            f"cannot run arm64 programs here: {rule} is missing",
+            "install qemu-user-static (make images does this)",
+        )
+    Path("/proc/sys/fs/binfmt_misc/register").write_text(rule.read_text().strip())
+
+
+HOST_TOOLS = {"mmdebstrap": "mmdebstrap", "depmod": "kmod", "openssl": "openssl", "unshare": "util-linux"}
+"""Programs the base build runs on this machine (customize.sh runs the last three natively),
+and the Debian package of each."""
+
+
+def require_host_tools() -> None:
+    """Fail before a long build, not minutes into it, when a program it needs is missing."""
+    missing = sorted(package for tool, package in HOST_TOOLS.items() if shutil.which(tool) is None)
+    if missing:
+        raise UserError(
+            f"the base build needs programs from these Debian packages: {', '.join(missing)}",
+            f"run `make images`, which installs them, or `apt-get install {' '.join(missing)}`",
+        )
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError(
+            "building the base image needs root (mmdebstrap creates device nodes and file owners)",
+            "run `sudo make images`; later builds reuse the cached base",
+        )
+
+
+def _mmdebstrap_milestone(line: str) -> bool:
+    """mmdebstrap's own progress lines ("I: installing remaining packages..."), not its chatter."""
+    return line.startswith("I: ") and "binfmt" not in line
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
