@@ -31,13 +31,14 @@ from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import warnings
 
 EXIT_USER_ERROR = 2
+Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        command: Callable[[argparse.Namespace], int] = args.command
+        command: Handler = args.command
         return command(args)
     except UserError as error:
         if args.debug:
@@ -65,17 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"picluster {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    validate = commands.add_parser(
+    def command(name: str, handler: Handler, help: str, description: str) -> argparse.ArgumentParser:
+        added = commands.add_parser(name, parents=[common], help=help, description=description)
+        added.set_defaults(command=handler)
+        return added
+
+    command(
         "validate",
-        parents=[common],
+        _validate,
         help="check cluster.yaml and report every problem",
         description="Check cluster.yaml; print every problem with its line and how to fix it.",
     )
-    validate.set_defaults(command=_validate)
 
-    render = commands.add_parser(
+    render = command(
         "render",
-        parents=[common],
+        _render,
         help="write each node's files to a folder to read",
         description="Write every file that differs between nodes, as it will land on each "
         "card: OUT/<node>/boot/ (the FAT boot partition) and OUT/<node>/root/ (the root "
@@ -86,11 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument(
         "-o", "--out", type=Path, default=Path("out"), metavar="OUT", help="output folder (default: ./out)"
     )
-    render.set_defaults(command=_render)
 
-    build = commands.add_parser(
+    build = command(
         "build",
-        parents=[common],
+        _build,
         help="build an SD card image per node (only those that changed)",
         description="Build OUT/<node>.img with .sha256 and .bmap beside it for every node in "
         "cluster.yaml. The Debian base image is built once and cached; a node whose card would "
@@ -115,12 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where base images are cached (default: %(default)s)",
     )
-    build.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
-    build.set_defaults(command=_build)
+    _verbose_option(build)
 
-    check = commands.add_parser(
+    check = command(
         "verify",
-        parents=[common],
+        _verify,
         help="check the booted nodes over SSH (testinfra)",
         description="Run the testinfra suite in tests/verify against every node in cluster.yaml, "
         "over SSH as access.user at the node's address, and print a check-by-node table. Nodes "
@@ -143,12 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CHECK",
         help="skip a check, e.g. time_synchronised on a network without NTP (repeatable)",
     )
-    check.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
-    check.set_defaults(command=_verify)
+    _verbose_option(check, "show the commands run and pytest's own output")
 
-    card = commands.add_parser(
+    card = command(
         "flash",
-        parents=[common],
+        _flash,
         help="write a node's image to an SD card",
         description="Write IMAGES/NODE.img (or .img.zst, .img.xz) to an SD card: only a whole, "
         "removable, unused device at least as large as the image; the image is checked against "
@@ -162,22 +164,20 @@ def _parser() -> argparse.ArgumentParser:
         "--force-non-removable", action="store_true", help="allow a device that does not say it is removable"
     )
     _images_option(card)
-    card.add_argument("-v", "--verbose", action="store_true", help="show the commands run")
-    card.set_defaults(command=_flash)
+    _verbose_option(card)
 
-    token = commands.add_parser(
+    command(
         "token",
-        parents=[common],
+        _token,
         help="make a new bootstrap token on the running cluster",
         description="Create a fresh bootstrap token as a Secret through the API server (authenticated "
         "with an admin certificate signed by the cluster CA, TLS pinned to it). Nodes built from "
         "now on carry it; `build` does this itself when a new node needs it.",
     )
-    token.set_defaults(command=_token)
 
-    admin = commands.add_parser(
+    admin = command(
         "kubeconfig",
-        parents=[common],
+        _kubeconfig,
         help="write an admin kubeconfig for the cluster",
         description="Write a kubeconfig with a client certificate (group system:masters, one year) "
         "signed by the cluster CA; mode 0600.",
@@ -185,33 +185,30 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument(
         "-o", "--out", type=Path, metavar="FILE", help="where (default: .picluster/admin.conf)"
     )
-    admin.set_defaults(command=_kubeconfig)
 
-    keep = commands.add_parser(
+    keep = command(
         "backup",
-        parents=[common],
+        _backup,
         help="copy the cluster's secrets (.picluster/) into a checked archive",
         description="Write the state folder next to cluster.yaml (the cluster's CAs and tokens: lose "
         "it and no new node can join) to a gzip'd tar with a manifest of SHA-256s, mode 0600. Only "
         "a folder that loads cleanly is backed up. Keep the archive off this machine, privately.",
     )
     keep.add_argument("-o", "--out", type=Path, required=True, metavar="FILE", help="the archive to write")
-    keep.set_defaults(command=_backup)
 
-    back = commands.add_parser(
+    back = command(
         "restore",
-        parents=[common],
+        _restore,
         help="put a backup of the cluster's secrets back in place",
         description="Check a `picluster backup` archive (every file's SHA-256, every key against its "
         "certificate) and put it in place as the state folder next to cluster.yaml. Refuses to "
         "replace a folder that holds secrets.",
     )
     back.add_argument("archive", type=Path, metavar="FILE", help="the archive picluster backup wrote")
-    back.set_defaults(command=_restore)
 
-    show = commands.add_parser(
+    show = command(
         "status",
-        parents=[common],
+        _status,
         help="images built or stale, and what the cluster says of each node",
         description="Per node in cluster.yaml: image built, stale (and why) or missing; when the API "
         "server answers, its Ready condition, kubelet version and address, and nodes the cluster has "
@@ -219,8 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _images_option(show)
     show.add_argument("--json", action="store_true", help="for scripts")
-    show.set_defaults(command=_status)
     return parser
+
+
+def _verbose_option(command: argparse.ArgumentParser, help: str = "show the commands run") -> None:
+    command.add_argument("-v", "--verbose", action="store_true", help=help)
 
 
 def _images_option(command: argparse.ArgumentParser) -> None:
