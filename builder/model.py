@@ -286,11 +286,19 @@ class Node(Strict):
 
 
 class Cluster(Strict):
-    cluster: ClusterSettings
-    flannel: Flannel = Flannel()
-    network: Network
-    base: Base = Base()
-    access: Access
+    cluster: ClusterSettings = Field(
+        description="the cluster's name, Kubernetes release, subnets and DNS domain"
+    )
+    flannel: Flannel = Field(
+        Flannel(), description="the pod network: flannel's version, backend and interface"
+    )
+    network: Network = Field(
+        description="the LAN the nodes are on: its gateway and DNS servers, optionally NTP servers and Wi-Fi"
+    )
+    base: Base = Field(
+        Base(), description="what every card starts from: a Debian suite built here, or a downloaded image"
+    )
+    access: Access = Field(description="who logs in over SSH: the user and their public keys")
     timezone: Annotated[str, AfterValidator(_check_timezone)] = Field(
         "Etc/UTC", description="a tz database name such as Europe/Berlin"
     )
