@@ -17,7 +17,7 @@ from builder.config_file import load_cluster
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
 from builder.files import check_output, inside, write_atomic
-from builder.model import Cluster, warnings
+from builder.model import Cluster, json_schema, warnings
 from builder.pki import ClusterSecrets
 from builder.progress import Reporter
 from builder.render import render_cluster
@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Check cluster.yaml; print every problem with its line and how to fix it.",
     )
     validate.set_defaults(command=_validate)
+
+    schema = commands.add_parser(
+        "schema",
+        help="print cluster.yaml's JSON Schema, for editors",
+        description="Print the JSON Schema of cluster.yaml, made from picluster's model, for an "
+        "editor to complete and describe keys. The checkout keeps a copy in "
+        "builder/cluster.schema.json, which the bundled cluster.yaml names on its first line.",
+    )
+    schema.set_defaults(command=_schema)
 
     render = commands.add_parser(
         "render",
@@ -257,6 +266,11 @@ def _validate(args: argparse.Namespace) -> int:
         f"{len(cluster.nodes)} nodes ({planes} control plane{'s' if planes != 1 else ''}, "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema())
     return 0
 
 
