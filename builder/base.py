@@ -137,7 +137,7 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, reporter:
         run_streaming(
             mmdebstrap_command(cluster, work / "root", kubernetes),
             work / "mmdebstrap.log",
-            milestone=_mmdebstrap_milestone,
+            follow=_mmdebstrap_milestone,
             show=reporter.say,
         )
     with reporter.step("partitions and filesystems"):
@@ -329,9 +329,9 @@ def _why_rebuild(cache_dir: Path, inputs: dict[str, Any], rebuild: bool) -> str:
     return "changed since the last base: " + ", ".join(changed)
 
 
-def _mmdebstrap_milestone(line: str) -> bool:
+def _mmdebstrap_milestone(line: str, elapsed: float) -> str | None:
     """mmdebstrap's own progress lines ("I: installing remaining packages..."), not its chatter."""
-    return line.startswith("I: ") and "binfmt" not in line
+    return line if line.startswith("I: ") and "binfmt" not in line else None
 
 
 def _sha256(path: Path) -> str:
