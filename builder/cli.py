@@ -28,7 +28,7 @@ from builder.render.tree import check_replaceable, write_tree
 from builder.run import Runner
 from builder.secrets import backup, store
 from builder.secrets.pki import ClusterSecrets
-from builder.spec.model import warnings
+from builder.spec.model import json_schema, warnings
 
 EXIT_USER_ERROR = 2
 Handler = Callable[[argparse.Namespace], int]
@@ -76,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
         _validate,
         help="check cluster.yaml and report every problem",
         description="Check cluster.yaml; print every problem with its line and how to fix it.",
+    )
+
+    command(
+        "schema",
+        _schema,
+        help="print cluster.yaml's JSON Schema, for editors",
+        description="Print the JSON Schema of cluster.yaml, made from picluster's model, for an "
+        "editor to complete and describe keys. The checkout keeps a copy in "
+        "builder/spec/cluster.schema.json, which the bundled cluster.yaml names on its first line.",
     )
 
     render = command(
@@ -270,6 +279,11 @@ def _validate(args: argparse.Namespace) -> int:
         f"{len(cluster.nodes)} nodes ({planes} control plane{'s' if planes != 1 else ''}, "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema())
     return 0
 
 

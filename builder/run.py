@@ -92,14 +92,14 @@ class Runner:
         command: Sequence[str | Path],
         log: Path,
         *,
-        milestone: Callable[[str], bool] = lambda line: False,
+        follow: Callable[[str, float], str | None] = lambda line, elapsed: None,
         show: Callable[[str], None] = lambda text: None,
         hint: str = "",
     ) -> None:
         """Run a long command with its output going to a log file, each line stamped with its time.
 
-        Lines for which `milestone` is true are passed to `show` as they come, with the time since
-        the start; under -v every line is printed.
+        `follow` is given each line with the seconds since the start, and says what to show of it,
+        if anything; that is passed to `show` with the time. Verbose, every line is printed instead.
         """
         words = self._announce(command, None)
         began = time.monotonic()
@@ -109,15 +109,16 @@ class Runner:
             )
             assert process.stdout is not None
             for line in process.stdout:
+                elapsed = time.monotonic() - began
                 # the log says when each line came, so a slow step can be found afterwards
-                sink.write(f"[{time.monotonic() - began:7.1f}s] ".encode() + line)
+                sink.write(f"[{elapsed:7.1f}s] ".encode() + line)
                 sink.flush()  # someone may be following the log while the build runs
                 text = line.decode(errors="replace").rstrip()
                 if self.verbose:
                     print(text, file=sys.stderr, flush=True)
-                elif milestone(text):
-                    minutes, seconds = divmod(int(time.monotonic() - began), 60)
-                    shown = text if len(text) <= 100 else text[:97] + "..."
+                elif shown := follow(text, elapsed):
+                    minutes, seconds = divmod(int(elapsed), 60)
+                    shown = shown if len(shown) <= 100 else shown[:97] + "..."
                     show(f"    [{minutes:2d}m{seconds:02d}s] {shown}")
             status = process.wait()
         if status != 0:

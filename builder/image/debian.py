@@ -17,6 +17,7 @@ from builder.download import fetch_text
 from builder.errors import UserError
 from builder.image import kubernetes_apt
 from builder.image.context import BuildContext
+from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.resources import FIRMWARE_DIR
 from builder.spec.model import Cluster
 
@@ -86,7 +87,7 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
         context.runner.stream(
             mmdebstrap_command(cluster, work / "root", kubernetes),
             work / "mmdebstrap.log",
-            milestone=_mmdebstrap_milestone,
+            follow=MmdebstrapProgress().feed,
             show=context.reporter.say,
         )
     return work / "root"
@@ -114,6 +115,9 @@ def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = N
         "mmdebstrap",
         "--mode=root",
         "--variant=apt",
+        # pass apt's and dpkg's output on (without it mmdebstrap keeps it unless they fail): the
+        # log then shows what dpkg did, and MmdebstrapProgress counts packages from it
+        "--verbose",
         f"--arch={cluster.base.arch}",
         f"--include={','.join(packages(cluster))}",
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
@@ -202,11 +206,6 @@ def _require_root() -> None:
             "building the base image needs root (mmdebstrap creates device nodes and file owners)",
             "run `sudo make images`; later builds reuse the cached base",
         )
-
-
-def _mmdebstrap_milestone(line: str) -> bool:
-    """mmdebstrap's own progress lines ("I: installing remaining packages..."), not its chatter."""
-    return line.startswith("I: ") and "binfmt" not in line
 
 
 def _sha256(path: Path) -> str:

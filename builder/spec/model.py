@@ -7,6 +7,7 @@ every violation it finds rather than stopping at the first.
 
 from __future__ import annotations
 
+import json
 import re
 import zoneinfo
 from contextlib import suppress
@@ -286,11 +287,19 @@ class Node(Strict):
 
 
 class Cluster(Strict):
-    cluster: ClusterSettings
-    flannel: Flannel = Flannel()
-    network: Network
-    base: Base = Base()
-    access: Access
+    cluster: ClusterSettings = Field(
+        description="the cluster's name, Kubernetes release, subnets and DNS domain"
+    )
+    flannel: Flannel = Field(
+        Flannel(), description="the pod network: flannel's version, backend and interface"
+    )
+    network: Network = Field(
+        description="the LAN the nodes are on: its gateway and DNS servers, optionally NTP servers and Wi-Fi"
+    )
+    base: Base = Field(
+        Base(), description="what every card starts from: a Debian suite built here, or a downloaded image"
+    )
+    access: Access = Field(description="who logs in over SSH: the user and their public keys")
     timezone: Annotated[str, AfterValidator(_check_timezone)] = Field(
         "Etc/UTC", description="a tz database name such as Europe/Berlin"
     )
@@ -320,6 +329,24 @@ class Cluster(Strict):
         """The apt repository kubeadm, kubelet and kubectl come from (a flat repository)."""
         default = f"https://pkgs.k8s.io/core:/stable:/v1.{self.kubernetes_minor}/deb/"
         return self.cluster.kubernetes_repository or default
+
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+"""The JSON Schema draft pydantic writes."""
+
+
+def json_schema() -> str:
+    """cluster.yaml's JSON Schema, for editors to complete keys and describe them. Sorted, so the
+    copy kept in builder/spec/cluster.schema.json changes only when the model does."""
+    schema = {
+        **Cluster.model_json_schema(),
+        "$schema": SCHEMA_DIALECT,
+        "title": "picluster cluster.yaml",
+        "description": "One file describes a whole Raspberry Pi Kubernetes cluster; picluster builds an "
+        "SD card image per node from it. This schema gives the keys and their types; `picluster "
+        "validate` checks every rule, such as addresses in the gateway's subnet, and says how to fix it.",
+    }
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def cross_field_problems(cluster: Cluster) -> list[Problem]:

@@ -1,0 +1,73 @@
+"""cluster.yaml's JSON Schema: the copy editors read is current, and it fits the bundled file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema  # comes with kubernetes-validate, a dev dependency
+import pytest
+import yaml
+
+from builder.cli import main
+from builder.spec.model import json_schema
+from tests.conftest import BUNDLED, REPO
+from tests.unit.test_validation import Edit, _set, problems_for
+
+SCHEMA_FILE = REPO / "builder" / "spec" / "cluster.schema.json"
+MODELINE = "# yaml-language-server: $schema=builder/spec/cluster.schema.json"
+GOLDEN_CLUSTERS = sorted((REPO / "tests" / "unit" / "golden").glob("*/cluster.yaml"))
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_the_kept_schema_is_current() -> None:
+    assert SCHEMA_FILE.read_text() == json_schema(), (
+        "builder/spec/cluster.schema.json differs from the model in builder/spec/model.py; "
+        "refresh it with `picluster schema > builder/spec/cluster.schema.json`"
+    )
+
+
+def test_schema_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == json_schema()
+    schema = json.loads(printed)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["properties"]["nodes"]["description"] == "the Raspberry Pis, at least one"
+
+
+def test_the_bundled_file_names_the_schema() -> None:
+    first_line = BUNDLED.read_text().splitlines()[0]
+    assert first_line == MODELINE
+    assert (BUNDLED.parent / first_line.split("=", 1)[1]).resolve() == SCHEMA_FILE
+
+
+@pytest.mark.parametrize("path", [BUNDLED, *GOLDEN_CLUSTERS], ids=lambda p: p.relative_to(REPO).as_posix())
+def test_valid_cluster_files_fit_the_schema(path: Path) -> None:
+    _validator().validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (_set("clutser", {}), ""),
+        (_set("flannel.ifce", "eth0"), "flannel"),
+        (_set("nodes.0.ip", "192.168.50.10/24"), "nodes.0"),
+        (_set("network.wifi", {"ssid": "lab", "psk": "12345678", "country": "DE", "bnd": 5}), "network.wifi"),
+        (_set("nodes.0.role", "master"), "nodes.0.role"),
+        (lambda data: data.pop("access"), ""),
+        (lambda data: data["cluster"].pop("pod_subnet"), "cluster"),
+    ],
+    ids=["top-level", "nested", "in-a-list", "optional-section", "choice", "required", "required-nested"],
+)
+def test_the_schema_refuses_what_validate_refuses(edit: Edit, where: str, tmp_path: Path) -> None:
+    data = yaml.safe_load(BUNDLED.read_text())
+    edit(data)
+    assert problems_for(data, tmp_path)
+    errors = list(_validator().iter_errors(data))
+    assert [".".join(map(str, error.absolute_path)) for error in errors] == [where]
