@@ -1,4 +1,5 @@
-"""The base image every node's card starts from: Debian built with mmdebstrap, cached by its inputs.
+"""The base image every node's card starts from: Debian built with mmdebstrap, or a downloaded
+Raspberry Pi OS image customised (base.image), cached by its inputs.
 
 The cache key is the SHA-256 of a sorted JSON manifest of every input that changes the base (suite,
 architecture, mirror, packages, the build hooks and module list, the builder's version); a hit
@@ -23,14 +24,13 @@ from builder.image.context import BuildContext
 from builder.image.layout import BaseImage, Layout
 from builder.image.stamp import assemble, list_tree
 from builder.run import Runner
-from builder.spec.model import Cluster, ImageSource
+from builder.spec.model import Cluster
 
 
 def manifest(cluster: Cluster) -> dict[str, Any]:
     """Every input that changes the base image's bytes."""
-    if cluster.base.image is not None:
-        return {"builder": __version__, "image": cluster.base.image.model_dump()}
-    return {"builder": __version__, **debian.inputs(cluster)}
+    flavour = raspios.inputs(cluster) if cluster.base.image is not None else debian.inputs(cluster)
+    return {"builder": __version__, **flavour}
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
@@ -51,10 +51,7 @@ def ensure_base(cluster: Cluster, context: BuildContext) -> BaseImage:
             say(f"==> base image: cached ({folder}), built while this build waited")
             return load_base(folder)
         say(f"==> base image: building ({_why_rebuild(context.cache, inputs, context.rebuild_base)})")
-        if cluster.base.image is not None:
-            import_base(cluster.base.image, inputs, folder, context)
-        else:
-            build_base(cluster, inputs, folder, context)
+        build_base(cluster, inputs, folder, context)
     return load_base(folder)
 
 
@@ -78,26 +75,19 @@ def load_base(folder: Path) -> BaseImage:
 
 
 def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, context: BuildContext) -> None:
-    """mmdebstrap into a scratch folder, then publish the result into the cache."""
+    """Make the base's tree in a scratch folder (mmdebstrap, or the downloaded image customised),
+    then publish it into the cache."""
     work = folder.with_name(f".{folder.name}.building")
     remove_tree(work)
     work.mkdir(parents=True)
     epoch = source_date_epoch() or int(time.time())
-    root = debian.build_root(cluster, work, context)
+    if cluster.base.image is not None:
+        root = raspios.build_root(cluster, work, context)
+    else:
+        root = debian.build_root(cluster, work, context)
     with context.reporter.step("partitions and filesystems"):
         publish_base(root, inputs, folder, epoch, context.runner)
     remove_tree(work)
-
-
-def import_base(source: ImageSource, inputs: dict[str, Any], folder: Path, context: BuildContext) -> None:
-    """Make a downloaded image (base.image) the base."""
-    epoch = source_date_epoch() or int(time.time())
-    with context.reporter.step(f"download {source.url}"):
-        raw = raspios.fetch_image(source, context.cache / "downloads")
-    with context.reporter.step("partitions, labels and contents"):
-        staging = _staging(folder)
-        layout, dirs, others = raspios.adopt(raw, staging / "base.img", epoch, context.runner)
-        _publish(staging, folder, inputs, epoch, layout, dirs, others)
 
 
 def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int, runner: Runner) -> None:

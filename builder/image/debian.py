@@ -22,6 +22,8 @@ from builder.resources import FIRMWARE_DIR
 from builder.spec.model import Cluster
 
 HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
+HOOKS = (HOOKS_DIR / "essential.sh", HOOKS_DIR / "customize.sh")
+"""The mmdebstrap hooks, part of the base's cache key."""
 INITRAMFS_MODULES = FIRMWARE_DIR / "initramfs-modules"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -65,11 +67,11 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
         "arch": base.arch,
         "sources": apt_sources(base.suite),
         "packages": packages(cluster),
-        "kubernetes": _kubernetes_inputs(cluster),
+        "kubernetes": kubernetes_inputs(cluster),
         "dpkg_options": list(DPKG_OPTIONS),
         "files": {
-            path.relative_to(path.parents[1]).as_posix(): _sha256(path)
-            for path in sorted([*HOOKS_DIR.iterdir(), INITRAMFS_MODULES])
+            path.relative_to(path.parents[1]).as_posix(): sha256_file(path)
+            for path in sorted([*HOOKS, INITRAMFS_MODULES])
         },
     }
 
@@ -77,7 +79,7 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
 def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
     """mmdebstrap a root tree into `work`; return it. Its boot partition's files are in
     boot/firmware."""
-    _require_root()
+    require_root()
     require_host_tools()
     ensure_binfmt(context)
     kubernetes = None
@@ -160,7 +162,7 @@ def write_kubernetes_sources(cluster: Cluster, folder: Path) -> Path:
     return folder
 
 
-def _kubernetes_inputs(cluster: Cluster) -> dict[str, str] | None:
+def kubernetes_inputs(cluster: Cluster) -> dict[str, str] | None:
     if cluster.cluster.packages != "image":
         return None
     return {"version": cluster.cluster.kubernetes, "repository": cluster.kubernetes_repository}
@@ -200,7 +202,7 @@ def require_host_tools() -> None:
         )
 
 
-def _require_root() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise UserError(
             "building the base image needs root (mmdebstrap creates device nodes and file owners)",
@@ -208,5 +210,5 @@ def _require_root() -> None:
         )
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

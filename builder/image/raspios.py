@@ -1,30 +1,83 @@
-"""A downloaded image (`base.image`, e.g. Raspberry Pi OS Lite) made into a cached base.
+"""A downloaded image (`base.image`: Raspberry Pi OS Lite, arm64) made into a cached base.
 
-The file is fetched with requests (resumable, checked against its SHA-256), unpacked if .xz, and
-copied sparse into the cache. Its partitions are found from its own partition table and relabelled
-RASPIFIRM and RASPIROOT, so the rendered cmdline.txt finds the root filesystem the same way on
-every base. What its root filesystem holds is listed with debugfs, so stamping knows which
-folders exist.
+The file is fetched (resumable, checked against its SHA-256) and unpacked if .xz. Nothing is
+mounted or loop-attached: its root filesystem is read out with debugfs `rdump` (owners, modes and
+links kept; a hard link becomes a copy and extended attributes are dropped), its boot partition
+with mtools into the tree's /boot/firmware, where Raspberry Pi OS mounts it. hooks/raspios.sh then
+installs what a Kubernetes node needs from the image's own Debian repositories, in a chroot under
+qemu-user, and the tree is assembled like the Debian base: picluster's layout, labels and disk id
+(so its root is root=PARTUUID=5049434c-02 on every card).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import tempfile
+import shutil
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from builder.download import fetch_file, unpack_image
 from builder.errors import UserError
-from builder.image.layout import BOOT_LABEL, ROOT_LABEL, Layout, tool_env
+from builder.image import debian, kubernetes_apt
+from builder.image.context import BuildContext
+from builder.image.layout import Layout, tool_env
 from builder.run import Runner
-from builder.spec.model import ImageSource
+from builder.spec.model import Cluster, ImageSource
 
 FAT_TYPES = {"b", "c", "e"}
 LINUX_TYPE = "83"
 KERNELS = ("kernel8.img", "kernel_2712.img")
 """What a Raspberry Pi OS boot partition holds for 64-bit Pis; picluster's firmware templates for
 this kind of base rely on the firmware choosing among them."""
+HOOK = debian.HOOKS_DIR / "raspios.sh"
+PACKAGES = (
+    # the Kubernetes node prerequisites the Debian base carries (kubeadm's preflight checks for
+    # several of these); Raspberry Pi OS Lite has none of them but iptables
+    "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool", "socat",
+    # the first-boot agent
+    "python3", "python3-yaml", "python3-requests",
+)  # fmt: skip
+
+
+def packages(cluster: Cluster) -> list[str]:
+    extra = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
+    return sorted({*PACKAGES, *cluster.base.packages, *extra})
+
+
+def inputs(cluster: Cluster) -> dict[str, Any]:
+    """Every input of a Raspberry Pi OS base that changes its bytes, for its cache key."""
+    assert cluster.base.image is not None
+    return {
+        "image": cluster.base.image.model_dump(),
+        "packages": packages(cluster),
+        "kubernetes": debian.kubernetes_inputs(cluster),
+        "files": {f"hooks/{HOOK.name}": debian.sha256_file(HOOK)},
+    }
+
+
+def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
+    """The downloaded image's trees, customised, in `work`; return the root (boot files in
+    boot/firmware)."""
+    source = cluster.base.image
+    assert source is not None
+    debian.require_root()
+    debian.ensure_binfmt(context)
+    with context.reporter.step(f"download {source.url}"):
+        raw = fetch_image(source, context.cache / "downloads")
+    root = work / "root"
+    with context.reporter.step("unpack its root and boot partitions (debugfs, mtools)"):
+        unpack(raw, root, context.runner)
+    kubernetes = "-"
+    if cluster.cluster.packages == "image":
+        kubernetes = str(debian.write_kubernetes_sources(cluster, work / "kubernetes"))
+    with context.reporter.step(f"install {len(packages(cluster))} packages in it (apt under emulation)"):
+        context.runner.stream(
+            ["unshare", "--mount", "--fork", "--", "sh", HOOK, root, kubernetes, *packages(cluster)],
+            work / "customise.log",
+            follow=_apt_milestone,
+            show=context.reporter.say,
+        )
+    return root
 
 
 def fetch_image(source: ImageSource, downloads: Path) -> Path:
@@ -34,21 +87,28 @@ def fetch_image(source: ImageSource, downloads: Path) -> Path:
     return unpack_image(downloaded, folder / name.removesuffix(".xz"))
 
 
-def adopt(raw: Path, image: Path, epoch: int, runner: Runner) -> tuple[Layout, list[str], list[str]]:
-    """Copy a downloaded image to `image` and make it a base: its layout, folders and files."""
-    runner.run(["cp", "--sparse=always", str(raw), str(image)])
-    layout = read_layout(image, runner)
-    env = tool_env(epoch)
-    listing = runner.run(["mdir", "-b", "-i", layout.boot_target(image), "::/"], env=env)
+def unpack(raw: Path, root: Path, runner: Runner) -> None:
+    """The image's root filesystem into `root`, its boot partition into root/boot/firmware."""
+    layout = read_layout(raw, runner)
+    env = tool_env(0)
+    listing = runner.run(["mdir", "-b", "-i", layout.boot_target(raw), "::/"], env=env)
     if not any(f"::/{kernel}" in listing.split() for kernel in KERNELS):
         raise UserError(
             f"{raw.name} does not look like Raspberry Pi OS: its boot partition has no {KERNELS[0]}",
             "use a Raspberry Pi OS (Lite, 64-bit) image, or remove base.image to build Debian",
         )
-    runner.run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
-    runner.run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
-    dirs, others = list_root(image, layout, runner)
-    return layout, dirs, others
+    root.mkdir(parents=True)
+    output = runner.run(["debugfs", "-R", f"rdump / {root}", layout.root_target(raw)], merge_stderr=True)
+    problems = [line for line in output.splitlines() if line.strip() and not line.startswith("debugfs ")]
+    if problems:
+        raise UserError(
+            f"debugfs could not read {raw.name}'s root filesystem: {problems[0]}",
+            "its SHA-256 matched, so the image itself is damaged: choose another release",
+        )
+    shutil.rmtree(root / "lost+found", ignore_errors=True)
+    boot = root / "boot" / "firmware"
+    boot.mkdir(parents=True, exist_ok=True)
+    runner.run(["mcopy", "-s", "-m", "-n", "-i", layout.boot_target(raw), "::/*", str(boot)], env=env)
 
 
 def read_layout(image: Path, runner: Runner) -> Layout:
@@ -69,40 +129,8 @@ def read_layout(image: Path, runner: Runner) -> Layout:
     return Layout(boot["start"] * sector, root["start"] * sector, image.stat().st_size)
 
 
-LS_ENTRY = re.compile(r"^/(\d+)/(\d+)/\d+/\d+/(.*)/\d*/$")
-
-
-def list_root(image: Path, layout: Layout, runner: Runner) -> tuple[list[str], list[str]]:
-    """Every folder and every other entry of the root filesystem, one debugfs run per depth."""
-    dirs: list[str] = []
-    others: list[str] = []
-    level = [""]
-    with tempfile.TemporaryDirectory(prefix="picluster-ls-") as scratch:
-        script = Path(scratch) / "ls.cmds"
-        while level:
-            script.write_text("".join(f'ls -p "/{folder}"\n' for folder in level))
-            output = runner.run(["debugfs", "-f", str(script), layout.root_target(image)])
-            level = []
-            for folder, entries in _listings(output):
-                for name, is_dir in entries:
-                    path = f"{folder}/{name}".lstrip("/")
-                    if is_dir:
-                        dirs.append(path)
-                        level.append(path)
-                    else:
-                        others.append(path)
-    return sorted(dirs), sorted(others)
-
-
-def _listings(output: str) -> list[tuple[str, list[tuple[str, bool]]]]:
-    """Split debugfs output into (folder, [(name, is_folder)]) per `ls -p` command."""
-    found: list[tuple[str, list[tuple[str, bool]]]] = []
-    for line in output.splitlines():
-        if line.startswith("debugfs: ls -p "):
-            found.append((line.removeprefix("debugfs: ls -p ").strip('"').strip("/"), []))
-            continue
-        match = LS_ENTRY.match(line)
-        if match and found and match[3] not in (".", ".."):
-            mode = int(match[2], 8)
-            found[-1][1].append((match[3], mode & 0o170000 == 0o040000))
-    return found
+def _apt_milestone(line: str, elapsed: float) -> str | None:
+    """apt's plan and the packages it sets up, not its every line."""
+    if line.startswith(("Setting up ", "picluster: ")) or " newly installed" in line:
+        return line
+    return None

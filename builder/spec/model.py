@@ -358,7 +358,6 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_role_problems(cluster),
         *_memory_problems(cluster),
         *_interface_problems(cluster),
-        *_package_problems(cluster),
     ]
 
 
@@ -520,19 +519,6 @@ def _interface_problems(cluster: Cluster) -> list[Problem]:
                 "flannel.iface",
                 f"{iface} cannot carry cluster traffic",
                 "use the wired interface, eth0",
-            )
-        ]
-    return []
-
-
-def _package_problems(cluster: Cluster) -> list[Problem]:
-    if cluster.base.image is not None and cluster.cluster.packages == "image":
-        return [
-            Problem(
-                "cluster.packages",
-                "image bakes kubeadm, kubelet and kubectl into the Debian base picluster builds, "
-                "but base.image is used as downloaded: no card would have them",
-                "use packages: firstboot with base.image (each node installs them on its first boot)",
             )
         ]
     return []

@@ -19,13 +19,16 @@ from typing import Any
 import pytest
 import yaml
 
+from builder.cli import default_cache
 from builder.errors import UserError
+from builder.image.base import ensure_base
 from builder.image.build import build_images
 from builder.image.context import BuildContext
 from builder.image.layout import tool_env
-from builder.progress import silent
+from builder.progress import Reporter, silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
+from builder.spec.model import Cluster, ImageSource
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools, serve_folder
 
@@ -85,46 +88,47 @@ def cluster_on(packed: Path, url: str, tmp_path: Path) -> Any:
     return load_cluster(path)
 
 
-def test_nodes_are_stamped_onto_the_downloaded_image(
-    serve: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def standin_cluster(source: ImageSource, tmp_path: Path) -> Cluster:
+    """The bundled cluster with cp1 a Pi 5, on the Raspberry Pi OS stand-in."""
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["base"]["image"] = source.model_dump()
+    data["nodes"] = data["nodes"][:1]
+    data["nodes"][0]["model"] = "pi5"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_cluster(path)
+
+
+def test_the_downloaded_image_gets_what_a_kubernetes_node_needs_and_picluster_s_layout(
+    raspios_standin_source: ImageSource, tmp_path: Path
 ) -> None:
-    require_tools(*TOOLS, "mlabel", "tune2fs", "dumpe2fs")
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
-    folder, url = serve
-    packed = make_raspios_like(folder, {"kernel8.img": b"stand-in kernel", "config.txt": b"# raspios\n"})
-    cluster = cluster_on(packed, url, tmp_path)
-    images, cache = tmp_path / "images", tmp_path / "cache"
-    assert build_images(cluster, fixed_secrets(), {}, BuildContext(images, cache, silent(), Runner())) == [
-        "cp1"
-    ]
-
-    (meta_path,) = cache.glob("base/*/base.json")
-    meta = json.loads(meta_path.read_text())
-    assert meta["layout"]["boot_offset"] == BOOT_START and meta["layout"]["root_offset"] == ROOT_START
-    assert "home/pi" in meta["dirs"] and "etc/hostname" in meta["others"]
-
-    image = images / "cp1.img"
+    require_tools(*TOOLS, "mlabel", "dumpe2fs")
+    cluster = standin_cluster(raspios_standin_source, tmp_path)
+    base = ensure_base(cluster, BuildContext(tmp_path, default_cache(), Reporter(), Runner()))
+    root = f"{base.image}?offset={base.layout.root_offset}"
+    installed = ("usr/bin/containerd", "usr/lib/cni/bridge", "usr/lib/cni/host-local", "usr/sbin/conntrack",
+                 "usr/sbin/ebtables", "usr/sbin/ethtool", "usr/bin/socat",
+                 "usr/lib/python3/dist-packages/yaml", "usr/lib/python3/dist-packages/requests")  # fmt: skip
+    for path in installed:
+        assert path in base.others or path in base.dirs, f"{path} is not in the customised base"
+    assert "etc/systemd/system/multi-user.target.wants/NetworkManager.service" in base.others
+    assert not any(path.startswith("etc/ssh/ssh_host_") for path in base.others)
+    resolver = subprocess.run(["debugfs", "-R", "cat /etc/resolv.conf", root], capture_output=True, text=True)
+    assert "nameserver" not in resolver.stdout or "NetworkManager" in resolver.stdout  # not this machine's
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(base.image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    assert table["id"] == "0x5049434c"  # picluster's disk id: root=PARTUUID=5049434c-02 on every card
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    label = subprocess.run(["mlabel", "-s", "-i", f"{image}@@{BOOT_START}", "::"], capture_output=True,
-                           text=True, check=True, env=env).stdout  # fmt: skip
-    assert "RASPIFIRM" in label
-    superblock = subprocess.run(["dumpe2fs", "-h", f"{image}?offset={ROOT_START}"], capture_output=True,
-                                text=True, check=True).stdout  # fmt: skip
+    boot = f"{base.image}@@{base.layout.boot_offset}"
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", boot, "::/"], capture_output=True, text=True, env=env
+    ).stdout
+    assert "::/kernel8.img" in listing.split() and "::/initramfs8" in listing.split()
+    superblock = subprocess.run(["dumpe2fs", "-h", root], capture_output=True, text=True, check=True).stdout
     assert "Filesystem volume name:   RASPIROOT" in superblock
 
-    def boot(name: str) -> str:
-        return subprocess.run(["mtype", "-i", f"{image}@@{BOOT_START}", f"::/{name}"], capture_output=True,
-                              text=True, check=True, env=env).stdout  # fmt: skip
-
-    config = boot("config.txt").splitlines()
-    assert "auto_initramfs=1" in config and not any(line.startswith("kernel=") for line in config)
-    assert "root=LABEL=RASPIROOT" in boot("cmdline.txt").split()
-    assert boot("kernel8.img") == "stand-in kernel"
-    hostname = subprocess.run(["debugfs", "-R", "cat /etc/hostname", f"{image}?offset={ROOT_START}"],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert hostname == "cp1\n"
-    fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={ROOT_START}"], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout
+    again = ensure_base(cluster, BuildContext(tmp_path, default_cache(), silent(), Runner()))
+    assert again == base  # cached by its inputs
 
 
 def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str], tmp_path: Path) -> None:

@@ -61,11 +61,6 @@ def _pi3_control_plane(data: dict[str, Any]) -> None:
     data["nodes"][0]["model"] = "pi3"
 
 
-def _image_packages_on_a_downloaded_base(data: dict[str, Any]) -> None:
-    data["cluster"]["packages"] = "image"
-    data["base"] = {"image": {"url": "https://example.org/raspios.img.xz", "sha256": "0" * 64}}
-
-
 def _all_workers(data: dict[str, Any]) -> None:
     for node in data["nodes"]:
         node["role"] = "worker"
@@ -165,12 +160,6 @@ CASES: list[tuple[str, Edit, str, str]] = [
         _set("flannel.backend", "udp"),
         "flannel.backend",
         "UDP backend is not supported on this architecture",
-    ),
-    (
-        "packages: image on a downloaded base",
-        _image_packages_on_a_downloaded_base,
-        "cluster.packages",
-        "no card would have them",
     ),
     ("unknown model", _set("nodes.1.model", "pi9"), "nodes[1].model", "not a supported model"),
     ("no SSH keys", _set("access.ssh_authorized_keys", []), "access.ssh_authorized_keys", "at least 1"),
