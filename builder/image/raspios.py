@@ -34,8 +34,9 @@ PACKAGES = (
     # the Kubernetes node prerequisites the Debian base carries (kubeadm's preflight checks for
     # several of these); Raspberry Pi OS Lite has none of them but iptables
     "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool", "socat",
-    # the first-boot agent
-    "python3", "python3-yaml", "python3-requests",
+    # the first-boot agent; growpart for picluster-grow-root (Raspberry Pi OS grows its root with
+    # its own rpi-resize, which picluster's cmdline.txt does not call)
+    "python3", "python3-yaml", "python3-requests", "cloud-guest-utils",
 )  # fmt: skip
 
 
