@@ -37,6 +37,7 @@ from builder.render.node import render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.run import Runner
 from builder.spec.load import load_cluster
+from builder.spec.model import ImageSource
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools
 
@@ -45,6 +46,9 @@ pytestmark = pytest.mark.e2e
 BOOT_TIMEOUT = 600
 AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
 CARD_SIZE = 3 * 2**30
+DEBIAN_KERNEL = ("vmlinuz", "initrd.img")
+RASPIOS_KERNEL = ("kernel8.img", "initramfs8")
+"""Where each kind of card keeps its kernel and initramfs on the boot partition."""
 """The plain boot's disk: larger than the image, as every SD card is, so the root must grow."""
 VIRT_CONSOLE = "console=ttyAMA0"
 """QEMU virt's serial port; the card's own console= arguments name the Pi's."""
@@ -131,19 +135,17 @@ def quiet_context() -> BuildContext:
     return BuildContext(default_cache(), default_cache(), silent(), Runner())
 
 
-@pytest.fixture(scope="module")
-def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
-    """cp1's card, the only node of a cluster on QEMU's user network."""
-    if os.geteuid() != 0:
-        pytest.skip("building the Debian base needs root")
-    require_tools(*TOOLS, "mmdebstrap", "qemu-system-aarch64", "ssh", "ssh-keygen")
-    work = tmp_path_factory.mktemp("e2e")
+def make_card(work: Path, model: str, image: ImageSource | None = None) -> Card:
+    """cp1's card, the only node of a cluster on QEMU's user network; on `image` when given."""
+    require_tools(*TOOLS, "qemu-system-aarch64", "ssh", "ssh-keygen")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     data = yaml.safe_load(BUNDLED.read_text())
     data["network"].update(gateway="10.0.2.2", dns=["10.0.2.3"], ntp=[])
-    data["nodes"] = [{"name": "cp1", "role": "control-plane", "model": "pi4", "address": "10.0.2.15/24"}]
+    data["nodes"] = [{"name": "cp1", "role": "control-plane", "model": model, "address": "10.0.2.15/24"}]
     data["access"]["ssh_authorized_keys"] = [(work / "id_ed25519.pub").read_text().strip()]
+    if image is not None:
+        data["base"]["image"] = image.model_dump()
     cluster_file = work / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(data))
     cluster = load_cluster(cluster_file)
@@ -152,6 +154,20 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
         cluster, fixed_secrets(), {}, BuildContext(work / "images", default_cache(), silent(), Runner())
     )
     return Card(work, cluster_file, key, work / "images" / "cp1.img")
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian base needs root")
+    require_tools("mmdebstrap")
+    return make_card(tmp_path_factory.mktemp("e2e"), "pi4")
+
+
+@pytest.fixture(scope="module")
+def raspios_card(tmp_path_factory: pytest.TempPathFactory, raspios_standin_source: ImageSource) -> Card:
+    """A Pi 5's card on the Raspberry Pi OS stand-in (tests/integration/raspios_standin.py)."""
+    return make_card(tmp_path_factory.mktemp("e2e-raspios"), "pi5", raspios_standin_source)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +244,8 @@ def card_cmdline(cmdline: Path, console: str | None = None) -> str:
 
 @contextmanager
 def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None) -> Iterator[Booted]:
-    files = boot_files(card, image, "vmlinuz", "initrd.img", "cmdline.txt")
+    kernel, initrd = RASPIOS_KERNEL if load_cluster(card.cluster_file).base.image else DEBIAN_KERNEL
+    files = boot_files(card, image, kernel, initrd, "cmdline.txt")
     port = free_port()
     console = card.work / f"console-{name}.log"
     ssh_config = card.work / f"ssh_config-{name}"
@@ -239,8 +256,8 @@ def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None
     )
     qemu = subprocess.Popen(
         ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2048",
-         "-nographic", "-no-reboot", "-kernel", str(files["vmlinuz"]),
-         "-initrd", str(files["initrd.img"]), "-append", card_cmdline(files["cmdline.txt"], VIRT_CONSOLE),
+         "-nographic", "-no-reboot", "-kernel", str(files[kernel]),
+         "-initrd", str(files[initrd]), "-append", card_cmdline(files["cmdline.txt"], VIRT_CONSOLE),
          "-drive", f"file={image},format=raw,if=virtio",
          "-netdev", f"user,id=lan,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
          "-device", "virtio-net-pci,netdev=lan", *(extra_qemu or [])],
@@ -458,3 +475,35 @@ def test_the_agent_clears_stale_links_on_a_booted_node(booted_with_stale_links: 
     assert {"lo", "eth0", "eth1"} <= names  # the second NIC is untouched
     status, report = picluster_verify(booted)
     assert status == 0, report
+
+
+@pytest.fixture(scope="module")
+def booted_raspios(raspios_card: Card) -> Iterator[Booted]:
+    image = raspios_card.work / "cp1-pi5-on-a-3-GiB-card.img"
+    subprocess.run(["cp", "--sparse=always", str(raspios_card.image), str(image)], check=True)
+    os.truncate(image, CARD_SIZE)
+    with boot(raspios_card, image, "raspios") as running:
+        yield running
+
+
+def test_a_pi5_on_raspberry_pi_os_comes_up_through_its_own_network_stack(booted_raspios: Booted) -> None:
+    ssh = booted_raspios.ssh
+    assert ssh("hostname").stdout.strip() == "cp1"
+    assert "inet 10.0.2.15/24" in ssh("ip -4 -o addr show dev eth0").stdout
+    assert ssh("systemctl is-active NetworkManager").stdout.strip() == "active"
+    assert ssh("systemctl is-active systemd-networkd").stdout.strip() != "active"
+    connection = ssh("nmcli -t -f GENERAL.CONNECTION device show eth0").stdout
+    assert "picluster" in connection, connection
+
+
+def test_a_pi5_on_raspberry_pi_os_has_containerd_and_no_swap_and_passes_preflight(
+    booted_raspios: Booted,
+) -> None:
+    ssh = booted_raspios.ssh
+    assert ssh("systemctl is-active containerd").stdout.strip() == "active"
+    assert "SystemdCgroup = true" in ssh("sudo -n containerd config dump").stdout
+    assert ssh("cat /proc/swaps").stdout.strip().splitlines()[1:] == [], "swap is on"
+    state = agent_state_when(booted_raspios, "waiting: packages")
+    checks = {check["name"]: check["status"] for check in state["preflight"]}
+    assert checks == {"swap": "ok", "modules": "ok", "sysctls": "ok", "cgroups": "ok", "interface": "ok",
+                      "clock": "failed", "containerd": "ok"}, state["preflight"]  # fmt: skip
