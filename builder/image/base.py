@@ -20,7 +20,7 @@ from builder.errors import UserError
 from builder.files import exclusive, remove_tree, write_atomic
 from builder.image import debian, raspios
 from builder.image.context import BuildContext
-from builder.image.layout import BaseImage, Layout
+from builder.image.layout import DISK_ID, BaseImage, Layout
 from builder.image.stamp import assemble, list_tree
 from builder.run import Runner
 from builder.spec.model import Cluster, ImageSource
@@ -29,7 +29,7 @@ from builder.spec.model import Cluster, ImageSource
 def manifest(cluster: Cluster) -> dict[str, Any]:
     """Every input that changes the base image's bytes."""
     if cluster.base.image is not None:
-        return {"builder": __version__, "image": cluster.base.image.model_dump()}
+        return {"builder": __version__, "image": cluster.base.image.model_dump(), "disk_id": DISK_ID}
     return {"builder": __version__, **debian.inputs(cluster)}
 
 

@@ -2,9 +2,10 @@
 
 The file is fetched with requests (resumable, checked against its SHA-256), unpacked if .xz, and
 copied sparse into the cache. Its partitions are found from its own partition table and relabelled
-RASPIFIRM and RASPIROOT, so the rendered cmdline.txt finds the root filesystem the same way on
-every base. What its root filesystem holds is listed with debugfs, so stamping knows which
-folders exist.
+RASPIFIRM and RASPIROOT, so picluster's fstab mounts them by label on every base, and its disk id
+is pinned to picluster's (builder.render.node.CARD_DISK_ID), so the rendered cmdline.txt's
+`root=PARTUUID=` names the root partition as Raspberry Pi OS's own does. What its root filesystem
+holds is listed with debugfs, so stamping knows which folders exist.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from builder.download import fetch_file, unpack_image
 from builder.errors import UserError
-from builder.image.layout import BOOT_LABEL, ROOT_LABEL, Layout, tool_env
+from builder.image.layout import BOOT_LABEL, DISK_ID, ROOT_LABEL, Layout, tool_env
 from builder.run import Runner
 from builder.spec.model import ImageSource
 
@@ -47,6 +48,7 @@ def adopt(raw: Path, image: Path, epoch: int, runner: Runner) -> tuple[Layout, l
         )
     runner.run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
     runner.run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
+    runner.run(["sfdisk", "--disk-id", str(image), DISK_ID])
     dirs, others = list_root(image, layout, runner)
     return layout, dirs, others
 

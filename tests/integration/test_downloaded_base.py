@@ -22,7 +22,7 @@ import yaml
 from builder.errors import UserError
 from builder.image.build import build_images
 from builder.image.context import BuildContext
-from builder.image.layout import tool_env
+from builder.image.layout import DISK_ID, tool_env
 from builder.progress import silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
@@ -118,7 +118,10 @@ def test_nodes_are_stamped_onto_the_downloaded_image(
 
     config = boot("config.txt").splitlines()
     assert "auto_initramfs=1" in config and not any(line.startswith("kernel=") for line in config)
-    assert "root=LABEL=RASPIROOT" in boot("cmdline.txt").split()
+    disk_id = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                        check=True).stdout)["partitiontable"]["id"]  # fmt: skip
+    assert disk_id == DISK_ID, "adopt pins the disk id the rendered cmdline.txt names"
+    assert f"root=PARTUUID={DISK_ID.removeprefix('0x')}-02" in boot("cmdline.txt").split()
     assert boot("kernel8.img") == "stand-in kernel"
     hostname = subprocess.run(["debugfs", "-R", "cat /etc/hostname", f"{image}?offset={ROOT_START}"],
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
