@@ -23,9 +23,11 @@ from builder.errors import UserError
 from builder.image.build import build_images
 from builder.image.context import BuildContext
 from builder.image.layout import DISK_ID, tool_env
+from builder.image.raspios import read_layout
 from builder.progress import silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
+from builder.spec.model import ImageSource
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools, serve_folder
 
@@ -142,3 +144,40 @@ def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str]
             {},
             BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner()),
         )
+
+
+def test_a_card_on_the_raspberry_pi_os_stand_in_follows_its_conventions(
+    raspios_standin_source: ImageSource, tmp_path: Path
+) -> None:
+    """Render, adopt and stamp together on an image with Raspberry Pi OS's real layout (pi-gen's
+    8 MiB boot offset, its own disk id), not picluster's."""
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["base"]["image"] = raspios_standin_source.model_dump()
+    data["nodes"] = [{**data["nodes"][0], "model": "pi5"}]
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(data))
+    cluster = load_cluster(tmp_path / "cluster.yaml")
+    images = tmp_path / "images"
+    context = BuildContext(images, tmp_path / "cache", silent(), Runner())
+    assert build_images(cluster, fixed_secrets(), {}, context) == ["cp1"]
+
+    image = images / "cp1.img"
+    layout = read_layout(image, Runner())
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    assert table["id"] == DISK_ID
+    cmdline = subprocess.run(
+        ["mtype", "-i", layout.boot_target(image), "::/cmdline.txt"],
+        capture_output=True, text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout  # fmt: skip
+    assert f"root=PARTUUID={DISK_ID.removeprefix('0x')}-02" in cmdline.split()
+
+    def debugfs(request: str) -> str:
+        return subprocess.run(["debugfs", "-R", request, layout.root_target(image)], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+
+    keyfile = debugfs("stat /etc/NetworkManager/system-connections/picluster-cluster.nmconnection")
+    assert "Mode:  0600" in keyfile and "User:     0" in keyfile
+    assert 'Fast link dest: "/dev/null"' in debugfs("stat /etc/systemd/system-generators/rpi-swap-generator")
+    assert 'Fast link dest: "/dev/null"' in debugfs("stat /etc/systemd/system/userconfig.service")
+    fsck = subprocess.run(["e2fsck", "-fn", layout.root_target(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
