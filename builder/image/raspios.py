@@ -26,6 +26,12 @@ LINUX_TYPE = "83"
 KERNELS = ("kernel8.img", "kernel_2712.img")
 """What a Raspberry Pi OS boot partition holds for 64-bit Pis; picluster's firmware templates for
 this kind of base rely on the firmware choosing among them."""
+ARCH_WITNESS = "/usr/bin/dpkg"
+"""A program every Debian-based image has, built for the architecture of its packages. The boot
+partition cannot tell: 32-bit Raspberry Pi OS carries kernel8.img too, a 64-bit kernel under a
+32-bit system."""
+ELF_MACHINES = {183: "arm64", 40: "armhf", 62: "amd64", 3: "i386"}
+"""ELF e_machine values (EM_AARCH64, EM_ARM, EM_X86_64, EM_386) and the Debian architecture of each."""
 
 
 def fetch_image(source: ImageSource, downloads: Path) -> Path:
@@ -46,11 +52,30 @@ def adopt(raw: Path, image: Path, epoch: int, runner: Runner) -> tuple[Layout, l
             f"{raw.name} does not look like Raspberry Pi OS: its boot partition has no {KERNELS[0]}",
             "use a Raspberry Pi OS (Lite, 64-bit) image, or remove base.image to build Debian",
         )
+    arch = system_arch(image, layout, runner)
+    if arch != "arm64":
+        raise UserError(
+            f"{raw.name} is built for {arch}, not arm64: picluster takes Raspberry Pi OS Lite arm64 "
+            "(Kubernetes has published no 32-bit ARM kubelet since 1.27)",
+            "download Raspberry Pi OS Lite (64-bit) and set base.image's url and sha256 to it",
+        )
     runner.run(["mlabel", "-i", layout.boot_target(image), f"::{BOOT_LABEL}"], env=env)
     runner.run(["tune2fs", "-L", ROOT_LABEL, layout.root_target(image)], env=env)
     runner.run(["sfdisk", "--disk-id", str(image), DISK_ID])
     dirs, others = list_root(image, layout, runner)
     return layout, dirs, others
+
+
+def system_arch(image: Path, layout: Layout, runner: Runner) -> str:
+    """The Debian architecture of the image's programs, read from ARCH_WITNESS's ELF header."""
+    with tempfile.TemporaryDirectory(prefix="picluster-arch-") as scratch:
+        copy = Path(scratch) / "witness"
+        runner.run(["debugfs", "-R", f"dump {ARCH_WITNESS} {copy}", layout.root_target(image)])
+        header = copy.read_bytes()[:20] if copy.exists() else b""
+    if header[:4] != b"\x7fELF":
+        return f"an unknown architecture (its {ARCH_WITNESS} is not a program)"
+    machine = int.from_bytes(header[18:20], "little")
+    return ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
 def read_layout(image: Path, runner: Runner) -> Layout:

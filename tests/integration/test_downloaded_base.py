@@ -38,7 +38,16 @@ BOOT_START, BOOT_SIZE, ROOT_START = 4 * MIB, 256 * MIB, 260 * MIB
 EPOCH = 1_700_000_000
 
 
-def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
+ELF_ARM64, ELF_ARMHF = 183, 40
+"""ELF e_machine of arm64 and 32-bit ARM programs."""
+
+
+def elf_header(machine: int) -> bytes:
+    """The start of an ELF program for `machine`: as much as adopt reads to tell the architecture."""
+    return b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+
+
+def make_raspios_like(folder: Path, boot_files: dict[str, bytes], machine: int = ELF_ARM64) -> Path:
     image = folder / "raspios-lite.img"
     with image.open("wb") as handle:
         handle.truncate(ROOT_START + 200 * MIB)
@@ -55,8 +64,9 @@ def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
     subprocess.run(["mcopy", "-i", f"{image}@@{BOOT_START}", *map(str, staged.iterdir()), "::/"],
                    check=True, env=env)  # fmt: skip
     root = folder / "rootfs"
-    for sub in ("etc/systemd/system", "usr/lib/systemd/system", "var/lib", "home/pi"):
+    for sub in ("etc/systemd/system", "usr/lib/systemd/system", "usr/bin", "var/lib", "home/pi"):
         (root / sub).mkdir(parents=True)
+    (root / "usr/bin/dpkg").write_bytes(elf_header(machine))
     (root / "etc/hostname").write_text("raspberrypi\n")
     (root / "etc/fstab").write_text("PARTUUID=1234abcd-02 / ext4 defaults,noatime 0 1\n")
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "rootfs", "-E", f"offset={ROOT_START}", "-d",
@@ -181,3 +191,15 @@ def test_a_card_on_the_raspberry_pi_os_stand_in_follows_its_conventions(
     assert 'Fast link dest: "/dev/null"' in debugfs("stat /etc/systemd/system/userconfig.service")
     fsck = subprocess.run(["e2fsck", "-fn", layout.root_target(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_a_32_bit_raspberry_pi_os_is_refused(serve: tuple[Path, str], tmp_path: Path) -> None:
+    """32-bit Raspberry Pi OS carries kernel8.img too (a 64-bit kernel under a 32-bit system), so
+    its programs tell."""
+    require_tools(*TOOLS, "mlabel", "tune2fs")
+    folder, url = serve
+    packed = make_raspios_like(folder, {"kernel8.img": b"stand-in kernel"}, machine=ELF_ARMHF)
+    context = BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner())
+    with pytest.raises(UserError, match="is built for armhf, not arm64") as refused:
+        build_images(cluster_on(packed, url, tmp_path), fixed_secrets(), {}, context)
+    assert "Raspberry Pi OS Lite (64-bit)" in refused.value.hint
