@@ -28,7 +28,7 @@ from builder.render.tree import check_replaceable, write_tree
 from builder.run import Runner
 from builder.secrets import backup, store
 from builder.secrets.pki import ClusterSecrets
-from builder.spec.model import json_schema, warnings
+from builder.spec.model import json_schema
 
 EXIT_USER_ERROR = 2
 Handler = Callable[[argparse.Namespace], int]
@@ -260,10 +260,7 @@ def _common_options(file_default: object, flag_default: object) -> argparse.Argu
 
 
 def _project(args: argparse.Namespace) -> Project:
-    project = Project.open(args.file)
-    for warning in warnings(project.cluster):
-        print(f"warning: {warning.path}: {warning.message}\n  hint: {warning.hint}", file=sys.stderr)
-    return project
+    return Project.open(args.file)
 
 
 def _note(text: str) -> None:

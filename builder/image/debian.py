@@ -113,15 +113,27 @@ def apt_sources(suite: str) -> list[str]:
 def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = None) -> list[str]:
     """The mmdebstrap call; `kubernetes` is a folder holding `kubernetes.sources` and
     `kubernetes.pref` when the Kubernetes tools go into the image."""
-    command = [
+    command = mmdebstrap_options(cluster.base.arch, packages(cluster))
+    sources = apt_sources(cluster.base.suite)
+    if kubernetes is not None:
+        options, source = kubernetes_options(kubernetes)
+        command += options
+        sources.append(source)
+    return [*command, cluster.base.suite, str(root), *sources]
+
+
+def mmdebstrap_options(arch: str, included: list[str]) -> list[str]:
+    """mmdebstrap and its options for a tree with these packages, built the quick way the hooks
+    make it (also used by the tests' Raspberry Pi OS stand-in)."""
+    return [
         "mmdebstrap",
         "--mode=root",
         "--variant=apt",
         # pass apt's and dpkg's output on (without it mmdebstrap keeps it unless they fail): the
         # log then shows what dpkg did, and MmdebstrapProgress counts packages from it
         "--verbose",
-        f"--arch={cluster.base.arch}",
-        f"--include={','.join(packages(cluster))}",
+        f"--arch={arch}",
+        f"--include={','.join(included)}",
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
         '--aptopt=Acquire::Languages "none"',
         # debconf's preconfiguration is a Perl run per package under emulation, for no questions
@@ -129,12 +141,6 @@ def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = N
         f'--essential-hook=sh {HOOKS_DIR / "essential.sh"} "$1" {INITRAMFS_MODULES}',
         f'--customize-hook=sh {HOOKS_DIR / "customize.sh"} "$1"',
     ]
-    sources = apt_sources(cluster.base.suite)
-    if kubernetes is not None:
-        options, source = kubernetes_options(kubernetes)
-        command += options
-        sources.append(source)
-    return [*command, cluster.base.suite, str(root), *sources]
 
 
 def kubernetes_options(folder: Path) -> tuple[list[str], str]:

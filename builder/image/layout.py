@@ -12,6 +12,7 @@ from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builder.render.node import CARD_DISK_ID
 from builder.render.plan import FileEntry
 
 MIB = 1024 * 1024
@@ -20,7 +21,7 @@ BOOT_OFFSET = 4 * MIB
 ROOT_OFFSET = 260 * MIB
 BOOT_LABEL = "RASPIFIRM"
 ROOT_LABEL = "RASPIROOT"
-DISK_ID = "0x5049434c"  # "PICL"
+DISK_ID = f"0x{CARD_DISK_ID}"
 BOOT_VOLUME_ID = "5049434c"
 ROOT_UUID = "3d0f5c2a-8f1e-4b7c-9a61-706963727374"
 ROOT_HASH_SEED = "7a1c52e4-2b9d-4f08-8e3a-706963686173"

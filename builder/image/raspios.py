@@ -29,6 +29,12 @@ LINUX_TYPE = "83"
 KERNELS = ("kernel8.img", "kernel_2712.img")
 """What a Raspberry Pi OS boot partition holds for 64-bit Pis; picluster's firmware templates for
 this kind of base rely on the firmware choosing among them."""
+ARCH_WITNESS = "usr/bin/dpkg"
+"""A program every Debian-based image has, built for the architecture of its packages. The boot
+partition cannot tell: 32-bit Raspberry Pi OS carries kernel8.img too, a 64-bit kernel under a
+32-bit system."""
+ELF_MACHINES = {183: "arm64", 40: "armhf", 62: "amd64", 3: "i386"}
+"""ELF e_machine values (EM_AARCH64, EM_ARM, EM_X86_64, EM_386) and the Debian architecture of each."""
 HOOK = debian.HOOKS_DIR / "raspios.sh"
 PACKAGES = (
     # the Kubernetes node prerequisites the Debian base carries (kubeadm's preflight checks for
@@ -106,10 +112,27 @@ def unpack(raw: Path, root: Path, runner: Runner) -> None:
             f"debugfs could not read {raw.name}'s root filesystem: {problems[0]}",
             "its SHA-256 matched, so the image itself is damaged: choose another release",
         )
+    arch = system_arch(root)
+    if arch != "arm64":
+        raise UserError(
+            f"{raw.name} is built for {arch}, not arm64: picluster takes Raspberry Pi OS Lite arm64 "
+            "(Kubernetes has published no 32-bit ARM kubelet since 1.27)",
+            "download Raspberry Pi OS Lite (64-bit) and set base.image's url and sha256 to it",
+        )
     shutil.rmtree(root / "lost+found", ignore_errors=True)
     boot = root / "boot" / "firmware"
     boot.mkdir(parents=True, exist_ok=True)
     runner.run(["mcopy", "-s", "-m", "-n", "-i", layout.boot_target(raw), "::/*", str(boot)], env=env)
+
+
+def system_arch(root: Path) -> str:
+    """The Debian architecture of the unpacked image's programs, read from ARCH_WITNESS's ELF header."""
+    witness = root / ARCH_WITNESS
+    header = witness.read_bytes()[:20] if witness.is_file() else b""
+    if header[:4] != b"\x7fELF":
+        return f"an unknown architecture (its /{ARCH_WITNESS} is not a program)"
+    machine = int.from_bytes(header[18:20], "little")
+    return ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
 def read_layout(image: Path, runner: Runner) -> Layout:

@@ -1,8 +1,9 @@
 """cluster.yaml's model + the cluster's secrets -> one NodePlan per node. Pure: reads templates only.
 
-A node's files come from overlay layers (common, its role, wifi when configured; a later layer
-wins on the same path), the firmware templates for its boot partition, and a few generated files
-(the PKI, the agent's config, the time zone link).
+A node's files come from overlay layers (common, its role, its base's flavor, and that flavor's
+Wi-Fi layer when Wi-Fi is configured; a later layer wins on the same path), the firmware templates
+for its boot partition, and a few generated files (the PKI, the agent's config, the time zone
+link).
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ resets after every failed attempt, so a retried `kubeadm init` would make a new 
 worker card pins. The agent copies the seed into /etc/kubernetes/pki before each init or
 control-plane join."""
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
+CARD_DISK_ID = "5049434c"  # "PICL"
+"""The MBR disk id of every card, so a partition's PARTUUID is known before any image exists.
+
+picluster's own layout is written with it (builder.image.layout), and adopting a downloaded
+Raspberry Pi OS base pins the image's disk id to it (builder.image.raspios.adopt). Raspberry Pi OS
+names its root partition on the kernel command line as `root=PARTUUID=<disk id>-02`, which the
+kernel resolves without an initramfs; with the id pinned, render writes that line as it will be
+on the card, and the golden cases and `picluster render` show the real bytes. The alternative, a
+placeholder that stamping replaces with the id read from each base, would make the rendered
+cmdline.txt differ from the card's, and the node's digest blind to it. Nothing else on the card
+names the old id: picluster's fstab mounts by label."""
 TEMPLATES = OVERLAYS_DIR.parent
 """The folder holding both overlays/ and firmware/ (the package, or the checkout's top): template
 names, as errors show them, are relative to it."""
@@ -77,9 +89,13 @@ def render_node(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> NodePl
 
 
 def overlay_layers(cluster: Cluster, node: Node) -> list[str]:
-    layers = ["common", node.role]
+    """The node's overlay layers, in order. The flavor's layers hold what the base's network stack
+    and conventions need: systemd-networkd and wpa_supplicant on Debian, NetworkManager keyfiles
+    and Raspberry Pi OS's first-boot services turned off on Raspberry Pi OS."""
+    flavor = firmware_flavor(cluster)
+    layers = ["common", node.role, flavor]
     if cluster.network.wifi:
-        layers.append("wifi")
+        layers.append(f"{flavor}-wifi")
     return layers
 
 
@@ -98,8 +114,10 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
         "bootstrap_token": secrets.bootstrap_token,
         "ca_cert_hash": secrets.ca_cert_hash,
+        "root_partuuid": f"{CARD_DISK_ID}-02",
         "wifi": {
             "ssid_hex": wifi.ssid.encode().hex(),
+            "ssid_bytes": list(wifi.ssid.encode()),
             "psk_hex": _wpa_psk(wifi.ssid, wifi.psk),
         }
         if wifi

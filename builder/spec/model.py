@@ -251,7 +251,11 @@ class Base(Strict):
                 "control-plane images since 1.27, so no supported release runs on armhf"
             }
         ),
-    ] = Field("arm64", description="arm64, which every Pi 3, 4 and 5 runs (or leave base.arch out)")
+    ] = Field(
+        "arm64",
+        description="arm64, which every Pi 3, 4 and 5 runs and the only Raspberry Pi OS Lite images "
+        "base.image takes (or leave base.arch out)",
+    )
     packages: list[Annotated[str, _matches(DEBIAN_PACKAGE, "a Debian package name")]] = Field(
         [], description="extra Debian packages to install"
     )
@@ -358,24 +362,8 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_role_problems(cluster),
         *_memory_problems(cluster),
         *_interface_problems(cluster),
+        *_kernel_problems(cluster),
     ]
-
-
-def warnings(cluster: Cluster) -> list[Problem]:
-    """Things that build but probably not as the user hopes."""
-    found = []
-    if cluster.base.image is None:
-        for i, node in enumerate(cluster.nodes):
-            if not boards()[node.model].debian_kernel:
-                found.append(
-                    Problem(
-                        f"nodes[{i}].model",
-                        f"{node.model}: Debian's kernel support for this model is incomplete; "
-                        "the card may not boot",
-                        "set base.image to a Raspberry Pi OS Lite arm64 image (url and sha256)",
-                    )
-                )
-    return found
 
 
 def _node_identity_problems(cluster: Cluster) -> list[Problem]:
@@ -522,3 +510,18 @@ def _interface_problems(cluster: Cluster) -> list[Problem]:
             )
         ]
     return []
+
+
+def _kernel_problems(cluster: Cluster) -> list[Problem]:
+    """A board Debian's kernel cannot run needs the kernel of a downloaded Raspberry Pi OS base."""
+    if cluster.base.image is not None:
+        return []
+    return [
+        Problem(
+            f"nodes[{i}].model",
+            f"{node.model}: Debian's kernel does not run this model; the card would not boot",
+            "set base.image to a Raspberry Pi OS Lite arm64 image (its url and sha256)",
+        )
+        for i, node in enumerate(cluster.nodes)
+        if not boards()[node.model].debian_kernel
+    ]

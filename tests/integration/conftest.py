@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -13,11 +14,14 @@ from typing import Any
 
 import pytest
 
+from builder.cli import default_cache
 from builder.image import base
+from builder.progress import Reporter
 from builder.run import Runner
 from builder.spec.load import load_cluster
-from builder.spec.model import Cluster
+from builder.spec.model import Cluster, ImageSource
 from tests.conftest import BUNDLED
+from tests.integration import raspios_standin
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
 TINY_EPOCH = 1_795_467_600
@@ -74,3 +78,17 @@ def serve_folder(folder: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def raspios_standin_source() -> Iterator[ImageSource]:
+    """The Raspberry Pi OS stand-in (tests/integration/raspios_standin.py) served on 127.0.0.1, as
+    base.image names it. The first run on a machine builds it (minutes, as root); later runs reuse
+    the cached one."""
+    if os.geteuid() != 0:
+        pytest.skip("building the Raspberry Pi OS stand-in needs root (mmdebstrap)")
+    require_tools(*TOOLS, "mmdebstrap", "xz")
+    image = raspios_standin.ensure_standin(default_cache(), Reporter())
+    sha256 = (image.parent / f"{image.name}.sha256").read_text().split()[0]
+    with serve_folder(image.parent) as url:
+        yield ImageSource(url=f"{url}/{image.name}", sha256=sha256)

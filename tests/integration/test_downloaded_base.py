@@ -24,7 +24,8 @@ from builder.errors import UserError
 from builder.image.base import ensure_base
 from builder.image.build import build_images
 from builder.image.context import BuildContext
-from builder.image.layout import tool_env
+from builder.image.layout import DISK_ID, tool_env
+from builder.image.raspios import read_layout
 from builder.progress import Reporter, silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
@@ -39,7 +40,16 @@ BOOT_START, BOOT_SIZE, ROOT_START = 4 * MIB, 256 * MIB, 260 * MIB
 EPOCH = 1_700_000_000
 
 
-def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
+ELF_ARM64, ELF_ARMHF = 183, 40
+"""ELF e_machine of arm64 and 32-bit ARM programs."""
+
+
+def elf_header(machine: int) -> bytes:
+    """The start of an ELF program for `machine`: as much as adopt reads to tell the architecture."""
+    return b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+
+
+def make_raspios_like(folder: Path, boot_files: dict[str, bytes], machine: int = ELF_ARM64) -> Path:
     image = folder / "raspios-lite.img"
     with image.open("wb") as handle:
         handle.truncate(ROOT_START + 200 * MIB)
@@ -56,8 +66,9 @@ def make_raspios_like(folder: Path, boot_files: dict[str, bytes]) -> Path:
     subprocess.run(["mcopy", "-i", f"{image}@@{BOOT_START}", *map(str, staged.iterdir()), "::/"],
                    check=True, env=env)  # fmt: skip
     root = folder / "rootfs"
-    for sub in ("etc/systemd/system", "usr/lib/systemd/system", "var/lib", "home/pi"):
+    for sub in ("etc/systemd/system", "usr/lib/systemd/system", "usr/bin", "var/lib", "home/pi"):
         (root / sub).mkdir(parents=True)
+    (root / "usr/bin/dpkg").write_bytes(elf_header(machine))
     (root / "etc/hostname").write_text("raspberrypi\n")
     (root / "etc/fstab").write_text("PARTUUID=1234abcd-02 / ext4 defaults,noatime 0 1\n")
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "rootfs", "-E", f"offset={ROOT_START}", "-d",
@@ -143,3 +154,52 @@ def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str]
             {},
             BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner()),
         )
+
+
+def test_a_card_on_the_raspberry_pi_os_stand_in_follows_its_conventions(
+    raspios_standin_source: ImageSource, tmp_path: Path
+) -> None:
+    """Render, adopt and stamp together on an image with Raspberry Pi OS's real layout (pi-gen's
+    8 MiB boot offset, its own disk id), not picluster's."""
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["base"]["image"] = raspios_standin_source.model_dump()
+    data["nodes"] = [{**data["nodes"][0], "model": "pi5"}]
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(data))
+    cluster = load_cluster(tmp_path / "cluster.yaml")
+    images = tmp_path / "images"
+    context = BuildContext(images, default_cache(), silent(), Runner())  # the customised base, cached
+    assert build_images(cluster, fixed_secrets(), {}, context) == ["cp1"]
+
+    image = images / "cp1.img"
+    layout = read_layout(image, Runner())
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    assert table["id"] == DISK_ID
+    cmdline = subprocess.run(
+        ["mtype", "-i", layout.boot_target(image), "::/cmdline.txt"],
+        capture_output=True, text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout  # fmt: skip
+    assert f"root=PARTUUID={DISK_ID.removeprefix('0x')}-02" in cmdline.split()
+
+    def debugfs(request: str) -> str:
+        return subprocess.run(["debugfs", "-R", request, layout.root_target(image)], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+
+    keyfile = debugfs("stat /etc/NetworkManager/system-connections/picluster-cluster.nmconnection")
+    assert "Mode:  0600" in keyfile and "User:     0" in keyfile
+    assert 'Fast link dest: "/dev/null"' in debugfs("stat /etc/systemd/system-generators/rpi-swap-generator")
+    assert 'Fast link dest: "/dev/null"' in debugfs("stat /etc/systemd/system/userconfig.service")
+    fsck = subprocess.run(["e2fsck", "-fn", layout.root_target(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_a_32_bit_raspberry_pi_os_is_refused(serve: tuple[Path, str], tmp_path: Path) -> None:
+    """32-bit Raspberry Pi OS carries kernel8.img too (a 64-bit kernel under a 32-bit system), so
+    its programs tell."""
+    require_tools(*TOOLS, "mlabel", "tune2fs")
+    folder, url = serve
+    packed = make_raspios_like(folder, {"kernel8.img": b"stand-in kernel"}, machine=ELF_ARMHF)
+    context = BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner())
+    with pytest.raises(UserError, match="is built for armhf, not arm64") as refused:
+        build_images(cluster_on(packed, url, tmp_path), fixed_secrets(), {}, context)
+    assert "Raspberry Pi OS Lite (64-bit)" in refused.value.hint

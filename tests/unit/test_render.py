@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from builder.render.node import firmware_flavor, render_cluster, render_node
+from builder.render.node import CARD_DISK_ID, firmware_flavor, render_cluster, render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
@@ -462,19 +462,114 @@ def test_node_digest_changes_with_its_inputs(
     assert after["cp1"] == before["cp1"] and after["w1"] == before["w1"], "other nodes are untouched"
 
 
+RASPIOS_IMAGE = {"url": "https://example.org/raspios.img.xz", "sha256": "a" * 64}
+NM_CONNECTIONS = "etc/NetworkManager/system-connections"
+
+
+def raspios_cluster(data: dict[str, Any], tmp_path: Path, wifi: bool = False) -> Cluster:
+    data["base"]["image"] = RASPIOS_IMAGE
+    data["nodes"][2]["model"] = "pi5"
+    if wifi:
+        data["network"]["wifi"] = {"ssid": "lab;west", "psk": "correct horse", "country": "DE"}
+    return cluster_from(data, tmp_path)
+
+
+def keyfile(plan: NodePlan, name: str) -> configparser.ConfigParser:
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read_string(text(plan, f"{NM_CONNECTIONS}/{name}"))
+    return parsed
+
+
 def test_a_raspberry_pi_os_base_gets_its_own_boot_conventions(
     bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
 ) -> None:
-    bundled_data["base"]["image"] = {"url": "https://example.org/raspios.img.xz", "sha256": "a" * 64}
-    bundled_data["nodes"][2]["model"] = "pi5"
-    cluster = cluster_from(bundled_data, tmp_path)
-    plan = plan_for(cluster, "w2", secrets)
+    plan = plan_for(raspios_cluster(bundled_data, tmp_path), "w2", secrets)
     config = text(plan, "config.txt", "boot").splitlines()
     assert "auto_initramfs=1" in config
     assert not any(line.startswith(("kernel=", "upstream_kernel")) for line in config)
     args = text(plan, "cmdline.txt", "boot").split()
-    assert "root=LABEL=RASPIROOT" in args and "cgroup_enable=memory" in args
-    assert "console=serial0,115200" in args
-    from builder.spec.model import warnings
+    # as Raspberry Pi OS names its root, with the disk id adopt pins (builder.image.raspios)
+    assert f"root=PARTUUID={CARD_DISK_ID}-02" in args and "rootfstype=ext4" in args
+    assert "cgroup_enable=memory" in args and "console=serial0,115200" in args
+    # Raspberry Pi OS's own first-boot resizing is left out: picluster-grow-root does it
+    assert not any(arg == "resize" or arg.startswith("init=") for arg in args)
 
-    assert warnings(cluster) == [], "pi5 is fine on Raspberry Pi OS"
+
+def test_raspberry_pi_os_cluster_address_is_a_networkmanager_keyfile(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    plan = plan_for(raspios_cluster(bundled_data, tmp_path), "w2", secrets)
+    assert entry(plan, f"{NM_CONNECTIONS}/picluster-cluster.nmconnection").mode == 0o600
+    profile = keyfile(plan, "picluster-cluster.nmconnection")
+    assert dict(profile["connection"]) == {
+        "id": "picluster-cluster",
+        "type": "ethernet",
+        "interface-name": "eth0",
+        "autoconnect-priority": "100",
+    }
+    assert dict(profile["ipv4"]) == {
+        "method": "manual",
+        "address1": "192.168.50.12/24,192.168.50.1",
+        "dns": "192.168.50.1;",
+        "route-metric": "100",
+    }
+    assert profile["ipv6"]["method"] == "disabled"
+    paths = {str(f.path) for f in plan.files}
+    assert not any(p.startswith(("etc/systemd/network/", "etc/wpa_supplicant/")) for p in paths), (
+        "systemd-networkd's and wpa_supplicant's files are the Debian base's"
+    )
+
+
+def test_raspberry_pi_os_wifi_uplink_loses_the_default_route(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    plan = plan_for(raspios_cluster(bundled_data, tmp_path, wifi=True), "w2", secrets)
+    connection = entry(plan, f"{NM_CONNECTIONS}/picluster-wlan0.nmconnection")
+    assert connection.mode == 0o600 and b"correct horse" not in connection.data
+    wifi, wired = (
+        keyfile(plan, "picluster-wlan0.nmconnection"),
+        keyfile(plan, "picluster-cluster.nmconnection"),
+    )
+    assert int(wifi["ipv4"]["route-metric"]) > int(wired["ipv4"]["route-metric"])
+    assert wifi["ipv4"]["method"] == "auto" and wifi["ipv4"]["ignore-auto-dns"] == "true"
+    assert bytes(int(b) for b in wifi["wifi"]["ssid"].rstrip(";").split(";")) == b"lab;west"
+    derived = hashlib.pbkdf2_hmac("sha1", b"correct horse", b"lab;west", 4096, 32).hex()
+    assert wifi["wifi-security"]["psk"] == derived
+    assert "WirelessEnabled=true" in text(plan, "var/lib/NetworkManager/NetworkManager.state").splitlines()
+    # as raspi-config's do_wifi_country sets the regulatory domain: on the command line
+    assert "cfg80211.ieee80211_regdom=DE" in text(plan, "cmdline.txt", "boot").split()
+    assert not any("wpa_supplicant" in str(f.path) for f in plan.files)
+
+
+def test_debian_keeps_systemd_networkd_and_no_networkmanager(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    bundled_data["network"]["wifi"] = {"ssid": "lab", "psk": "correct horse", "country": "DE"}
+    plan = plan_for(cluster_from(bundled_data, tmp_path), "w2", secrets)
+    entry(plan, "etc/systemd/network/10-cluster.network")
+    entry(plan, "etc/systemd/network/20-wlan0.network")
+    assert not any("NetworkManager" in str(f.path) or "cloud" in str(f.path) for f in plan.files)
+    assert not any("userconfig" in (f.link or "") + str(f.path) for f in plan.files)
+
+
+def test_raspberry_pi_os_first_boot_needs_nobody_at_the_keyboard(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    plan = plan_for(raspios_cluster(bundled_data, tmp_path), "w2", secrets)
+    links = {str(f.path): f.link for f in plan.files if f.link}
+    masked = {path for path, target in links.items() if target == "/dev/null"}
+    assert {
+        "etc/systemd/system/userconfig.service",  # userconf-pi's first-boot wizard
+        "etc/systemd/system-generators/rpi-swap-generator",  # rpi-swap (trixie)
+        "etc/systemd/system/dphys-swapfile.service",  # bookworm's swap file
+        "etc/systemd/system/swap.target",
+    } <= masked
+    # published images ship SSH off; the wizard had taken the console login away
+    assert (
+        links["etc/systemd/system/multi-user.target.wants/ssh.service"]
+        == "/usr/lib/systemd/system/ssh.service"
+    )
+    assert links["etc/systemd/system/getty.target.wants/getty@tty1.service"].endswith("/getty@.service")
+    entry(plan, "etc/cloud/cloud-init.disabled")
+    assert "Banner" not in text(plan, "etc/ssh/sshd_config.d/rename_user.conf")
+    assert "PasswordAuthentication no" in text(plan, "etc/ssh/sshd_config.d/picluster.conf").splitlines()

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from builder.errors import ConfigError, Problem
 from builder.spec.load import load_cluster
-from builder.spec.model import warnings
 from tests.conftest import BUNDLED
 
 Edit = Callable[[dict[str, Any]], None]
@@ -34,7 +33,6 @@ def test_bundled_cluster_is_valid() -> None:
     cluster = load_cluster(BUNDLED)
     assert [node.name for node in cluster.nodes] == ["cp1", "w1", "w2"]
     assert cluster.api_endpoint == "192.168.50.10:6443"
-    assert warnings(cluster) == []
 
 
 def _set(path: str, value: Any) -> Edit:
@@ -504,15 +502,26 @@ def test_problem_lines_point_at_the_offending_entry(bundled_data: dict[str, Any]
     assert "10.9.9.9/24" in text[problem.line - 1]
 
 
-def test_pi5_on_debian_base_warns_and_recommends_an_image(
+def test_pi5_on_debian_base_is_an_error_that_names_base_image(
     bundled_data: dict[str, Any], tmp_path: Path
 ) -> None:
     bundled_data["nodes"][2]["model"] = "pi5"
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(bundled_data))
-    (warning,) = warnings(load_cluster(path))
-    assert warning.path == "nodes[2].model"
-    assert "base.image" in warning.hint
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "nodes[2].model"
+    assert "Debian's kernel does not run this model" in problem.message
+    assert "base.image" in problem.hint and "Raspberry Pi OS Lite arm64" in problem.hint
+    assert "url and sha256" in problem.hint
+
+
+@pytest.mark.parametrize("arch", ["armhf", "amd64"])
+def test_a_downloaded_base_must_be_arm64(bundled_data: dict[str, Any], tmp_path: Path, arch: str) -> None:
+    bundled_data["base"] = {
+        "arch": arch,
+        "image": {"url": "https://example.org/os.img.xz", "sha256": "0" * 64},
+    }
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "base.arch"
+    assert "Raspberry Pi OS Lite images base.image takes" in problem.hint
 
 
 def test_several_control_planes_with_endpoint_are_valid(bundled_data: dict[str, Any], tmp_path: Path) -> None:
