@@ -144,7 +144,7 @@ ln -sf ../var-swap.swap "$units/swap.target.wants/var-swap.swap"
 def inputs() -> dict[str, object]:
     """Everything that changes the stand-in's bytes, for its cache key: its packages, files and
     layout, the code that shapes and lays it out, and the Debian base's hooks it is built with."""
-    hooks = sorted([*debian.HOOKS_DIR.iterdir(), debian.INITRAMFS_MODULES])
+    hooks = sorted([*debian.HOOKS, debian.INITRAMFS_MODULES])
     return {
         "suite": SUITE,
         "arch": ARCH,
