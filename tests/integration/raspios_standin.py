@@ -46,6 +46,7 @@ from builder.files import exclusive, remove_tree
 from builder.image import debian
 from builder.image.context import BuildContext
 from builder.image.layout import MIB, SECTOR, Layout, tool_env
+from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.image.stamp import pin_mtimes, tree_size
 from builder.progress import Reporter
 from builder.run import Runner
@@ -190,7 +191,7 @@ def build_standin(folder: Path, reporter: Reporter) -> None:
     with reporter.step("mmdebstrap: the Raspberry Pi OS stand-in's packages (several minutes)"):
         command = [*debian.mmdebstrap_options(ARCH, sorted(PACKAGES)), SUITE, str(root),
                    *debian.apt_sources(SUITE)]  # fmt: skip
-        runner.stream(command, work / "mmdebstrap.log", milestone=lambda line: line.startswith("I: "),
+        runner.stream(command, work / "mmdebstrap.log", follow=MmdebstrapProgress().feed,
                       show=reporter.say)  # fmt: skip
     boot = work / "boot"
     shape_tree(root, boot, runner)
