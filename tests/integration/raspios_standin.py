@@ -17,10 +17,11 @@ raspberrypi-sys-mods):
   stage2/01-sys-tweaks/01-run.sh then runs `systemctl disable ssh`);
 - swap: trixie's rpi-swap package is a systemd generator, rpi-swap-generator (its manual page,
   rpi-swap-generator(8)), which sets up zram and/or a swap file early in boot. It stands in here
-  as a generator of that name that makes and enables a 256 MiB swap file, /var/swap, so that
+  as a generator of that name that makes and enables a 64 MiB swap file, /var/swap, so that
   masking the generator by name is what a test of "swap is off" exercises. (Bookworm used
   dphys-swapfile.service instead.)
-- the first user `pi` (pi-gen build.sh FIRST_USER_NAME), without a password;
+- the first user `pi` (pi-gen build.sh FIRST_USER_NAME), without a password; /etc/machine-id
+  "uninitialized" (pi-gen export-image/05-finalise/01-run.sh);
 - no containerd, no CNI plugins; python3 is there (Raspberry Pi OS carries it).
 
 Not stood in: the user wizard (userconf-pi's userconfig.service, enabled by `rename-user -f -s`
@@ -70,7 +71,9 @@ BOOT_SIZE = 512 * MIB
 ROOT_OFFSET = BOOT_OFFSET + BOOT_SIZE
 ROOT_MARGIN_MIB = 200
 """pi-gen's margin: the root filesystem holds its content * 1.2 + 200 MiB."""
-SWAP_FILE_MIB = 256
+SWAP_FILE_MIB = 64
+"""Small: the stand-in's root is not grown on first boot as Raspberry Pi OS's is (rpi-resize), and
+a swap file that filled it would fail every service that writes to /var."""
 EPOCH = 1_767_225_600
 """2026-01-01: fixed, so the stand-in's bytes depend only on its inputs."""
 
@@ -220,6 +223,8 @@ def shape_tree(root: Path, boot: Path, runner: Runner) -> None:
     runner.run(["systemctl", f"--root={root}", "disable", "ssh.service"])
     runner.run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "pi"])
     (root / "etc/fstab").write_text(FSTAB)
+    # pi-gen export-image/05-finalise: systemd makes the machine id on first boot
+    (root / "etc/machine-id").write_text("uninitialized\n")
     (root / "etc/hostname").write_text("raspberrypi\n")
     with (root / "etc/hosts").open("a") as hosts:
         hosts.write("127.0.1.1\t\traspberrypi\n")

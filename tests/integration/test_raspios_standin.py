@@ -96,6 +96,7 @@ def test_what_raspberry_pi_os_lite_has_and_lacks(standin: Path, layout: Layout) 
     assert not exists(standin, layout, "usr/bin/containerd")
     assert not exists(standin, layout, f"{WANTS}/ssh.service"), "published images ship SSH off"
     assert "pi:" in debugfs(standin, layout, "cat /etc/passwd")
+    assert debugfs(standin, layout, "cat /etc/machine-id") == "uninitialized\n"
 
 
 def test_swap_comes_from_a_generator_named_as_raspberry_pi_os_s(standin: Path, layout: Layout) -> None:
