@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,6 +22,7 @@ from builder.errors import UserError
 from builder.image import debian, kubernetes_apt
 from builder.image.context import BuildContext
 from builder.image.layout import Layout, tool_env
+from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.run import Runner
 from builder.spec.model import Cluster, ImageSource
 
@@ -81,7 +83,7 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
         context.runner.stream(
             ["unshare", "--mount", "--fork", "--", "sh", HOOK, root, kubernetes, *packages(cluster)],
             work / "customise.log",
-            follow=_apt_milestone,
+            follow=_follow_customisation(),
             show=context.reporter.say,
         )
     return root
@@ -153,8 +155,14 @@ def read_layout(image: Path, runner: Runner) -> Layout:
     return Layout(boot["start"] * sector, root["start"] * sector, image.stat().st_size)
 
 
-def _apt_milestone(line: str, elapsed: float) -> str | None:
-    """apt's plan and the packages it sets up, not its every line."""
-    if line.startswith(("Setting up ", "picluster: ")) or " newly installed" in line:
-        return line
-    return None
+def _follow_customisation() -> Callable[[str, float], str | None]:
+    """What to show of the customisation: the hook's steps, and the packages counted as apt
+    unpacks and sets them up under emulation (as the Debian base build counts them)."""
+    count = MmdebstrapProgress()
+
+    def follow(line: str, elapsed: float) -> str | None:
+        if line.startswith("picluster: "):
+            return line.removeprefix("picluster: ")
+        return count.feed(line, elapsed)
+
+    return follow

@@ -193,6 +193,15 @@ def test_a_missing_memory_cgroup_names_the_kernel_args_node_json_lists(root: Pat
     assert "(the kernel ignored them); add cgroup_enable=memory cgroup_memory=1 to" in detail
 
 
+def test_an_address_missing_is_traced_to_the_file_the_card_configures_it_in(root: Path) -> None:
+    assert "10-cluster.network" in preflight._network_hint(Host(root), "eth0")  # a Debian card
+    keyfile = root / preflight.NM_KEYFILE.lstrip("/")
+    keyfile.parent.mkdir(parents=True)
+    keyfile.write_text("[connection]\n")
+    hint = preflight._network_hint(Host(root), "eth0")  # a Raspberry Pi OS card: NetworkManager
+    assert preflight.NM_KEYFILE in hint and "nmcli device show eth0" in hint
+
+
 def test_clock_synchronised(root: Path, config: NodeConfig) -> None:
     (root / "run/systemd/timesync").mkdir(parents=True)
     (root / "run/systemd/timesync/synchronized").touch()

@@ -162,11 +162,22 @@ def check_interface(host: Host, config: NodeConfig) -> Result:
             "interface",
             "failed",
             f"{name} holds {', '.join(map(str, held)) or 'no IPv4 address'}, not {wanted}; "
-            "check /etc/systemd/network/10-cluster.network and `networkctl status " + name + "`",
+            + _network_hint(host, name),
         )
     if raised:
         return _fixed("interface", f"brought {name} up; it holds {wanted}", host)
     return Result("interface", "ok", f"{name} is up and holds {wanted}")
+
+
+NM_KEYFILE = "/etc/NetworkManager/system-connections/picluster-cluster.nmconnection"
+"""Where a Raspberry Pi OS card keeps its address; a Debian card has networkd's file instead."""
+
+
+def _network_hint(host: Host, name: str) -> str:
+    """Where the card's address is configured, and the command that says why it is not there."""
+    if host.path(NM_KEYFILE).exists():
+        return f"check {NM_KEYFILE} and `nmcli device show {name}`"
+    return f"check /etc/systemd/network/10-cluster.network and `networkctl status {name}`"
 
 
 def check_clock(host: Host, config: NodeConfig) -> Result:
