@@ -57,7 +57,8 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
     """Every input of a Raspberry Pi OS base that changes its bytes, for its cache key."""
     assert cluster.base.image is not None
     return {
-        "image": cluster.base.image.model_dump(),
+        # by its SHA-256 only: the same image from another mirror is the same base
+        "image_sha256": cluster.base.image.sha256,
         "packages": packages(cluster),
         "kubernetes": debian.kubernetes_inputs(cluster),
         "files": {f"hooks/{HOOK.name}": debian.sha256_file(HOOK)},
