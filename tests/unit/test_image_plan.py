@@ -7,6 +7,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from builder.errors import UserError
 from builder.image import base, debian
@@ -86,6 +87,24 @@ def test_base_key_follows_its_inputs(tmp_path: Path) -> None:
     assert base.cache_key(base.manifest(load_cluster(edited))) != key
     edited.write_text(BUNDLED.read_text().replace("192.168.50.12/24", "192.168.50.13/24"))
     assert base.cache_key(base.manifest(load_cluster(edited))) == key, "node details are not in the base"
+
+
+def test_a_raspberry_pi_os_base_is_keyed_by_the_images_sha256_packages_and_hook(tmp_path: Path) -> None:
+    def key(url: str, sha256: str, packages: str = "[]", mode: str = "firstboot") -> str:
+        data = yaml.safe_load(BUNDLED.read_text())
+        data["base"]["image"] = {"url": url, "sha256": sha256}
+        data["base"]["packages"] = yaml.safe_load(packages)
+        data["cluster"]["packages"] = mode
+        edited = tmp_path / "cluster.yaml"
+        edited.write_text(yaml.safe_dump(data))
+        return base.cache_key(base.manifest(load_cluster(edited)))
+
+    first = key("http://127.0.0.1:1/raspios.img.xz", "a" * 64)
+    assert key("https://mirror.example/raspios.img.xz", "a" * 64) == first, "the same image from elsewhere"
+    assert key("http://127.0.0.1:1/raspios.img.xz", "b" * 64) != first
+    assert key("http://127.0.0.1:1/raspios.img.xz", "a" * 64, "[htop]") != first
+    assert key("http://127.0.0.1:1/raspios.img.xz", "a" * 64, mode="image") != first
+    assert "hooks/raspios.sh" in base.manifest(load_cluster(tmp_path / "cluster.yaml"))["files"]
 
 
 def test_mmdebstrap_command_carries_the_package_set() -> None:
