@@ -12,7 +12,10 @@ qemu-user, and the tree is assembled like the Debian base: picluster's layout, l
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -122,10 +125,42 @@ def unpack(raw: Path, root: Path, runner: Runner) -> None:
             "(Kubernetes has published no 32-bit ARM kubelet since 1.27)",
             "download Raspberry Pi OS Lite (64-bit) and set base.image's url and sha256 to it",
         )
+    restore_special_modes(raw, layout, root, runner)
     shutil.rmtree(root / "lost+found", ignore_errors=True)
     boot = root / "boot" / "firmware"
     boot.mkdir(parents=True, exist_ok=True)
     runner.run(["mcopy", "-s", "-m", "-n", "-i", layout.boot_target(raw), "::/*", str(boot)], env=env)
+
+
+LS_ENTRY = re.compile(r"^/(\d+)/(\d+)/\d+/\d+/(.*)/\d*/$")
+"""A line of debugfs `ls -p`: /inode/mode (octal)/uid/gid/name/size/."""
+SPECIAL_BITS = 0o6000
+S_IFMT, S_IFLNK = 0o170000, 0o120000
+
+
+def restore_special_modes(raw: Path, layout: Layout, root: Path, runner: Runner) -> int:
+    """Put back the setuid and setgid bits rdump loses (it sets a file's owner after its mode, and
+    changing the owner clears them: sudo would refuse to run), read from the image with one debugfs
+    run listing every folder; return how many entries had them."""
+    folders = [""]
+    for folder, names, _ in os.walk(root):
+        # real folders only: a link's target would be this machine's, not the image's
+        paths = (os.path.join(folder, name) for name in names)
+        folders += [os.path.relpath(path, root) for path in paths if not os.path.islink(path)]
+    with tempfile.TemporaryDirectory(prefix="picluster-ls-") as scratch:
+        script = Path(scratch) / "ls.cmds"
+        script.write_text("".join(f'ls -p "/{folder}"\n' for folder in folders))
+        output = runner.run(["debugfs", "-f", str(script), layout.root_target(raw)])
+    restored, folder = 0, ""
+    for line in output.splitlines():
+        if line.startswith("debugfs: ls -p "):
+            folder = line.removeprefix("debugfs: ls -p ").strip('"').strip("/")
+        elif (entry := LS_ENTRY.match(line)) and entry[3] not in (".", ".."):
+            mode = int(entry[2], 8)
+            if mode & SPECIAL_BITS and mode & S_IFMT != S_IFLNK:
+                os.chmod(root / folder / entry[3], mode & 0o7777)
+                restored += 1
+    return restored
 
 
 def system_arch(root: Path) -> str:

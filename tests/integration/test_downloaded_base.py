@@ -124,6 +124,10 @@ def test_the_downloaded_image_gets_what_a_kubernetes_node_needs_and_picluster_s_
         assert path in base.others or path in base.dirs, f"{path} is not in the customised base"
     assert "etc/systemd/system/multi-user.target.wants/NetworkManager.service" in base.others
     assert not any(path.startswith("etc/ssh/ssh_host_") for path in base.others)
+    sudo = subprocess.run(
+        ["debugfs", "-R", "stat /usr/bin/sudo", root], capture_output=True, text=True
+    ).stdout
+    assert "Mode:  04755" in sudo and "User:     0" in sudo, "setuid kept through the unpacking"
     assert "usr/sbin/policy-rc.d" not in base.others, "the chroot's guard against starting services is gone"
     table = json.loads(subprocess.run(["sfdisk", "--json", str(base.image)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]  # fmt: skip
