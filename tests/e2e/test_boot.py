@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ from builder.render.plan import FileEntry, NodePlan
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import ImageSource
-from tests.conftest import BUNDLED, REPO, fixed_secrets
+from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools
 
 pytestmark = pytest.mark.e2e
@@ -322,7 +323,7 @@ def picluster_verify(booted: Booted) -> tuple[int, str]:
     """`picluster verify` as a user runs it, reaching the node through an ssh_config. No NTP
     server answers inside QEMU's restricted network, so the time check is skipped, by name."""
     done = subprocess.run(
-        [str(REPO / ".venv/bin/picluster"), "verify", "-f", str(booted.card.cluster_file),
+        [sys.executable, "-m", "builder", "verify", "-f", str(booted.card.cluster_file),
          "--ssh-config", str(booted.ssh_config), "--skip", "time_synchronised"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -507,3 +508,10 @@ def test_a_pi5_on_raspberry_pi_os_has_containerd_and_no_swap_and_passes_prefligh
     checks = {check["name"]: check["status"] for check in state["preflight"]}
     assert checks == {"swap": "ok", "modules": "ok", "sysctls": "ok", "cgroups": "ok", "interface": "ok",
                       "clock": "failed", "containerd": "ok"}, state["preflight"]  # fmt: skip
+
+
+def test_picluster_verify_passes_on_a_pi5_on_raspberry_pi_os(booted_raspios: Booted) -> None:
+    agent_state_when(booted_raspios, "waiting: packages")
+    status, report = picluster_verify(booted_raspios)
+    assert status == 0, report
+    assert "0 failed" in report and "containerd running, SystemdCgroup" in report
