@@ -171,12 +171,17 @@ def raspios_card(tmp_path_factory: pytest.TempPathFactory, raspios_standin_sourc
     return make_card(tmp_path_factory.mktemp("e2e-raspios"), "pi5", raspios_standin_source)
 
 
+def on_a_3_gib_card(card: Card, name: str) -> Path:
+    """A copy of the card's image as large as a real card, for the root to grow into."""
+    image = card.work / f"cp1-{name}-on-a-3-GiB-card.img"
+    subprocess.run(["cp", "--sparse=always", str(card.image), str(image)], check=True)
+    os.truncate(image, CARD_SIZE)
+    return image
+
+
 @pytest.fixture(scope="module")
 def booted(card: Card) -> Iterator[Booted]:
-    card_image = card.work / "cp1-on-a-3-GiB-card.img"
-    subprocess.run(["cp", "--sparse=always", str(card.image), str(card_image)], check=True)
-    os.truncate(card_image, CARD_SIZE)
-    with boot(card, card_image, "plain") as running:
+    with boot(card, on_a_3_gib_card(card, "plain"), "plain") as running:
         yield running
 
 
@@ -480,10 +485,7 @@ def test_the_agent_clears_stale_links_on_a_booted_node(booted_with_stale_links: 
 
 @pytest.fixture(scope="module")
 def booted_raspios(raspios_card: Card) -> Iterator[Booted]:
-    image = raspios_card.work / "cp1-pi5-on-a-3-GiB-card.img"
-    subprocess.run(["cp", "--sparse=always", str(raspios_card.image), str(image)], check=True)
-    os.truncate(image, CARD_SIZE)
-    with boot(raspios_card, image, "raspios") as running:
+    with boot(raspios_card, on_a_3_gib_card(raspios_card, "pi5"), "raspios") as running:
         yield running
 
 
