@@ -128,6 +128,10 @@ def unpack(raw: Path, root: Path, runner: Runner) -> None:
     restore_special_modes(raw, layout, root, runner)
     shutil.rmtree(root / "lost+found", ignore_errors=True)
     boot = root / "boot" / "firmware"
+    if any(path.is_symlink() for path in (boot.parent, boot)):
+        # the boot files are copied there from this machine's side: never through a link
+        raise UserError(f"{raw.name}: /boot/firmware is a link, not Raspberry Pi OS's boot folder",
+                        "use a Raspberry Pi OS (Lite, 64-bit) image as published")  # fmt: skip
     boot.mkdir(parents=True, exist_ok=True)
     runner.run(["mcopy", "-s", "-m", "-n", "-i", layout.boot_target(raw), "::/*", str(boot)], env=env)
 
