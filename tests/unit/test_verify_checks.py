@@ -51,6 +51,8 @@ class Node:
     """Loaded, as /sys/module shows them."""
     proc: dict[str, str] = field(default_factory=dict)
     """/proc files, /proc/cmdline and /proc/sys/... among them."""
+    links: str = "[]"
+    """What `ip -j addr show` answers."""
 
     def file(self, path: str) -> File:
         if path == "/etc/kubernetes/kubelet.conf":
@@ -75,7 +77,7 @@ class Node:
         if command.startswith("ls -1 /run/netns"):
             return "\n".join(self.pod_namespaces)
         assert command.startswith("ip -j"), command
-        return "[]"
+        return self.links if command.startswith("ip -j addr") else "[]"
 
 
 def cluster_with_backend(backend: str) -> Cluster:
@@ -91,6 +93,20 @@ def test_a_host_gw_cluster_has_no_vxlan_to_check(check: Any) -> None:
         kwargs["node"] = cluster.nodes[0]
     with pytest.raises(pytest.skip.Exception, match=r"host-gw: no flannel\.1, no VXLAN on UDP 8472"):
         check(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "fix"),
+    [(None, "10-cluster.network, then sudo networkctl reload"),
+     ({"url": "http://127.0.0.1/raspios.img.xz", "sha256": "a" * 64}, "picluster-cluster.nmconnection")],
+)  # fmt: skip
+def test_a_missing_address_names_the_file_the_cards_base_keeps_it_in(image: Any, fix: str) -> None:
+    cluster = load_cluster(BUNDLED)
+    if image is not None:
+        cluster = cluster.model_copy(update={"base": cluster.base.model_copy(update={"image": image})})
+    host = Node(links='[{"ifname": "eth0", "addr_info": []}]')
+    with pytest.raises(AssertionError, match=f"eth0 holds no address, not .*; fix: check .*{fix}"):
+        test_node.test_address(host=host, node=cluster.nodes[0], cluster=cluster)
 
 
 def test_a_vxlan_node_without_its_port_fails() -> None:
