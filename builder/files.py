@@ -1,5 +1,6 @@
 """Writing files so that a reader never sees half of one (write a temporary name, then rename),
-and one writer at a time in a folder (a lock file)."""
+one writer at a time in a folder (a lock file), and deleting a build folder only when nothing is
+mounted inside it."""
 
 from __future__ import annotations
 
