@@ -27,8 +27,13 @@ raspberrypi-sys-mods):
 Not stood in: the user wizard (userconf-pi's userconfig.service, enabled by `rename-user -f -s`
 in pi-gen export-image/01-user-rename, which also disables getty@tty1), rpi-resize.service
 (the `resize` on the command line), cloud-init (pi-gen ENABLE_CLOUD_INIT defaults to 1 and puts
-NoCloud user-data, meta-data and network-config on the boot partition), and the Raspberry Pi
-kernel, firmware and device trees.
+NoCloud user-data, meta-data and network-config on the boot partition), the Raspberry Pi
+kernel, firmware and device trees, and rpi-swap's zram: the real package depends on
+systemd-zram-generator (ktremain/rpi-swap README: "systemd-zram-generator package (automatically
+installed as dependency)") and swaps to compressed RAM by default, which this stand-in's swap
+file does not model. Where the stand-in is kinder than the real image, the tests prove less: that
+the wizard's and cloud-init's units are masked, not that the real ones stay off; that the
+generator named rpi-swap-generator is masked, not that zram swap stays off.
 
 The image is cached under ~/.cache/picluster/standins/<hash of its inputs>/, so only the first run
 on a machine pays for mmdebstrap (minutes under qemu-user); `raspios_standin_server` in conftest.py
