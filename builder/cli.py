@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -189,10 +190,18 @@ def _parser() -> argparse.ArgumentParser:
         _kubeconfig,
         help="write an admin kubeconfig for the cluster",
         description="Write a kubeconfig with a client certificate (group system:masters, one year) "
-        "signed by the cluster CA; mode 0600.",
+        "signed by the cluster CA; mode 0600. An existing file is replaced only when it is a "
+        "kubeconfig exactly as picluster wrote it; --merge puts this cluster's entries into "
+        "another kubeconfig (~/.kube/config) and keeps every other entry.",
     )
     admin.add_argument(
         "-o", "--out", type=Path, metavar="FILE", help="where (default: .picluster/admin.conf)"
+    )
+    admin.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only this cluster's cluster, user and context entries in FILE, keeping the rest "
+        "and its mode",
     )
 
     keep = command(
@@ -387,16 +396,39 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     project = _project(args)
     out = args.out or project.state_dir / "admin.conf"
     secrets = project.existing_secrets("kubeconfig")
-    # the default lives in the state folder; a path the user names may not
-    check_output(out, project.state_dir if args.out else None, lambda data: b"picluster-admin@" in data)
-    write_atomic(
-        out, kubeconfig.admin_kubeconfig(project.cluster, secrets, datetime.now(UTC)).encode(), 0o600
-    )
+    # the default lives in the state folder; a path the user names may not. Any file may be
+    # merged into; which may be replaced is settled below
+    check_output(out, project.state_dir if args.out else None, lambda data: True)
+    ours = kubeconfig.admin_kubeconfig(project.cluster, secrets, datetime.now(UTC))
+    existing = _read(out) if out.exists() else None
+    context = f"picluster-admin@{project.cluster.cluster.name}"
+    if existing is not None and args.merge:
+        mode = stat.S_IMODE(out.stat().st_mode)
+        write_atomic(out, kubeconfig.merged_kubeconfig(existing, ours, str(out)).encode(), mode)
+        print(
+            f"merged cluster {project.cluster.cluster.name}'s entries into {out}, every other entry kept "
+            f"(an admin credential for one year: keep it private)\n  kubectl --context {context} get nodes"
+        )
+        return 0
+    if existing is not None and not kubeconfig.written_by_picluster(existing):
+        raise UserError(
+            f"{out} exists and is not a kubeconfig picluster wrote (or kubectl has changed it since); "
+            "it is left as it is",
+            "add --merge to put this cluster's entries into it and keep every other, or name a new file",
+        )
+    write_atomic(out, ours.encode(), 0o600)
     print(
         f"wrote {out} (an admin credential for one year: keep it private)\n"
         f"  kubectl --kubeconfig {out} get nodes"
     )
     return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}", "name a file you can read") from None
 
 
 def _backup(args: argparse.Namespace) -> int:

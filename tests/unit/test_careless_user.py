@@ -7,12 +7,15 @@ import io
 import json
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.cli import main
 from tests.conftest import BUNDLED, file_contents
+from tests.unit.test_kubeconfig import multi_cluster
 
 
 def refused(capsys: pytest.CaptureFixture[str], *words: str) -> str:
@@ -177,3 +180,29 @@ def test_a_state_folder_without_a_single_file_is_a_new_one(tmp_path: Path) -> No
     (tmp_path / ".picluster/pki").mkdir(parents=True)
     assert main(["render", "-f", str(tmp_path / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / ".picluster/pki/ca.key").is_file()
+
+
+def kubectl_touched(site: Path) -> bytes:
+    """A kubeconfig picluster wrote, after `kubectl config set-context --current --namespace
+    apps`: kubectl writes it back in its own form, with the user's change."""
+    assert main(["kubeconfig", "-f", str(site / "cluster.yaml"), "-o", str(site / "x.conf")]) == 0
+    data = yaml.safe_load((site / "x.conf").read_text())
+    (site / "x.conf").unlink()
+    data["contexts"][0]["context"]["namespace"] = "apps"
+    return yaml.safe_dump({**data, "preferences": {}}, sort_keys=True).encode()
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [lambda site: multi_cluster(site).encode(), kubectl_touched],
+    ids=["several clusters, flattened", "picluster's, changed by kubectl"],
+)
+def test_kubeconfig_never_replaces_a_kubeconfig_the_user_keeps(
+    site: Path, contents: Callable[[Path], bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = site / "config"
+    config.write_bytes(contents(site))
+    before = config.read_bytes()
+    assert main(["kubeconfig", "-f", str(site / "cluster.yaml"), "-o", str(config)]) == 2
+    refused(capsys, f"{config} exists and is not a kubeconfig picluster wrote", "--merge")
+    assert config.read_bytes() == before
