@@ -38,6 +38,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
             if durable:
                 os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # a full disk, most often
+        Path(temporary).unlink(missing_ok=True)
+        kept = f"{path} is as it was" if path.exists() else f"nothing was written at {path}"
+        raise UserError(
+            f"cannot write {path}: {error.strerror}", f"make room there and run again; {kept}"
+        ) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

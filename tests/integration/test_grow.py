@@ -4,7 +4,9 @@ a stand-in API server (tests/integration/api_standin.py) on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,6 +253,44 @@ def test_kubeconfig_holds_an_admin_certificate_from_the_cluster_ca(tmp_path: Pat
     answer = requests.get(f"https://{api.endpoint}/api/v1/nodes", verify=str(tmp_path / "ca.crt"),
                           cert=(str(tmp_path / "c.crt"), str(tmp_path / "c.key")), timeout=5)  # fmt: skip
     assert answer.status_code == 200
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, to fill."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_kubeconfig_on_a_full_disk_leaves_the_previous_file(
+    tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, "192.168.50.10:6443", timedelta(hours=1))
+    out = small_disk / "admin.conf"
+    command = ["kubeconfig", "-f", str(cluster_file), "-o", str(out)]
+    assert main(command) == 0
+    before = out.read_bytes()
+    with (small_disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(bytes(4096))
+    capsys.readouterr()
+    for argv in (command, [*command, "--merge"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"error: cannot write {out}: No space left on device") and "Traceback" not in err
+        )
+        assert len(err.splitlines()) <= 3
+        assert out.read_bytes() == before
+        assert sorted(path.name for path in small_disk.iterdir()) == ["admin.conf", "filler"]
 
 
 def node_item(name: str, ready: str, ip: str) -> dict[str, Any]:
