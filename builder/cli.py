@@ -491,8 +491,10 @@ def _status(args: argparse.Namespace) -> int:
     endpoint = project.cluster.api_endpoint
     try:
         with api.connect(endpoint, secrets) as server:
-            statuses = status.add_cluster_view(statuses, api.list_nodes(server))
+            statuses, unnamed = status.add_cluster_view(statuses, api.list_nodes(server))
         note = f"cluster: https://{endpoint} answered"
+        if unnamed:
+            note += f"; {unnamed} node object{'s' if unnamed != 1 else ''} without a name were left out"
     except api.Unreachable as why:
         note = f"cluster: not reachable ({why})"
     print(status.as_json(statuses, note) if args.json else status.format_status(statuses, note))

@@ -1,18 +1,20 @@
 """Talking to the cluster's API server from the build machine, with requests.
 
 TLS is pinned to the cluster CA (from .picluster/), and picluster authenticates with an admin
-client certificate it signs with that CA for the occasion; nothing is read from ~/.kube.
+client certificate it signs with that CA for the occasion, valid for minutes; nothing is read from
+~/.kube. That certificate's key is never on disk: requests reads it, by a /proc/self/fd name, from
+an anonymous file in this process's memory, which goes with the process however it ends.
 """
 
 from __future__ import annotations
 
 import base64
-import tempfile
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -22,6 +24,14 @@ from builder.secrets.pki import ClusterSecrets, make_admin_client
 
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"
+NODES = "/api/v1/nodes"
+DEADLINE_S = 15.0
+"""The longest picluster waits for one whole answer: a server that accepts and then stalls, or
+sends a byte now and then, never trips requests' own timeout, which counts each wait apart."""
+WAIT_S = 5.0
+"""requests' timeout: connecting, and each wait for the next bytes."""
+CERTIFICATE_VALIDITY = timedelta(minutes=10)
+"""Ample for one command's requests, and for a cluster whose clock runs a few minutes ahead."""
 
 
 class Unreachable(Exception):
@@ -31,19 +41,37 @@ class Unreachable(Exception):
 @dataclass(frozen=True)
 class ClusterAPI:
     endpoint: str
-    files: Path  # ca.crt, admin.crt, admin.key
-    timeout: float = 5.0
+    ca: str
+    certificate: tuple[str, str]
+    """Where requests reads the admin certificate and its key."""
+    deadline: float
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+        """The server's whole answer within the deadline; it is awaited in a thread of its own,
+        left behind (a daemon, holding nothing but its socket) when the server stalls."""
         url = f"https://{self.endpoint}{path}"
+        answers: list[requests.Response | BaseException] = []
+
+        def ask() -> None:
+            try:
+                answers.append(self._ask(method, url, body))
+            except BaseException as error:  # raised again in the caller's thread
+                answers.append(error)
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(self.deadline)
+        if not answers:
+            raise Unreachable(f"{url}: no whole answer within {self.deadline:g} s (the server stalls)")
+        (answer,) = answers
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _ask(self, method: str, url: str, body: dict[str, Any] | None) -> requests.Response:
         try:
             return requests.request(
-                method,
-                url,
-                json=body,
-                verify=str(self.files / "ca.crt"),
-                cert=(str(self.files / "admin.crt"), str(self.files / "admin.key")),
-                timeout=self.timeout,
+                method, url, json=body, verify=self.ca, cert=self.certificate, timeout=WAIT_S
             )
         except requests.exceptions.SSLError as error:
             raise Unreachable(f"{url}: TLS failed (not this cluster's API server?): {error}") from None
@@ -56,7 +84,14 @@ class ClusterAPI:
         if response.status_code == 404:
             return None
         _check(response)
-        result: dict[str, Any] = response.json()
+        try:
+            result = response.json()
+        except ValueError:
+            raise Unreachable(
+                f"{response.url}: the answer is not JSON (not a Kubernetes API server?)"
+            ) from None
+        if not isinstance(result, dict):
+            raise Unreachable(f"{response.url}: the answer is not a Kubernetes object")
         return result
 
 
@@ -71,15 +106,25 @@ def _check(response: requests.Response) -> None:
 
 @contextmanager
 def connect(endpoint: str, secrets: ClusterSecrets, now: datetime | None = None) -> Iterator[ClusterAPI]:
-    """A client for the API server; its key material lives in a private temporary folder."""
-    admin = make_admin_client(secrets.ca, now or datetime.now(UTC))
-    with tempfile.TemporaryDirectory(prefix="picluster-api-") as scratch:
-        folder = Path(scratch)
-        (folder / "ca.crt").write_bytes(secrets.ca.public_pem)
-        (folder / "admin.crt").write_bytes(admin.public_pem)
-        (folder / "admin.key").write_bytes(admin.key_pem)
-        (folder / "admin.key").chmod(0o600)
-        yield ClusterAPI(endpoint, folder)
+    """A client for the API server, its admin key in memory only, each answer awaited
+    DEADLINE_S at most."""
+    admin = make_admin_client(secrets.ca, now or datetime.now(UTC), CERTIFICATE_VALIDITY)
+    with (
+        _in_memory("ca.crt", secrets.ca.public_pem) as ca,
+        _in_memory("admin.crt", admin.public_pem) as certificate,
+        _in_memory("admin.key", admin.key_pem) as key,
+    ):
+        yield ClusterAPI(endpoint, ca, (certificate, key), DEADLINE_S)
+
+
+@contextmanager
+def _in_memory(name: str, data: bytes) -> Iterator[str]:
+    """A path for `data` that lies in this process's memory: an anonymous file (memfd, closed on
+    exec, so no program picluster starts holds it) named through /proc/self/fd."""
+    with os.fdopen(os.memfd_create(name), "w+b") as handle:
+        handle.write(data)
+        handle.flush()
+        yield f"/proc/self/fd/{handle.fileno()}"
 
 
 def token_secret(token: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
@@ -105,19 +150,28 @@ def token_secret(token: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
 
 def token_expiry(api: ClusterAPI, token: str) -> datetime | None:
     """When the cluster will drop this token; None when it does not know it."""
-    secret = api.get(f"{SECRETS}/bootstrap-token-{token.split('.')[0]}")
+    path = f"{SECRETS}/bootstrap-token-{token.split('.')[0]}"
+    secret = api.get(path)
     if secret is None:
         return None
-    encoded = secret.get("data", {}).get("expiration")
+    data = secret.get("data") or {}
+    encoded = data.get("expiration") if isinstance(data, dict) else None
     if encoded is None:
         return datetime.max.replace(tzinfo=UTC)
-    return datetime.strptime(base64.b64decode(encoded).decode(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    try:
+        expiration = base64.b64decode(encoded).decode()
+        return datetime.strptime(expiration, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        raise Unreachable(f"https://{api.endpoint}{path}: its expiration is not a time") from None
 
 
 def create_token(api: ClusterAPI, token: str, ttl: timedelta, now: datetime) -> None:
     _check(api.request("POST", SECRETS, token_secret(token, ttl, now)))
 
 
-def list_nodes(api: ClusterAPI) -> list[dict[str, Any]]:
-    nodes = api.get("/api/v1/nodes")
-    return list((nodes or {}).get("items", []))
+def list_nodes(api: ClusterAPI) -> list[Any]:
+    """The cluster's node objects, as they came: status.add_cluster_view reads what it can of each."""
+    items = (api.get(NODES) or {}).get("items") or []
+    if not isinstance(items, list):
+        raise Unreachable(f"https://{api.endpoint}{NODES}: the answer is not a list of nodes")
+    return items

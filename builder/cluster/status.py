@@ -49,23 +49,56 @@ def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[Nod
     return statuses
 
 
-def add_cluster_view(statuses: list[NodeStatus], nodes: list[dict[str, Any]]) -> list[NodeStatus]:
-    """Fill in what the cluster says of each node; add the ones cluster.yaml does not have."""
+def add_cluster_view(statuses: list[NodeStatus], nodes: list[Any]) -> tuple[list[NodeStatus], int]:
+    """Fill in what the cluster says of each node; add the ones cluster.yaml does not have. What
+    cannot be read of a node (the answer is not as Kubernetes writes it) shows as unknown; node
+    objects without a name are left out and counted."""
     by_name = {status.name: status for status in statuses}
+    unnamed = 0
     for item in nodes:
-        name = item["metadata"]["name"]
+        name = _field(item, "metadata", "name")
+        if not isinstance(name, str) or not name:
+            unnamed += 1
+            continue
         status = by_name.get(name) or NodeStatus(name, "not in cluster.yaml")
         if name not in by_name:
             statuses.append(status)
-        conditions = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}
-        status.ready = conditions.get("Ready", "Unknown")
-        status.kubelet = item.get("status", {}).get("nodeInfo", {}).get("kubeletVersion")
-        addresses = item.get("status", {}).get("addresses", [])
-        status.internal_ip = next((a["address"] for a in addresses if a["type"] == "InternalIP"), None)
+            by_name[name] = status
+        status.ready = _ready(_field(item, "status", "conditions"))
+        status.kubelet = _text(_field(item, "status", "nodeInfo", "kubeletVersion"))
+        status.internal_ip = _internal_ip(_field(item, "status", "addresses"))
     for status in statuses:
         if status.ready is None and status.image != "not in cluster.yaml":
             status.ready = "not joined"
-    return statuses
+    return statuses, unnamed
+
+
+def _field(item: Any, *path: str) -> Any:
+    """item[path[0]][path[1]]..., or None where a step is missing or not a mapping."""
+    for key in path:
+        if not isinstance(item, dict):
+            return None
+        item = item.get(key)
+    return item
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ready(conditions: Any) -> str:
+    """The Ready condition's status (Unknown when the node has none, as Kubernetes says of a node
+    it has not heard from); "unknown" when the conditions cannot be read."""
+    if not isinstance(conditions or [], list):
+        return "unknown"
+    ready = next((c for c in conditions or [] if _field(c, "type") == "Ready"), {"status": "Unknown"})
+    return _text(_field(ready, "status")) or "unknown"
+
+
+def _internal_ip(addresses: Any) -> str | None:
+    if not isinstance(addresses, list):
+        return None
+    return next((_text(_field(a, "address")) for a in addresses if _field(a, "type") == "InternalIP"), None)
 
 
 def format_status(statuses: list[NodeStatus], cluster_note: str) -> str:

@@ -171,9 +171,15 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 ADMIN_VALIDITY = timedelta(days=365)
 
 
-def make_admin_client(ca: KeyPair, now: datetime, key: ec.EllipticCurvePrivateKey | None = None) -> KeyPair:
-    """A client certificate in group system:masters, signed by the cluster CA: what picluster
-    uses to talk to the API server (new bootstrap tokens, status) and puts in admin kubeconfigs."""
+def make_admin_client(
+    ca: KeyPair,
+    now: datetime,
+    validity: timedelta = ADMIN_VALIDITY,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> KeyPair:
+    """A client certificate in group system:masters, signed by the cluster CA, valid for
+    `validity`: what picluster puts in admin kubeconfigs (a year) and talks to the API server
+    with (new bootstrap tokens, status: minutes)."""
     key = key or new_key()
     ca_cert = x509.load_pem_x509_certificate(ca.public_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
@@ -191,7 +197,7 @@ def make_admin_client(ca: KeyPair, now: datetime, key: ec.EllipticCurvePrivateKe
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + ADMIN_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())

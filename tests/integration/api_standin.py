@@ -7,11 +7,15 @@ picluster's calls: list nodes, get a bootstrap-token Secret, create one. flannel
 Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
 and a strategic-merge patch of nodes/<name>/status that sets its annotations. Nodes get a
 spec.podCIDR as kube-controller-manager's node IPAM gives them (register_nodes).
+
+On demand it misbehaves as a broken or foreign server may: it stalls, dribbles its answer, or
+answers a list of the nodes with whatever bytes a test gives it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import ctypes
 import http.server
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -42,6 +46,8 @@ NODE_CIDR_PREFIX = 24
 """kube-controller-manager's node CIDR size when nothing sets one (defaultNodeMaskCIDRIPv4 in
 cmd/kube-controller-manager/app/core.go); kubeadm sets none."""
 CLONE_NEWNET = 0x40000000
+SLOW_FOR_S = 30
+DRIBBLE_S = 0.5
 T = TypeVar("T")
 
 
@@ -58,6 +64,11 @@ class APIStandin:
     events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
     stopped: bool = False
+    slow: Literal["", "silent", "dribble"] = ""
+    """How it answers a GET or POST, when it misbehaves: "silent" reads the request and says nothing,
+    "dribble" sends the headers and then a byte of body every DRIBBLE_S; for SLOW_FOR_S at most."""
+    nodes_body: bytes | None = None
+    """What it answers to a list of the nodes instead of the list, to try odd answers."""
 
     @property
     def endpoint(self) -> str:
@@ -132,6 +143,11 @@ class APIStandin:
                 "items": copy.deepcopy(self.nodes),
             }
 
+    def wait_stopped(self, seconds: float) -> bool:
+        """Wait `seconds` at most for the stand-in to stop; whether it has."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.stopped, timeout=seconds)
+
     def stop(self) -> None:
         with self.changed:
             self.stopped = True
@@ -202,12 +218,30 @@ def api_standin(
             state.clients.append(",".join(f"{k}={v}" for rdn in peer["subject"] for k, v in rdn))
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            self._send(status, json.dumps(body).encode())
+
+        def _send(self, status: int, data: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _slow(self) -> None:
+            self.close_connection = True
+            if state.slow == "silent":
+                state.wait_stopped(SLOW_FOR_S)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(SLOW_FOR_S * 10))  # more than it will send
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client gave up
+                for _ in range(int(SLOW_FOR_S / DRIBBLE_S)):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    if state.wait_stopped(DRIBBLE_S):
+                        return
 
         def _body(self) -> Any:
             return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -216,8 +250,12 @@ def api_standin(
             self._client()
             url = urlsplit(self.path)
             query = parse_qs(url.query)
-            if url.path == NODES_PATH and query.get("watch") == ["true"]:
+            if state.slow:
+                self._slow()
+            elif url.path == NODES_PATH and query.get("watch") == ["true"]:
                 self._watch(int(query.get("resourceVersion", ["0"])[0] or 0))
+            elif url.path == NODES_PATH and state.nodes_body is not None:
+                self._send(200, state.nodes_body)
             elif url.path == NODES_PATH:
                 self._answer(200, state.node_list())
             elif url.path.startswith(SECRETS_PATH + "/") and url.path.split("/")[-1] in state.secrets:
@@ -262,6 +300,9 @@ def api_standin(
         def do_POST(self) -> None:
             self._client()
             body = self._body()
+            if state.slow:
+                self._slow()
+                return
             if self.path != SECRETS_PATH:
                 self._answer(404, {"kind": "Status", "reason": "NotFound"})
                 return
