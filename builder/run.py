@@ -40,6 +40,12 @@ class CommandError(UserError):
         self.output = output
 
 
+class CommandTimedOut(UserError):
+    def __init__(self, command: Sequence[str], seconds: float) -> None:
+        super().__init__(f"`{shlex.join(command)}` did not finish within {seconds:g} s")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Runner:
     """Starts programs. `verbose`: echo each command, and every line of a long one."""
@@ -55,21 +61,27 @@ class Runner:
         cwd: Path | None = None,
         hint: str = "",
         merge_stderr: bool = False,
+        timeout: float | None = None,
     ) -> str:
-        """Run a command to completion; return its output; raise CommandError on failure.
+        """Run a command to completion; return its output; raise CommandError on failure, and
+        CommandTimedOut (having killed it) when it runs longer than `timeout` seconds.
 
         The output is standard output, or both streams interleaved with merge_stderr.
         """
         words = self._announce(command, env)
-        result = subprocess.run(
-            [*DIE_WITH_PICLUSTER, *words],
-            input=input,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-            env={**os.environ, **env} if env else None,
-            cwd=cwd,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                [*DIE_WITH_PICLUSTER, *words],
+                input=input,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                env={**os.environ, **env} if env else None,
+                cwd=cwd,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandTimedOut(words, timeout or 0) from None
         stdout = result.stdout.decode(errors="replace")
         if result.returncode != 0:
             output = stdout + (result.stderr or b"").decode(errors="replace")

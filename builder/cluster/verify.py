@@ -18,14 +18,27 @@ from pathlib import Path
 from builder.errors import UserError
 from builder.progress import Reporter
 from builder.resources import VERIFY_SUITE
-from builder.run import CommandError, Runner
+from builder.run import CommandError, CommandTimedOut, Runner
 from builder.spec.model import Cluster, Node
 
 CELLS = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
 CONNECT_TIMEOUT_S = 5
-"""Ample for a Pi on a LAN; the suite itself waits 10 s per command, minutes for a node that is off."""
+"""Ample for a Pi on a LAN; a node that is off fails here rather than at the deadline."""
 FOLLOW_INTERVAL_S = 0.5
 UNREACHABLE_FIX = "is each node powered and on the LAN? try the ssh command shown"
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long verify waits on the nodes, whole. ssh's ConnectTimeout covers the connection (and,
+    in recent OpenSSH, the banner), not a node that accepts it and then stalls in key exchange,
+    login or a command: without these, verify would wait for it for ever."""
+
+    reach: float = 20.0
+    """For `ssh ... true`: connecting, key exchange, login and `true`; seconds on a LAN."""
+    check: float = 120.0
+    """For one check of the suite, or for collecting them (each node's node.json is read over
+    ssh then): a few commands, seconds on a Pi, tens under emulation."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,14 @@ class Checks:
     ssh_config: Path | None = None
 
 
-def verify(cluster_file: Path, cluster: Cluster, checks: Checks, reporter: Reporter, runner: Runner) -> int:
+def verify(
+    cluster_file: Path,
+    cluster: Cluster,
+    checks: Checks,
+    reporter: Reporter,
+    runner: Runner,
+    deadlines: Deadlines = Deadlines(),
+) -> int:
     """Reach the nodes, run the suite on those that answer, print the report; return non-zero
     when a check failed or a node did not answer."""
     names = check_names(VERIFY_SUITE)
@@ -47,7 +67,7 @@ def verify(cluster_file: Path, cluster: Cluster, checks: Checks, reporter: Repor
         raise UserError(f"--skip {', '.join(unknown)}: no such check", f"choose from {', '.join(names)}")
     config = checks.ssh_config.resolve() if checks.ssh_config else None
     selected = [node for node in cluster.nodes if not checks.nodes or node.name in checks.nodes]
-    reaches = reach_nodes(selected, cluster.access.user, config, reporter.say, runner)
+    reaches = reach_nodes(selected, cluster.access.user, config, reporter.say, runner, deadlines.reach)
     answered = [r.node for r in reaches if not r.reason]
     unreachable = [r for r in reaches if r.reason]
     if not answered:
@@ -58,7 +78,7 @@ def verify(cluster_file: Path, cluster: Cluster, checks: Checks, reporter: Repor
     if unreachable:
         reporter.say(f"checking {', '.join(answered)} only")
     chosen = Checks(answered, checks.skip, config)
-    status, results = run_suite(cluster_file, chosen, reporter.say, runner)
+    status, results = run_suite(cluster_file, chosen, reporter.say, runner, deadlines.check)
     print(format_report(results))
     if unreachable:
         print(f"\nnot checked, no answer over SSH:\n{format_unreachable(unreachable)}")
@@ -89,8 +109,9 @@ class Reach:
     reason: str = ""
 
 
-def reach(node: Node, user: str, ssh_config: Path | None, runner: Runner) -> Reach:
-    """ssh to the node as the suite's testinfra does (same user, address and ssh_config) and run `true`."""
+def reach(node: Node, user: str, ssh_config: Path | None, runner: Runner, deadline: float) -> Reach:
+    """ssh to the node as the suite's testinfra does (same user, address and ssh_config) and run
+    `true`, for `deadline` seconds at most."""
     config = ["-F", str(ssh_config)] if ssh_config else []
     target = f"{user}@{node.address.ip}"
     by_hand = shlex.join(["ssh", *config, target])
@@ -99,7 +120,10 @@ def reach(node: Node, user: str, ssh_config: Path | None, runner: Runner) -> Rea
         # BatchMode: a missing key or an unknown host key fails here with ssh's reason, where the
         # suite would wait at a prompt
         options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
-        runner.run(["ssh", *config, *options, target, "true"])
+        runner.run(["ssh", *config, *options, target, "true"], timeout=deadline)
+    except CommandTimedOut:
+        reason = f"accepts the connection, then no answer within {deadline:g} s (stalled in key exchange?)"
+        return Reach(node.name, by_hand, time.monotonic() - start, reason)
     except CommandError as error:
         said = error.output.strip().splitlines()
         reason = said[-1] if said else f"ssh failed with status {error.status}"
@@ -108,11 +132,16 @@ def reach(node: Node, user: str, ssh_config: Path | None, runner: Runner) -> Rea
 
 
 def reach_nodes(
-    nodes: Sequence[Node], user: str, ssh_config: Path | None, say: Callable[[str], None], runner: Runner
+    nodes: Sequence[Node],
+    user: str,
+    ssh_config: Path | None,
+    say: Callable[[str], None],
+    runner: Runner,
+    deadline: float,
 ) -> list[Reach]:
     """Try every node at once, saying each as it answers; return them in the nodes' order."""
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        futures = [pool.submit(reach, node, user, ssh_config, runner) for node in nodes]
+        futures = [pool.submit(reach, node, user, ssh_config, runner, deadline) for node in nodes]
         for done in as_completed(futures):
             say(describe_reach(done.result()))
     return [future.result() for future in futures]
@@ -129,10 +158,11 @@ def format_unreachable(reaches: Sequence[Reach]) -> str:
 
 
 def run_suite(
-    cluster_file: Path, checks: Checks, say: Callable[[str], None], runner: Runner
+    cluster_file: Path, checks: Checks, say: Callable[[str], None], runner: Runner, deadline: float
 ) -> tuple[int, list[dict[str, str]]]:
     """Run pytest on the suite for `checks.nodes`, saying how far it has come; return its status
-    and the results."""
+    and the results. A check (or the collecting of them) that takes longer than `deadline`
+    seconds stops the suite."""
     with tempfile.TemporaryDirectory(prefix="picluster-verify-") as scratch:
         report = Path(scratch) / "report.jsonl"
         report.touch()  # followed from the start; the suite writes to it as each check finishes
@@ -149,17 +179,35 @@ def run_suite(
         # pytest's own report repeats the table at length; -v shows it
         process = runner.start(command, cwd=VERIFY_SUITE, output="show" if runner.verbose else "hide")
         with report.open() as growing:
+            news = start  # when the suite last reported anything
             while process.poll() is None:
                 time.sleep(FOLLOW_INTERVAL_S)
-                line = progress.feed(growing.read(), time.monotonic() - start)
+                text = growing.read()
+                news = time.monotonic() if text else news
+                line = progress.feed(text, time.monotonic() - start)
                 if line:
                     say(line)
+                if time.monotonic() - news > deadline:
+                    process.kill()
+                    process.wait()
+                    raise _stalled(progress, checks, deadline)
             progress.feed(growing.read(), time.monotonic() - start)
     # 0: every check passed, 1: some failed; anything else is pytest failing to run them
     if progress.planned is None or process.returncode > 1:
         raise UserError("the verify suite did not run", f"run it by hand to see why: {shlex.join(command)}")
     say(progress.line(time.monotonic() - start))
     return process.returncode, progress.results
+
+
+def _stalled(progress: Progress, checks: Checks, deadline: float) -> UserError:
+    if progress.running:
+        what = f"check {progress.running['check']} on {progress.running['node']} has not finished"
+    else:  # the suite reads each node's node.json while it collects the checks
+        what = f"the checks of {', '.join(checks.nodes)} were not collected"
+    return UserError(
+        f"{what} within {deadline:g} s, so the suite was stopped: the node stopped answering over SSH?",
+        f"{UNREACHABLE_FIX}; then run picluster verify again",
+    )
 
 
 @dataclass
@@ -171,6 +219,8 @@ class Progress:
     every: float = 5.0
     planned: int | None = None
     results: list[dict[str, str]] = field(default_factory=list)
+    running: dict[str, str] | None = None
+    """The check under way, once one is: its node and check."""
     _unfinished: str = field(default="", init=False, repr=False)
     _said: tuple[float, int] = field(default=(0.0, 0), init=False, repr=False)
 
@@ -181,6 +231,8 @@ class Progress:
             record = json.loads(line)
             if "planned" in record:
                 self.planned = record["planned"]
+            elif record["outcome"] == "running":
+                self.running = record
             else:
                 self.results.append(record)
         done = len(self._outcomes())

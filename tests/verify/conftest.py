@@ -173,7 +173,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 class JsonLinesReport:
     """Each result as it happens, one JSON object a line, after a first line with how many checks
-    are planned, so `picluster verify` can say how far the suite has come while it runs."""
+    are planned, so `picluster verify` can say how far the suite has come while it runs; and each
+    check as it starts (outcome "running")."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -184,6 +185,10 @@ class JsonLinesReport:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._write({"planned": len(session.items)}, "w")
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # which check a node that stops answering holds up, for picluster verify to name
+        self._write({**dict(item.user_properties), "outcome": "running"}, "a")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or report.outcome != "passed":
