@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -30,6 +34,8 @@ DEADLINE_S = 15.0
 sends a byte now and then, never trips requests' own timeout, which counts each wait apart."""
 WAIT_S = 5.0
 """requests' timeout: connecting, and each wait for the next bytes."""
+OLD_KEY_FILES = {"ca.crt", "admin.crt", "admin.key"}
+OLD_KEY_FOLDER_AGE_S = 3600
 CERTIFICATE_VALIDITY = timedelta(minutes=10)
 """Ample for one command's requests, and for a cluster whose clock runs a few minutes ahead."""
 
@@ -108,6 +114,7 @@ def _check(response: requests.Response) -> None:
 def connect(endpoint: str, secrets: ClusterSecrets, now: datetime | None = None) -> Iterator[ClusterAPI]:
     """A client for the API server, its admin key in memory only, each answer awaited
     DEADLINE_S at most."""
+    remove_old_key_folders(Path(tempfile.gettempdir()))
     admin = make_admin_client(secrets.ca, now or datetime.now(UTC), CERTIFICATE_VALIDITY)
     with (
         _in_memory("ca.crt", secrets.ca.public_pem) as ca,
@@ -115,6 +122,21 @@ def connect(endpoint: str, secrets: ClusterSecrets, now: datetime | None = None)
         _in_memory("admin.key", admin.key_pem) as key,
     ):
         yield ClusterAPI(endpoint, ca, (certificate, key), DEADLINE_S)
+
+
+def remove_old_key_folders(temporary: Path) -> None:
+    """Remove what earlier picluster versions left when killed while they talked to the API
+    server: a folder in /tmp holding the CA certificate and a year-long admin key. One younger
+    than an hour may be in use by such a version still running."""
+    for folder in temporary.glob("picluster-api-*"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        about = folder.lstat()
+        if about.st_uid != os.getuid() or time.time() - about.st_mtime < OLD_KEY_FOLDER_AGE_S:
+            continue
+        files = list(folder.iterdir())
+        if {file.name for file in files} <= OLD_KEY_FILES and not any(file.is_symlink() for file in files):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

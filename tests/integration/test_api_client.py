@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,25 @@ def test_a_killed_status_leaves_no_admin_key_anywhere(
         status.kill()
     assert private_keys(tmp_path) == before
     assert not any(path.name.startswith("picluster-") for path in (tmp_path / "tmp").iterdir())
+
+
+def test_keys_earlier_versions_left_in_tmp_are_removed(
+    tmp_path: Path, server: APIStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a version kept the key in /tmp/picluster-api-*, left behind when it was killed."""
+    temporary = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    left, live, other = (temporary / f"picluster-api-{name}" for name in ("left", "live", "other"))
+    for folder in (left, live, other):
+        folder.mkdir(parents=True)
+        for name in ("ca.crt", "admin.crt", "admin.key"):
+            (folder / name).write_text(name)
+    (other / "notes").write_text("not picluster's")
+    an_hour_ago = time.time() - 3601
+    for folder in (left, other):
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+    assert main(["status", "-f", str(project(tmp_path, server.endpoint, timedelta(hours=1)))]) == 0
+    assert sorted(path.name for path in temporary.iterdir()) == ["picluster-api-live", "picluster-api-other"]
 
 
 def test_the_admin_certificate_picluster_talks_with_lives_minutes(server: APIStandin) -> None:
