@@ -401,13 +401,16 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     check_output(out, project.state_dir if args.out else None, lambda data: True)
     ours = kubeconfig.admin_kubeconfig(project.cluster, secrets, datetime.now(UTC))
     existing = _read(out) if out.exists() else None
-    context = f"picluster-admin@{project.cluster.cluster.name}"
+    name = project.cluster.cluster.name
     if existing is not None and args.merge:
-        mode = stat.S_IMODE(out.stat().st_mode)
-        write_atomic(out, kubeconfig.merged_kubeconfig(existing, ours, str(out)).encode(), mode)
+        merged = kubeconfig.merged_kubeconfig(existing, ours, str(out))
+        before = out.stat()
+        write_atomic(out, merged.encode(), stat.S_IMODE(before.st_mode))
+        if os.geteuid() == 0:  # `sudo picluster kubeconfig --merge -o ~/.kube/config`: still the user's
+            os.chown(out, before.st_uid, before.st_gid)
         print(
-            f"merged cluster {project.cluster.cluster.name}'s entries into {out}, every other entry kept "
-            f"(an admin credential for one year: keep it private)\n  kubectl --context {context} get nodes"
+            f"merged cluster {name}'s entries into {out}, every other entry kept (an admin credential "
+            f"for one year: keep it private)\n  kubectl --context picluster-admin@{name} get nodes"
         )
         return 0
     if existing is not None and not kubeconfig.written_by_picluster(existing):

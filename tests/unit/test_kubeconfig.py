@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,14 @@ def test_merge_refuses_what_is_not_a_kubeconfig_in_one_screen(
     assert err.startswith(f"error: {config} is not a kubeconfig") and "Traceback" not in err, err
     assert len(err.splitlines()) <= 4
     assert config.read_text() == text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_merge_as_root_leaves_the_kubeconfig_its_owners(site: Path, tmp_path: Path) -> None:
+    """`sudo picluster kubeconfig --merge -o ~/.kube/config`: the user must still read it."""
+    config = tmp_path / "config"
+    config.write_text(multi_cluster(site))
+    config.chmod(0o600)
+    os.chown(config, 1000, 1000)
+    assert kubeconfig(site, "--merge", "-o", str(config)) == 0
+    assert (config.stat().st_uid, config.stat().st_gid, config.stat().st_mode & 0o777) == (1000, 1000, 0o600)
