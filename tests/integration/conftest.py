@@ -6,6 +6,7 @@ import functools
 import http.server
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,19 @@ def require_tools(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"not installed on this machine: {', '.join(missing)} (make test installs them)")
+
+
+@contextmanager
+def mounted(folder: Path, *arguments: str) -> Iterator[Path]:
+    """`mount ARGUMENTS folder` while the block runs; the test is skipped where it cannot mount."""
+    folder.mkdir()
+    mount = subprocess.run(["mount", *arguments, str(folder)], capture_output=True, text=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount {' '.join(arguments)} here: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.fixture

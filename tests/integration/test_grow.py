@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from builder.secrets.tokens import TOKENS_FILE
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
-from tests.integration.conftest import TINY_EPOCH, publish_tiny_base
+from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base
 
 pytestmark = pytest.mark.integration
 
@@ -258,16 +257,8 @@ def test_kubeconfig_holds_an_admin_certificate_from_the_cluster_ca(tmp_path: Pat
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, to fill."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
-                           capture_output=True, text=True, check=False)  # fmt: skip
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
-    try:
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=256k", "tmpfs") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_kubeconfig_on_a_full_disk_leaves_the_previous_file(
