@@ -6,6 +6,7 @@ import functools
 import http.server
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,20 @@ def publish_tiny_base(cluster: Cluster, cache: Path) -> Path:
     base.publish_base(root, inputs, folder, TINY_EPOCH, Runner())
     shutil.rmtree(root)
     return folder
+
+
+@contextmanager
+def mounted(folder: Path, *how: str, what: str) -> Iterator[Path]:
+    """`mount <how> folder` for as long as a test needs it; a test skips, with mount's reason,
+    where the filesystem cannot be mounted."""
+    folder.mkdir(exist_ok=True)
+    mounting = subprocess.run(["mount", *how, str(folder)], capture_output=True, text=True)
+    if mounting.returncode != 0:
+        pytest.skip(f"cannot mount {what} here: {mounting.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, publish_tiny_base, require_tools
+from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base, require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -236,17 +236,8 @@ def reflink_folder(tmp_path: Path) -> Iterator[Path]:
     with backing.open("wb") as handle:
         handle.truncate(2**30)
     subprocess.run(["mkfs.xfs", "-q", str(backing)], check=True)
-    folder = tmp_path / "xfs"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-o", "loop", str(backing), str(folder)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount XFS here: {mounted.stderr.strip()}")
-    try:
+    with mounted(tmp_path / "xfs", "-o", "loop", str(backing), what="XFS") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def extent_flags(image: Path) -> list[str]:
