@@ -25,7 +25,7 @@ from builder.image.context import BuildContext
 from builder.progress import Reporter
 from builder.project import Project
 from builder.render.node import render_cluster
-from builder.render.tree import check_replaceable, write_tree
+from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
 from builder.secrets import backup, store
 from builder.secrets.pki import ClusterSecrets
@@ -220,9 +220,14 @@ def _parser() -> argparse.ArgumentParser:
         help="put a backup of the cluster's secrets back in place",
         description="Check a `picluster backup` archive (every file's SHA-256, every key against its "
         "certificate) and put it in place as the state folder next to cluster.yaml. Refuses to "
-        "replace a folder that holds secrets.",
+        "replace a folder that holds secrets, and a backup of a cluster of another name.",
     )
     back.add_argument("archive", type=Path, metavar="FILE", help="the archive picluster backup wrote")
+    back.add_argument(
+        "--other-cluster",
+        action="store_true",
+        help="restore a backup whose cluster name is not the one in cluster.yaml",
+    )
 
     show = command(
         "status",
@@ -277,7 +282,9 @@ def _note(text: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    cluster = _project(args).cluster
+    project = _project(args)
+    project.check_settings()
+    cluster = project.cluster
     planes = len(cluster.control_planes)
     workers = len(cluster.nodes) - planes
     print(
@@ -304,8 +311,8 @@ def _render(args: argparse.Namespace) -> int:
     for node in project.cluster.nodes:  # every refusal before the first folder is written
         check_replaceable(args.out / node.name)
     secrets = project.secrets(_note)
-    for plan in render_cluster(project.cluster, secrets, project.recorded_tokens(secrets)):
-        folder = write_tree(plan, args.out, mtime)
+    plans = render_cluster(project.cluster, secrets, project.recorded_tokens(secrets))
+    for plan, folder in zip(plans, write_trees(plans, args.out, mtime), strict=True):
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
     note = project.tokens_note(secrets)
     if note:
@@ -394,7 +401,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _kubeconfig(args: argparse.Namespace) -> int:
     project = _project(args)
-    out = args.out or project.state_dir / "admin.conf"
+    out = args.out or project.state_dir / store.ADMIN_CONF
     secrets = project.existing_secrets("kubeconfig")
     # the default lives in the state folder; a path the user names may not. Any file may be
     # merged into; which may be replaced is settled below
@@ -436,7 +443,7 @@ def _read(path: Path) -> bytes:
 
 def _backup(args: argparse.Namespace) -> int:
     project = _project(args)
-    secrets = project.existing_secrets("backup")
+    secrets = project.existing_secrets("backup", current=False)
     check_output(args.out, project.state_dir, None)  # a backup never replaces another
     name = project.cluster.cluster.name
     count = backup.backup(project.state_dir, secrets, name, args.out)
@@ -449,7 +456,9 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     project = _project(args)
-    secrets, name = backup.restore(args.archive, project.state_dir)
+    secrets, name = backup.restore(
+        args.archive, project.state_dir, project.cluster.cluster.name, args.other_cluster
+    )
     print(f"restored cluster {name}'s secrets (CA {secrets.ca_cert_hash}) into {project.state_dir}")
     return 0
 
@@ -489,7 +498,7 @@ def _image_statuses(project: Project, secrets: ClusterSecrets, images: Path) -> 
 
 def _status(args: argparse.Namespace) -> int:
     project = _project(args)
-    secrets = project.existing_secrets("status")
+    secrets = project.existing_secrets("status", current=False)
     statuses = _image_statuses(project, secrets, args.images)
     endpoint = project.cluster.api_endpoint
     try:

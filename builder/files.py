@@ -1,16 +1,18 @@
 """Writing files so that a reader never sees half of one (write a temporary name, then rename),
-one writer at a time in a folder (a lock file), and deleting a build folder only when nothing is
-mounted inside it."""
+cleaning up the temporary names a killed run left, one writer at a time in a folder (a lock
+file), and deleting a build folder only when nothing is mounted inside it."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal, get_args
 
 from builder.errors import UserError
 
@@ -24,7 +26,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        remove_leftovers(path)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=scratch_prefix(path, "tmp"))
     except OSError as error:
         raise UserError(
             f"cannot write {path}: {error.strerror}",
@@ -49,7 +52,52 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
 
 
-@contextmanager
+Scratch = Literal["tmp", "new", "old"]
+"""A file being written, a folder being filled, a folder moved aside to be deleted."""
+
+
+def scratch_prefix(target: Path, kind: Scratch) -> str:
+    """The start of a temporary name beside target (tempfile adds 8 random characters): hidden,
+    saying what it is for and which process made it, so that a later run can tell what a killed
+    run left from what a running one is still writing."""
+    return f".{target.name.removeprefix('.')}.{kind}-{os.getpid()}-"
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete what killed runs left beside target under scratch names: often copies of the
+    cluster's keys. Only names scratch_prefix makes, whole, whose process is gone: a user's file
+    that merely looks alike, or a link, is never touched."""
+    kinds = "|".join(get_args(Scratch))
+    pattern = re.compile(rf"\.{re.escape(target.name.removeprefix('.'))}\.(?:{kinds})-(\d+)-[a-z0-9_]{{8}}")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return  # nothing to clean where nothing can be listed; writing there fails on its own
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or _running(int(match[1])):
+            continue
+        leftover = target.parent / name
+        if leftover.is_symlink():
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.is_file():
+            with contextlib.suppress(OSError):  # a folder this user may read but not change
+                leftover.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+@contextlib.contextmanager
 def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
     """Hold `lock` (an flock, released by the kernel when the holder dies, however it dies)
     while writing `what`; a second picluster waits, saying which process it waits for."""
@@ -76,8 +124,13 @@ def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[Non
 
 
 def inside(path: Path, folder: Path) -> bool:
-    """Whether path names something in folder (neither need exist; links are not followed)."""
-    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
+    """Whether path names something in folder, by the names as given or where links lead (neither
+    need exist): `ln -s .picluster sl` puts sl/ inside the state folder."""
+    as_named = Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
+    try:
+        return as_named or path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a loop of links leads nowhere, so not into folder
+        return as_named
 
 
 def check_output(path: Path, keep_out_of: Path | None, replaceable: Callable[[bytes], bool] | None) -> None:

@@ -1,8 +1,8 @@
 """A project: one cluster.yaml, read and checked, and the state folder beside it.
 
 Every command starts from one, made once by the command line. What lies in the state folder is
-read only when a command asks for it, so `validate` never opens it, and only `build` and
-`token` may ask the running cluster for anything.
+read only when a command asks for it (`validate` reads only the record of the settings a running
+cluster cannot change), and only `build` and `token` may ask the running cluster for anything.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder.cluster import bootstrap
 from builder.errors import UserError
-from builder.secrets import store, tokens
+from builder.secrets import settings, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
@@ -30,30 +30,57 @@ class Project:
 
     @classmethod
     def open(cls, file: Path) -> Project:
-        """Read and check cluster.yaml; find its state folder (without reading it)."""
-        return cls(file, load_cluster(file), store.state_dir_for(file))
+        """Find cluster.yaml's state folder (without reading it); read and check cluster.yaml."""
+        state_dir = store.state_dir_for(file)  # first: it refuses a pipe before reading from it
+        return cls(file, load_cluster(file), state_dir)
 
     def secrets(self, say: Say) -> ClusterSecrets:
-        """The cluster's secrets, made on first use (`render`, `build`); says when it made them."""
+        """The cluster's secrets, made on first use (`render`, `build`) with the record of the
+        settings that cannot change; says when it made either."""
         new = store.is_new(self.state_dir)
-        secrets = store.load_or_create(self.state_dir)
+        secrets = store.load_or_create(
+            self.state_dir, {settings.SETTINGS_FILE: settings.encoded(self.cluster)}
+        )
         if new:
             say(
                 f"created the cluster's CA and bootstrap token in {self.state_dir} (keep it, and a "
                 "backup of it: nodes built later need it to join; see picluster backup)"
             )
+        store.check_current(self.state_dir, secrets, datetime.now(UTC))
+        recorded = settings.load_record(self.state_dir)
+        if recorded is None:  # a state folder from before the record: this cluster.yaml is the best guess
+            settings.record(self.state_dir, self.cluster)
+            listed = ", ".join(
+                f"{field} {value}" for field, value in settings.settings_of(self.cluster).items()
+            )
+            say(
+                f"note: recorded {listed} in {self.state_dir / settings.SETTINGS_FILE}: a running cluster "
+                "cannot change them, so picluster refuses a cluster.yaml that does"
+            )
+        else:
+            settings.check(str(self.file), self.cluster, recorded, self.state_dir)
         return secrets
 
-    def existing_secrets(self, command: str) -> ClusterSecrets:
+    def check_settings(self) -> None:
+        """`validate`: refuse a cluster.yaml that changes a setting the cluster cannot."""
+        recorded = None if store.is_new(self.state_dir) else settings.load_record(self.state_dir)
+        if recorded is not None:
+            settings.check(str(self.file), self.cluster, recorded, self.state_dir)
+
+    def existing_secrets(self, command: str, current: bool = True) -> ClusterSecrets:
         """The secrets for a command that works on a cluster: never made anew here (a user who
-        forgot to restore would get a new cluster identity)."""
+        forgot to restore would get a new cluster identity). `current`: refuse CAs outside their
+        validity, which sign nothing a node accepts (a backup keeps them all the same)."""
         if store.is_new(self.state_dir):
             raise UserError(
                 f"there are no cluster secrets in {self.state_dir}: `picluster {command}` works on a "
                 "cluster picluster has made",
                 "bring them back with picluster restore FILE, or make them with picluster render or build",
             )
-        return store.load(self.state_dir)
+        secrets = store.load(self.state_dir)
+        if current:
+            store.check_current(self.state_dir, secrets, datetime.now(UTC))
+        return secrets
 
     def recorded_tokens(self, secrets: ClusterSecrets) -> dict[str, str]:
         """The token each card carries as recorded, without asking the cluster or writing

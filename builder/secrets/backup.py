@@ -5,32 +5,47 @@ The archive is a gzip'd tar of the folder's regular files plus MANIFEST.json (ea
 SHA-256, the cluster's name and CA pin). A backup is made only of a folder that loads cleanly;
 a restore verifies every digest, refuses links, absolute paths and `..`, loads the secrets from a
 scratch copy, and only then renames that copy into place, never over an existing cluster.
+
+An archive to restore may be hostile: it is read from a regular file only (a pipe would block),
+unpacked into memory no larger than MAX_UNPACKED before tar reads a header (tarfile reads a
+whole PAX header at once, whatever size it declares), each name at most once, its cluster
+name shown escaped, and its kubeconfig refused if it would run a program.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
+import stat
 import tarfile
+import zlib
 from pathlib import Path
+
+import yaml
 
 from builder.errors import UserError
 from builder.files import write_atomic
-from builder.secrets import store, tokens
+from builder.secrets import settings, store, tokens
 from builder.secrets.pki import ClusterSecrets
 
 MANIFEST = "MANIFEST.json"
-KEPT = (*store.REQUIRED, tokens.TOKENS_FILE, "admin.conf")
-"""What a backup holds: the secrets, the token record, the admin kubeconfig if there is one."""
-MAX_MEMBER = 1 << 20
-"""No secret file is near this size; a larger member means the archive is something else."""
+KEPT = (*store.REQUIRED, store.TOKENS_FILE, store.ADMIN_CONF, settings.SETTINGS_FILE)
+"""What a backup holds: the secrets, the token record, the admin kubeconfig if there is one, the
+record of the settings the cluster cannot change."""
+MAX_UNPACKED = 1 << 20
+"""A backup unpacks to a few KB; more means the archive is something else."""
+CERTIFICATE_LOGIN = {"client-certificate-data", "client-key-data"}
+"""How the kubeconfig picluster writes logs in; anything else (exec: runs a program) is foreign."""
 
 
 def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Path) -> int:
     """Write the archive of a state folder that loaded cleanly (`secrets`); returns the number of
     files kept."""
     tokens.load_tokens(state_dir, secrets)  # a damaged token record is no backup either
+    settings.load_record(state_dir)
     contents = {name: (state_dir / name).read_bytes() for name in KEPT if (state_dir / name).is_file()}
     manifest = {
         "cluster": cluster_name,
@@ -52,48 +67,71 @@ def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Pat
     return len(contents)
 
 
-def restore(archive_path: Path, state_dir: Path) -> tuple[ClusterSecrets, str]:
-    """Put a checked archive's folder in place; returns its secrets and the cluster's name."""
+def restore(
+    archive_path: Path, state_dir: Path, cluster_name: str, other_cluster: bool
+) -> tuple[ClusterSecrets, str]:
+    """Put a checked archive's folder in place; returns its secrets and the cluster's name as it
+    may be shown. A backup of a cluster of another name only when `other_cluster`."""
     if not store.is_new(state_dir):
         raise UserError(
             f"{state_dir} already holds a cluster's secrets; restoring would replace them",
             f"move {state_dir} away first if it is really the wrong one (it may be the only copy)",
         )
     contents, manifest = _read_checked(archive_path)
+    name = printable(str(manifest["cluster"]))
+    if manifest["cluster"] != cluster_name and not other_cluster:
+        raise UserError(
+            f"{archive_path} is a backup of cluster {name}, not of {cluster_name}; nothing was restored",
+            "restore it beside that cluster's cluster.yaml; if these are the secrets of the cluster "
+            "this cluster.yaml describes under a new name, pass --other-cluster",
+        )
 
     def write(staging: Path) -> None:
-        for name, data in contents.items():
-            write_atomic(staging / name, data, 0o600)
+        for member, data in contents.items():
+            write_atomic(staging / member, data, 0o600)
         secrets = store.load(staging)  # checked where nothing depends on it yet
         tokens.load_tokens(staging, secrets)
+        settings.load_record(staging)
         if secrets.ca_cert_hash != manifest.get("ca_cert_hash"):
             raise _not_a_backup(archive_path, "its CA is not the one its manifest names")
 
     if not store.publish(state_dir, write):
         raise UserError(f"{state_dir} was given a cluster's secrets while this ran; nothing was restored")
-    return store.load(state_dir), str(manifest.get("cluster", "?"))
+    return store.load(state_dir), name
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """Text from an archive as a terminal may show it: control characters escaped (an escape
+    sequence could rewrite the screen), clipped."""
+    escaped = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, object]]:
     contents: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive_path, mode="r:gz") as archive:
+        with tarfile.open(fileobj=io.BytesIO(_unpacked(archive_path)), mode="r:") as archive:
             for member in archive:
-                # only the files a backup holds, by name: no links, folders, paths of its own
-                if not member.isfile() or member.name not in (*KEPT, MANIFEST) or member.size > MAX_MEMBER:
-                    shown = member.name if len(member.name) < 80 else member.name[:77] + "..."
-                    raise _not_a_backup(archive_path, f"it holds {shown!r}, which no backup holds")
+                # only the files a backup holds, by name, once: no links, folders, paths of its own
+                if not member.isfile() or member.name not in (*KEPT, MANIFEST):
+                    raise _not_a_backup(
+                        archive_path, f"it holds '{printable(member.name)}', which no backup holds"
+                    )
+                if member.name in contents:
+                    raise _not_a_backup(archive_path, f"it holds {member.name} twice")
                 extracted = archive.extractfile(member)
                 assert extracted is not None  # a regular file
                 contents[member.name] = extracted.read()
     except (OSError, tarfile.TarError, EOFError) as error:
-        raise _not_a_backup(archive_path, f"it cannot be read ({error})") from None
+        raise _not_a_backup(archive_path, f"it cannot be read ({printable(str(error))})") from None
     try:
         manifest = json.loads(contents.pop(MANIFEST))
         listed: dict[str, str] = manifest["files"]
-        if not all(isinstance(key, str) and isinstance(value, str) for key, value in listed.items()):
+        if not isinstance(manifest["cluster"], str) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in listed.items()
+        ):
             raise TypeError
-    except (KeyError, ValueError, TypeError, AttributeError):
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
         raise _not_a_backup(archive_path, f"it has no readable {MANIFEST}") from None
     if set(listed) != set(contents):
         raise _not_a_backup(archive_path, "its files are not the ones its manifest lists")
@@ -102,7 +140,52 @@ def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, objec
     )
     if damaged:
         raise _not_a_backup(archive_path, f"these files changed since the backup: {', '.join(damaged)}")
+    if store.ADMIN_CONF in contents:
+        _check_kubeconfig(archive_path, contents[store.ADMIN_CONF])
     return contents, manifest
+
+
+def _unpacked(archive_path: Path) -> bytes:
+    """The archive's tar stream, read from a regular file only and never more than MAX_UNPACKED."""
+    try:
+        # O_NONBLOCK: opening a pipe nobody writes to would wait for a writer forever
+        handle = open(os.open(archive_path, os.O_RDONLY | os.O_NONBLOCK), "rb")  # noqa: SIM115
+    except OSError as error:
+        raise _not_a_backup(archive_path, f"it cannot be read ({error.strerror})") from None
+    with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _not_a_backup(archive_path, "it is not a regular file (a pipe, a device or a folder)")
+        try:
+            with gzip.GzipFile(fileobj=handle) as unzipped:
+                data = unzipped.read(MAX_UNPACKED + 1)
+        except (OSError, EOFError, zlib.error) as error:
+            raise _not_a_backup(archive_path, f"it is not a gzip'd tar ({printable(str(error))})") from None
+    if len(data) > MAX_UNPACKED:
+        raise _not_a_backup(
+            archive_path, f"it unpacks to more than {MAX_UNPACKED >> 20} MiB; a backup is a few KB"
+        )
+    return data
+
+
+def _check_kubeconfig(archive_path: Path, data: bytes) -> None:
+    """kubectl runs a kubeconfig's `exec:` command: a forged backup could choose it."""
+    try:
+        users = yaml.safe_load(data)["users"]
+        logins = [user["user"] for user in users]
+        if not isinstance(users, list) or not all(isinstance(login, dict) for login in logins):
+            raise TypeError
+    except (yaml.YAMLError, RecursionError, TypeError, KeyError):
+        raise _not_a_backup(
+            archive_path, f"its {store.ADMIN_CONF} is not a kubeconfig picluster writes"
+        ) from None
+    for index, login in enumerate(map(set, logins)):
+        if login != CERTIFICATE_LOGIN:
+            foreign = ", ".join(printable(str(key)) for key in sorted(login - CERTIFICATE_LOGIN, key=str))
+            raise _not_a_backup(
+                archive_path,
+                f"{store.ADMIN_CONF}: users[{index}] authenticates by {foreign or 'nothing'}, not by the "
+                "client certificate picluster writes (exec: would run a program)",
+            )
 
 
 def _not_a_backup(path: Path, why: str) -> UserError:

@@ -3,18 +3,21 @@
 The folder is the cluster's identity: every card pins its CA, and a node built later joins only
 if it carries the same secrets. So it is made once, when there is no folder (or an empty one),
 all at once under a temporary name; afterwards it is only read, and read strictly: a missing,
-damaged or foreign file, or a link, is an error that names it, never a reason to make new
-secrets. Folder 0700, files 0600; its layout mirrors kubeadm's /etc/kubernetes/pki.
+damaged or foreign file, a link, or a key others can read, is an error that names it, never a
+reason to make new secrets or to change modes quietly. Folder 0700, files 0600; its layout
+mirrors kubeadm's /etc/kubernetes/pki.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from builder.errors import SHOWN_PROBLEMS, UserError
-from builder.files import write_atomic
+from builder.files import remove_leftovers, scratch_prefix, write_atomic
 from builder.secrets.pki import ClusterSecrets, KeyPair, make_secrets
 
 STATE_DIR_NAME = ".picluster"
@@ -37,6 +40,10 @@ CAS = {
 SERVICE_ACCOUNT = ("pki/sa.pub", "pki/sa.key")
 REQUIRED = (*(name for pair in CAS.values() for name in pair), *SERVICE_ACCOUNT, TOKEN_FILE)
 """Every file a complete state folder holds."""
+TOKENS_FILE = "tokens.json"
+"""Which bootstrap token each node's card carries (builder.secrets.tokens)."""
+ADMIN_CONF = "admin.conf"
+"""The admin kubeconfig `picluster kubeconfig` writes by default."""
 RESTORE = (
     "restore the folder from your backup (picluster restore FILE); only if no node of this "
     "cluster has ever booted, move the folder away to start a new cluster"
@@ -44,10 +51,22 @@ RESTORE = (
 
 
 def state_dir_for(cluster_file: Path) -> Path:
-    """The folder beside cluster.yaml as named, a link not followed. Should it be new while the
-    folder beside the link's target holds a cluster, that is an error: guessing either way could
-    give the next card a new CA."""
+    """The folder beside cluster.yaml as named, a link not followed. cluster.yaml must be a file:
+    beside a pipe (`-f /dev/stdin`) the secrets would land in /dev, a RAM filesystem, and be gone
+    at the next boot. Should the folder be new while the folder beside the link's target holds a
+    cluster, that is an error: guessing either way could give the next card a new CA."""
     beside = Path(os.path.abspath(cluster_file)).parent / STATE_DIR_NAME
+    try:
+        kind = cluster_file.stat().st_mode
+    except OSError:
+        kind = stat.S_IFREG  # missing or unreadable: reading it says so
+    if not stat.S_ISREG(kind) and not stat.S_ISDIR(kind):
+        raise UserError(
+            f"{cluster_file} is not a regular file (a pipe or a device): the cluster's secrets are kept "
+            f"beside cluster.yaml, which would put them in {beside}",
+            "save it as a file in the folder where the cluster's secrets are to be kept, and pass that "
+            "with -f",
+        )
     target = cluster_file.resolve().parent / STATE_DIR_NAME
     if target != beside and is_new(beside) and not is_new(target):
         raise UserError(
@@ -59,38 +78,55 @@ def state_dir_for(cluster_file: Path) -> Path:
 
 
 def is_new(state_dir: Path) -> bool:
-    """No cluster yet: no folder, or one without a single file in it. Anything else must load."""
-    if state_dir.is_symlink() and not state_dir.exists():
-        raise UserError(
-            f"{state_dir} is a link to {os.readlink(state_dir)}, which does not exist",
-            "mount or restore what it points to, or replace the link with the folder itself",
-        )
-    if not state_dir.exists():
-        return True
-    if not state_dir.is_dir():
-        raise UserError(
-            f"{state_dir} is not a folder", f"move it away; it is not the cluster's secrets. {RESTORE}"
-        )
+    """No cluster yet: no folder, or one without a single file in it. Anything else must load,
+    and a folder this user cannot read is an error, never an empty one."""
     try:
-        return not any(path.is_file() or path.is_symlink() for path in state_dir.rglob("*"))
+        if state_dir.is_symlink() and not state_dir.exists():
+            raise UserError(
+                f"{state_dir} is a link to {os.readlink(state_dir)}, which does not exist",
+                "mount or restore what it points to, or replace the link with the folder itself",
+            )
+        if not state_dir.exists():
+            return True
+        if not state_dir.is_dir():
+            raise UserError(
+                f"{state_dir} is not a folder", f"move it away; it is not the cluster's secrets. {RESTORE}"
+            )
+        return not _holds_anything(state_dir)
     except OSError as error:
         raise _unreadable(state_dir, error) from None
 
 
-def load_or_create(state_dir: Path) -> ClusterSecrets:
-    """Read the cluster's secrets, creating them only when there are none at all."""
+def _holds_anything(folder: Path) -> bool:
+    """Whether anything but empty folders is below folder; unlike a glob, says when it cannot look."""
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    return True
+                pending.append(Path(entry.path))
+    return False
+
+
+def load_or_create(state_dir: Path, record: Mapping[str, bytes] | None = None) -> ClusterSecrets:
+    """Read the cluster's secrets, creating them only when there are none at all, with `record`
+    (file name: bytes, the settings the cluster cannot change) written with them."""
+    remove_leftovers(state_dir.resolve())  # a killed first render's copies of the keys
     if is_new(state_dir):
-        save(state_dir, make_secrets(datetime.now(UTC).replace(microsecond=0)))
+        save(state_dir, make_secrets(datetime.now(UTC).replace(microsecond=0)), record)
     return load(state_dir)
 
 
-def save(state_dir: Path, secrets: ClusterSecrets) -> None:
+def save(state_dir: Path, secrets: ClusterSecrets, record: Mapping[str, bytes] | None = None) -> None:
     """Write a new state folder whole (publish)."""
 
     def write(staging: Path) -> None:
         for name, data in secrets.pki_files().items():
             write_atomic(staging / "pki" / name, data, 0o600)
         write_atomic(staging / TOKEN_FILE, secrets.bootstrap_token.encode() + b"\n", 0o600)
+        for name, data in (record or {}).items():
+            write_atomic(staging / name, data, 0o600)
 
     publish(state_dir, write)  # a first render racing another uses whichever secrets stand
 
@@ -100,8 +136,9 @@ def publish(state_dir: Path, write: Callable[[Path], None]) -> bool:
     is then renamed into place (over an empty folder), so no half-made folder is ever left to be
     mistaken for a cluster. False when another picluster published one first: that one stands."""
     target = state_dir.resolve()  # the folder a link points to, for secrets kept elsewhere
+    remove_leftovers(target)  # what a killed first render or restore left: copies of the keys
     try:
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.new-"))
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=scratch_prefix(target, "new")))
     except OSError as error:
         raise UserError(
             f"cannot create the cluster's secrets in {target.parent}: {error.strerror}",
@@ -109,7 +146,8 @@ def publish(state_dir: Path, write: Callable[[Path], None]) -> bool:
         ) from None
     try:
         write(staging)
-        _tighten(staging)
+        for folder, _, _ in os.walk(staging):  # mkdir follows the umask; the files were written 0600
+            os.chmod(folder, 0o700)
         # a folder with empty folders in it holds no cluster: rmdir, which takes only empty ones
         for empty in sorted(target.rglob("*") if target.is_dir() else [], key=lambda p: -len(p.parts)):
             empty.rmdir()
@@ -128,13 +166,16 @@ def publish(state_dir: Path, write: Callable[[Path], None]) -> bool:
 
 
 def load(state_dir: Path) -> ClusterSecrets:
-    """The secrets, checked: every file there, none a link, every certificate a CA whose key
-    matches it, the token well formed. Any problem is one error listing them all."""
-    problems = _missing_or_linked(state_dir)
-    if problems:
-        raise _damaged(state_dir, problems)
-    _tighten(state_dir)
+    """The secrets, checked: every file there, none a link, none readable by others, every
+    certificate a CA whose key matches it, the token well formed. Any problem is one error
+    listing them all."""
     try:
+        problems = _missing_or_linked(state_dir)
+        if problems:
+            raise _damaged(state_dir, problems)
+        exposed = _exposed(state_dir)
+        if exposed:
+            raise _exposure(state_dir, exposed)
         pairs = {field: _pair(state_dir, *names, problems, ca=True) for field, names in CAS.items()}
         service_account = _pair(state_dir, *SERVICE_ACCOUNT, problems, ca=False)
         token = (state_dir / TOKEN_FILE).read_text(errors="replace").strip()
@@ -147,9 +188,101 @@ def load(state_dir: Path) -> ClusterSecrets:
     return ClusterSecrets(bootstrap_token=token, service_account=service_account, **pairs)
 
 
+def check_current(state_dir: Path, secrets: ClusterSecrets, now: datetime) -> None:
+    """Refuse CAs outside their validity: one past its end signs nothing a node accepts, and one
+    not valid yet says a clock is wrong, here or where the folder was made."""
+    expired, early = [], []
+    for field, (certificate, _) in CAS.items():
+        loaded = x509.load_pem_x509_certificate(getattr(secrets, field).public_pem)
+        if now > loaded.not_valid_after_utc:
+            expired.append(f"{certificate}: expired on {loaded.not_valid_after_utc:%Y-%m-%d}")
+        elif now < loaded.not_valid_before_utc:
+            early.append(f"{certificate}: not valid before {loaded.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if expired:
+        raise UserError(
+            f"the cluster's CAs in {state_dir} are past their end, so no node accepts what they sign:"
+            + _listed(expired),
+            "picluster cannot extend a CA: if the cluster still runs, renew these certificates with "
+            "their own keys by hand (Kubernetes documents a manual CA rotation) and put them in their "
+            f"place; otherwise start a new cluster with a new state folder (move {state_dir} away)",
+        )
+    if early:
+        raise UserError(
+            f"the cluster's CAs in {state_dir} are not valid yet by this machine's clock "
+            f"({now:%Y-%m-%d %H:%M} UTC):" + _listed(early),
+            "set this machine's clock right (timedatectl); if it is right, the folder was made on a "
+            "machine whose clock was ahead, and no node would accept these CAs before then",
+        )
+
+
+SECRET = (
+    *(key for _, key in CAS.values()), SERVICE_ACCOUNT[1], TOKEN_FILE, TOKENS_FILE, ADMIN_CONF
+)  # fmt: skip
+"""The files in the folder that must stay private (certificates and sa.pub are public)."""
+
+
+def _exposed(state_dir: Path) -> dict[str, str]:
+    """Each secret file others can read, and who, by its mode and those of the folders to it."""
+    found = {}
+    for name in SECRET:
+        path = state_dir / name
+        if not path.is_file():
+            continue  # tokens.json and admin.conf come later, if at all
+        file = path.stat()
+        folders = [os.stat(state_dir / parent) for parent in Path(name).parents]
+        if file.st_mode & stat.S_IROTH and all(folder.st_mode & stat.S_IXOTH for folder in folders):
+            readers = "every user"
+        elif file.st_mode & stat.S_IRGRP and all(
+            folder.st_mode & (stat.S_IXGRP if folder.st_gid == file.st_gid else stat.S_IXOTH)
+            for folder in folders
+        ):
+            readers = f"group {_group(file.st_gid)}"
+        else:
+            continue
+        found[name] = f"{name} (mode {stat.S_IMODE(file.st_mode):04o}): readable by {readers}"
+    return found
+
+
+def _exposure(state_dir: Path, exposed: dict[str, str]) -> UserError:
+    names = set(exposed)
+    advice = []
+    if names - {TOKEN_FILE, TOKENS_FILE}:
+        advice.append(
+            "whoever read a CA key, sa.key or admin.conf can act as the cluster's admin: if anyone may "
+            "have, start a new cluster with a new state folder (picluster cannot rotate CAs; Kubernetes "
+            "documents a manual CA rotation)"
+        )
+    if names & {TOKEN_FILE, TOKENS_FILE}:
+        advice.append(
+            "whoever read a bootstrap token can join a machine of theirs: delete it on the cluster "
+            "(kubeadm token delete ID) and make a new one (picluster token)"
+        )
+    advice.append(
+        f"then make the folder private: chmod -R go= {state_dir} (picluster leaves modes as they are)"
+    )
+    return UserError(
+        f"the cluster's secrets in {state_dir} could be read by others:" + _listed(list(exposed.values())),
+        "; ".join(advice),
+    )
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
+
+
 def _missing_or_linked(state_dir: Path) -> list[str]:
     problems = []
-    for folder, folders, files in os.walk(state_dir):
+    for folder, folders, files in os.walk(state_dir, onerror=_raise):
         for name in folders + files:
             path = Path(folder, name)
             if path.is_symlink():
@@ -161,6 +294,10 @@ def _missing_or_linked(state_dir: Path) -> list[str]:
         if not path.is_symlink() and not path.is_file():
             problems.append(f"{name}: missing")
     return problems
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def _pair(state_dir: Path, public: str, private: str, problems: list[str], ca: bool) -> KeyPair:
@@ -195,35 +332,32 @@ def _spki(key: PublicKeyTypes) -> bytes:
 
 
 def _unreadable(state_dir: Path, error: OSError) -> UserError:
+    """Never "no secrets": someone else's folder is a cluster this user cannot read."""
+    blocked = Path(error.filename or state_dir)
+    try:
+        info = blocked.stat()
+        owner = _user(info.st_uid)
+        whose = (
+            f"; it is owned by {owner} (mode {stat.S_IMODE(info.st_mode):04o}) and picluster runs as "
+            f"{_user(os.geteuid())}"
+        )
+        hint = f"run picluster as {owner}, who made the cluster"
+    except OSError:
+        whose, hint = "", "run picluster as the user who made the cluster"
     return UserError(
-        f"cannot read the cluster's secrets in {state_dir}: {error.strerror} ({error.filename})",
-        "run picluster as the user who owns the folder (or root)",
+        f"cannot read the cluster's secrets in {state_dir}: {blocked}: {error.strerror}{whose}", hint
     )
+
+
+def _listed(problems: list[str]) -> str:
+    shown = problems[:SHOWN_PROBLEMS]
+    more = [f"... and {len(problems) - len(shown)} more"] if len(problems) > len(shown) else []
+    return "".join(f"\n  {problem}" for problem in [*shown, *more])
 
 
 def _damaged(state_dir: Path, problems: list[str]) -> UserError:
-    shown = problems[:SHOWN_PROBLEMS]
-    more = [f"... and {len(problems) - len(shown)} more"] if len(problems) > len(shown) else []
-    listed = "".join(f"\n  {problem}" for problem in [*shown, *more])
     return UserError(
         f"the cluster's secrets in {state_dir} are incomplete or damaged, so no card can be "
-        f"written that joins this cluster:{listed}",
+        "written that joins this cluster:" + _listed(problems),
         RESTORE,
     )
-
-
-def _tighten(state_dir: Path) -> None:
-    """Keep secrets private even if the folder was copied around with a loose umask (links were
-    refused before this runs); a folder already private is left untouched, so it may be
-    read-only."""
-    for folder, _, files in os.walk(state_dir):
-        for path, wanted in [(folder, 0o700), *((os.path.join(folder, name), 0o600) for name in files)]:
-            if stat.S_IMODE(os.lstat(path).st_mode) == wanted:
-                continue
-            try:
-                os.chmod(path, wanted)
-            except OSError as error:
-                raise UserError(
-                    f"cannot make {path} private ({oct(wanted)}): {error.strerror}",
-                    "fix its owner or modes (chmod -R go= .picluster), then run again",
-                ) from None

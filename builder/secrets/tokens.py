@@ -15,10 +15,8 @@ from pathlib import Path
 from builder.errors import UserError
 from builder.files import write_atomic
 from builder.secrets.pki import ClusterSecrets
-from builder.secrets.store import BOOTSTRAP_TOKEN
-from builder.spec.model import Cluster
-
-TOKENS_FILE = "tokens.json"
+from builder.secrets.store import BOOTSTRAP_TOKEN, TOKENS_FILE
+from builder.spec.model import DNS_LABEL, Cluster
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,42 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
         return Tokens(secrets.bootstrap_token, issued)
     try:
         raw = json.loads(path.read_bytes())
-        tokens = Tokens(raw["current"], datetime.fromisoformat(raw["issued_at"]), dict(raw["nodes"]))
-        issued_at_is_utc = tokens.issued_at.utcoffset() is not None
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise _damaged(path, f"not the record picluster writes ({type(error).__name__}: {error})") from None
-    wrong = [
-        name for name, token in {"current": tokens.current, **tokens.nodes}.items()
-        if not isinstance(token, str) or not BOOTSTRAP_TOKEN.fullmatch(token)
-    ]  # fmt: skip
-    if wrong or not issued_at_is_utc:
-        what = f"malformed bootstrap token for {', '.join(wrong)}" if wrong else "issued_at has no time zone"
-        raise _damaged(path, what)
-    return tokens
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"not JSON (line {error.lineno}, column {error.colno})") from None
+    except (ValueError, RecursionError):  # not UTF-8; nested deeper than any record
+        raise _damaged(path, "not JSON") from None
+    if not isinstance(raw, dict):
+        raise _damaged(path, "not the JSON object picluster writes")
+    # name the field, never its value: a damaged record may hold a token anywhere
+    problems = [] if _is_token(raw.get("current")) else ["current: not a bootstrap token"]
+    issued_at = _utc_time(raw.get("issued_at"))
+    if issued_at is None:
+        problems.append("issued_at: not an ISO 8601 time with a time zone")
+    nodes = raw.get("nodes")
+    if not isinstance(nodes, dict):
+        problems.append("nodes: not a mapping of node names to bootstrap tokens")
+    else:
+        named = [name for name, token in nodes.items() if DNS_LABEL.fullmatch(name) and not _is_token(token)]
+        problems += [f"nodes.{name}: not a bootstrap token" for name in named]
+        unnamed = sum(not DNS_LABEL.fullmatch(name) for name in nodes)
+        if unnamed:
+            problems.append(f"nodes: {unnamed} {'entry' if unnamed == 1 else 'entries'} under no node name")
+    if problems:
+        raise _damaged(path, "; ".join(problems))
+    assert issued_at is not None and isinstance(nodes, dict)  # either would have been a problem
+    return Tokens(raw["current"], issued_at, nodes)
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, str) and BOOTSTRAP_TOKEN.fullmatch(value) is not None
+
+
+def _utc_time(value: object) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return parsed if parsed is not None and parsed.utcoffset() is not None else None
 
 
 def _damaged(path: Path, what: str) -> UserError:

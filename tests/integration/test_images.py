@@ -26,7 +26,7 @@ from builder.image.layout import BOOT_OFFSET, ROOT_OFFSET, SECTOR, layout_for
 from builder.progress import silent
 from builder.render.node import render_cluster
 from builder.run import Runner
-from builder.secrets.pki import ClusterSecrets
+from builder.secrets import settings, store
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
@@ -202,7 +202,7 @@ def start_build(
     workdir.mkdir(exist_ok=True)
     (workdir / "cluster.yaml").write_text(BUNDLED.read_text().replace("10.244.0.0/16", "10.45.0.0/16"))
     if not (workdir / ".picluster").exists():
-        _save_fixed_secrets(workdir / ".picluster")
+        _save_fixed_secrets(workdir / "cluster.yaml")
     env = dict(os.environ)
     if stall is not None:
         stand_ins = tmp_path / "bin"
@@ -345,7 +345,7 @@ def test_flashing_an_image_older_than_cluster_yaml_warns(
     workdir = tmp_path / "site"
     workdir.mkdir()
     shutil.copy(BUNDLED, workdir / "cluster.yaml")
-    _save_fixed_secrets(workdir / ".picluster")
+    _save_fixed_secrets(workdir / "cluster.yaml")
     images = tmp_path / "images"
     build(cluster, images, cache)
     edited = BUNDLED.read_text().replace("192.168.50.11/24", "192.168.50.41/24")
@@ -356,11 +356,10 @@ def test_flashing_an_image_older_than_cluster_yaml_warns(
     assert "picluster build -f" in err
 
 
-def _save_fixed_secrets(state: Path) -> None:
-    from builder.secrets import store as state_module
-
-    secrets: ClusterSecrets = fixed_secrets()
-    state_module.save(state, secrets)
+def _save_fixed_secrets(cluster_file: Path) -> None:
+    """The state folder a first build of cluster_file would have made, with fixed secrets."""
+    record = {settings.SETTINGS_FILE: settings.encoded(load_cluster(cluster_file))}
+    store.save(cluster_file.parent / ".picluster", fixed_secrets(), record)
 
 
 def test_a_damaged_base_record_is_an_error_that_names_it(

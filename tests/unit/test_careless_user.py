@@ -3,17 +3,32 @@ cluster's secrets or a file of the user's, and every mistake is a one-screen err
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import io
+import itertools
 import json
+import os
+import pwd
 import shutil
+import signal
+import stat
+import sys
 import tarfile
-from collections.abc import Callable
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from builder.cli import main
+from builder.secrets import store
+from builder.secrets.pki import make_secrets
 from tests.conftest import BUNDLED, file_contents
 from tests.unit.test_kubeconfig import multi_cluster
 
@@ -206,3 +221,323 @@ def test_kubeconfig_never_replaces_a_kubeconfig_the_user_keeps(
     assert main(["kubeconfig", "-f", str(site / "cluster.yaml"), "-o", str(config)]) == 2
     refused(capsys, f"{config} exists and is not a kubeconfig picluster wrote", "--merge")
     assert config.read_bytes() == before
+
+
+def test_a_cluster_yaml_that_is_no_regular_file_gets_no_state_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cat cluster.yaml | picluster render -f /dev/stdin` made the cluster's CA in /dev, a RAM
+    filesystem: the secrets live beside cluster.yaml, so it has to be a file somewhere lasting."""
+    pipe = tmp_path / "cluster.yaml"
+    os.mkfifo(pipe)
+    feeder = threading.Thread(target=lambda: pipe.write_bytes(BUNDLED.read_bytes()), daemon=True)
+    feeder.start()
+    assert main(["render", "-f", str(pipe), "-o", str(tmp_path / "out")]) == 2
+    refused(capsys, f"{pipe} is not a regular file", "save it as a file")
+    assert not (tmp_path / ".picluster").exists()
+    if feeder.is_alive():  # refused before reading it: let the feeder finish
+        pipe.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["render", "-o", "sl"], ["render", "-o", "sl/nodes"], ["backup", "-o", "sl/b.tgz"],
+     ["kubeconfig", "-o", "sl/admin2.conf"]],
+    ids=["render", "render below", "backup", "kubeconfig"],
+)  # fmt: skip
+def test_an_output_that_reaches_the_state_folder_through_a_link_is_refused(
+    site: Path, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ln -s .picluster sl; picluster render -o sl` wrote the nodes' trees, links and all, into
+    the secrets, after which every command said they were damaged."""
+    monkeypatch.chdir(site)
+    Path("sl").symlink_to(".picluster")
+    before = file_contents(site / ".picluster")
+    assert main([*argv, "-f", "cluster.yaml"]) == 2
+    refused(capsys, "inside the cluster's state folder")
+    assert file_contents(site / ".picluster") == before
+    assert main(["status", "-f", "cluster.yaml", "-i", "images"]) == 0
+
+
+def killed_at(call: str, nth: int, argv: list[str]) -> None:
+    """Run picluster in a child process killed outright (SIGKILL: no cleanup of any kind, as a
+    power cut or the OOM killer) at its nth call of os.<call>."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            calls, real = itertools.count(1), getattr(os, call)
+
+            def die_at_nth(*args: Any, **kwargs: Any) -> Any:
+                if next(calls) == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            setattr(os, call, die_at_nth)
+            main(argv)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), "the child was killed where it was meant to be"
+
+
+def hidden(folder: Path, start: str) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith(start))
+
+
+def test_what_a_killed_render_left_is_cleaned_up_by_the_next(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between moving cp1's old tree aside and moving the new one in, render left both,
+    each with the cluster's CA keys, under hidden names no later run removed."""
+    monkeypatch.chdir(tmp_path / "out")
+    Path(".w2.old").mkdir()  # a user's, however much it looks like picluster's
+    Path(".cp1.old-1").write_text("precious\n")
+    argv = ["render", "-f", str(site / "cluster.yaml"), "-o", "."]
+    killed_at("rename", 2, argv)
+    assert len(hidden(Path(), ".cp1.")) == 3, "the old tree, the new one, and the user's file"
+    assert main(argv) == 0
+    assert sorted(os.listdir()) == [".cp1.old-1", ".w2.old", "cp1", "w1", "w2"]
+    assert Path(".cp1.old-1").read_text() == "precious\n"
+
+
+def test_what_a_killed_backup_left_is_cleaned_up_by_the_next(site: Path, tmp_path: Path) -> None:
+    argv = ["backup", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "usb/b3.tgz")]
+    killed_at("replace", 1, argv)
+    assert len(hidden(tmp_path / "usb", ".b3.tgz.")) == 1, "a copy of the CA keys"
+    running = tmp_path / f"usb/.b3.tgz.tmp-{os.getpid()}-abcd1234"  # a backup still being written
+    running.write_bytes(b"")
+    assert main(argv) == 0
+    assert sorted(os.listdir(tmp_path / "usb")) == [running.name, "b3.tgz"]
+
+
+def test_what_a_killed_restore_left_is_cleaned_up_by_the_next(site: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "b.tgz"
+    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    shutil.rmtree(site / ".picluster")
+    argv = ["restore", "-f", str(site / "cluster.yaml"), str(archive)]
+    killed_at("rename", 1, argv)
+    assert len(hidden(site, ".picluster.")) == 1, "a copy of the CA keys"
+    assert main(argv) == 0
+    assert hidden(site, ".picluster") == [".picluster"]
+
+
+NOBODY = 65534
+
+
+def as_another_user(argv: list[str], folder: Path) -> tuple[int, str]:
+    """picluster run by a user other than the one who made the cluster: as root, in a child
+    process that drops to nobody (root reads everything); otherwise with the folder mode 000."""
+    if os.geteuid() != 0:
+        folder.chmod(0)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                return main(argv), err.getvalue()
+        finally:
+            folder.chmod(0o700)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.close(read)
+            sys.stderr = os.fdopen(write, "w")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = main(argv)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as child_err:
+        err = child_err.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A cluster folder others may enter (tmp_path's parents keep them out), with its secrets."""
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        shutil.copy(BUNDLED, folder / "cluster.yaml")
+        (folder / "cluster.yaml").chmod(0o644)
+        assert main(["render", "-f", str(folder / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
+        (folder / "out").mkdir(mode=0o777)
+        (folder / "out").chmod(0o777)
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("command", ["render", "status"])
+def test_a_state_folder_another_user_cannot_read_is_named_with_its_owner(shared: Path, command: str) -> None:
+    """Told there were no secrets, render went on to make a new CA."""
+    before = file_contents(shared / ".picluster")
+    extra = ["-o", str(shared / "out")] if command == "render" else ["-i", str(shared / "out")]
+    code, err = as_another_user([command, "-f", str(shared / "cluster.yaml"), *extra], shared / ".picluster")
+    owner = pwd.getpwuid((shared / ".picluster").stat().st_uid).pw_name
+    assert code == 2 and err.startswith("error: "), err
+    assert f"cannot read the cluster's secrets in {shared / '.picluster'}" in err, err
+    assert f"owned by {owner}" in err and "no cluster secrets" not in err, err
+    assert file_contents(shared / ".picluster") == before
+    assert os.listdir(shared / "out") == []
+
+
+TOKEN = "qrstuv.0123456789qrstuv"
+SECRET_PART = TOKEN.split(".")[1]
+
+
+@pytest.mark.parametrize(
+    ("record", "named"),
+    [
+        ({"current": TOKEN, "issued_at": TOKEN, "nodes": {}}, "issued_at"),
+        ({"current": TOKEN, "issued_at": "2026-01-01T00:00:00+00:00", "nodes": {TOKEN: "cp1"}}, "nodes"),
+        ({"current": TOKEN, "issued_at": "2026-01-01T00:00:00+00:00", "nodes": [[TOKEN, TOKEN, 1]]},
+         "nodes"),
+        ({"current": TOKEN.upper(), "issued_at": "2026-01-01T00:00:00+00:00", "nodes": {}}, "current"),
+        ({"current": {TOKEN: 1}, "issued_at": "2026-01-01T00:00:00+00:00", "nodes": {}}, "current"),
+    ],
+    ids=["token as the time", "token as a node name", "nodes as a list", "upper-case token", "a mapping"],
+)  # fmt: skip
+def test_a_damaged_token_record_never_shows_a_token(
+    site: Path, tmp_path: Path, record: dict[str, Any], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (site / ".picluster/tokens.json").write_text(json.dumps(record))
+    assert main(["render", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 2
+    err = refused(capsys, "tokens.json is damaged", named)
+    assert SECRET_PART not in err.lower(), err
+
+
+@pytest.mark.parametrize("where", ["tokens.json", "backup manifest"])
+def test_deeply_nested_json_is_damage_not_a_traceback(
+    site: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = b'{"current": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    if where == "tokens.json":
+        (site / ".picluster/tokens.json").write_bytes(nested)
+        assert main(["render", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 2
+        refused(capsys, "tokens.json is damaged")
+        return
+    archive = tmp_path / "b.tgz"
+    with tarfile.open(archive, "w:gz") as nasty:
+        info = tarfile.TarInfo("MANIFEST.json")
+        info.size = len(nested)
+        nasty.addfile(info, io.BytesIO(nested))
+    shutil.rmtree(site / ".picluster")
+    assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 2
+    refused(capsys, "is not a usable picluster backup", "MANIFEST.json")
+
+
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        (datetime(2000, 1, 1, tzinfo=UTC), "expired on 2009-12-29"),
+        (datetime(2100, 1, 1, tzinfo=UTC), "not valid before 2100-01-01"),
+    ],
+    ids=["expired", "not yet valid"],
+)
+@pytest.mark.parametrize("command", ["render", "kubeconfig"])
+def test_a_ca_outside_its_validity_is_refused(
+    tmp_path: Path, made: datetime, said: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
+    store.save(tmp_path / ".picluster", make_secrets(made))
+    out = tmp_path / ("out" if command == "render" else "admin.conf")
+    assert main([command, "-f", str(tmp_path / "cluster.yaml"), "-o", str(out)]) == 2
+    refused(capsys, f"pki/ca.crt: {said}", "fix: ")
+    assert not out.is_file() and not (out / "cp1").exists()
+
+
+def edited(site: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    data = yaml.safe_load((site / "cluster.yaml").read_text())
+    change(data)
+    (site / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def swap_roles(data: dict[str, Any]) -> None:
+    cp1, w1 = data["nodes"][0], data["nodes"][1]
+    cp1["role"], w1["role"] = w1["role"], cp1["role"]
+
+
+def set_in_cluster(**changes: str) -> Callable[[dict[str, Any]], object]:
+    return lambda data: data["cluster"].update(changes)
+
+
+FIXED = [
+    ("cluster.pod_subnet", set_in_cluster(pod_subnet="10.245.0.0/16"), "10.244.0.0/16", "10.245.0.0/16"),
+    ("cluster.name", set_in_cluster(name="lab"), "homelab", "lab"),
+    ("cluster.control_plane_endpoint", set_in_cluster(control_plane_endpoint="192.168.50.9:6443"), "(none)",
+     "192.168.50.9:6443"),
+    ("the first control plane", swap_roles, "cp1", "w1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "change", "was", "now"), FIXED, ids=[fixed[0] for fixed in FIXED])
+@pytest.mark.parametrize("command", ["validate", "render", "build"])
+def test_a_setting_a_running_cluster_cannot_change_is_refused_once_it_has_secrets(
+    site: Path,
+    tmp_path: Path,
+    command: str,
+    field: str,
+    change: Callable[[dict[str, Any]], object],
+    was: str,
+    now: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Swapping cp1's and w1's roles made w1 run a second `kubeadm init` with the same CA."""
+    edited(site, change)
+    before = file_contents(tmp_path / "out")
+    extra = {
+        "validate": [],
+        "render": ["-o", str(tmp_path / "out")],
+        "build": ["-o", str(tmp_path / "images"), "--cache", str(tmp_path / "cache")],
+    }[command]
+    assert main([command, "-f", str(site / "cluster.yaml"), *extra]) == 2
+    refused(capsys, f"{field}: was {was} when the cluster's secrets were made, now {now}", "cannot",
+            "fix: put it back", "new state folder")  # fmt: skip
+    assert file_contents(tmp_path / "out") == before
+    assert not (tmp_path / "images").exists()
+
+
+def test_a_state_folder_from_before_the_record_gets_one_and_says_so_once(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = site / ".picluster/settings.json"
+    record.unlink()
+    argv = ["render", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "recorded cluster.name homelab, cluster.pod_subnet 10.244.0.0/16" in capsys.readouterr().err
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert main(argv) == 0
+    assert "recorded" not in capsys.readouterr().err
+    edited(site, lambda d: d["cluster"].update(name="lab"))
+    assert main(argv) == 2
+
+
+def test_exposed_keys_are_named_with_who_could_read_them_and_left_as_they_are(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A world-readable .picluster was quietly made private again, as if nobody had read it."""
+    folder = site / ".picluster"
+    folder.chmod(0o755)
+    (folder / "pki").chmod(0o755)
+    (folder / "pki/ca.key").chmod(0o644)
+    (folder / "pki/sa.key").chmod(0o640)
+    (folder / "pki/ca.crt").chmod(0o644)  # a certificate is no secret
+    assert main(["render", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 2
+    group = grp.getgrgid((folder / "pki/sa.key").stat().st_gid).gr_name
+    err = refused(
+        capsys,
+        "pki/ca.key (mode 0644): readable by every user",
+        f"pki/sa.key (mode 0640): readable by group {group}",
+        "rotate",
+        "chmod -R go= ",
+    )
+    assert "ca.crt" not in err
+    modes = [stat.S_IMODE((folder / name).stat().st_mode) for name in ("", "pki", "pki/ca.key", "pki/sa.key")]
+    assert modes == [0o755, 0o755, 0o644, 0o640], "left as they were"

@@ -180,7 +180,7 @@ def test_a_huge_value_is_shortened_in_the_error(
 
 
 def test_an_endless_file_is_refused_without_reading_it_all(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "larger than 1 MiB" in refused(["validate", "-f", "/dev/zero"], capsys)
+    assert "/dev/zero is not a regular file" in refused(["validate", "-f", "/dev/zero"], capsys)
 
 
 def test_a_folder_as_the_file_says_which_file_to_pass(

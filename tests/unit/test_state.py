@@ -55,14 +55,14 @@ def test_later_runs_reuse_the_same_cluster_identity(tmp_path: Path) -> None:
     assert again == first
 
 
-def test_loose_modes_are_tightened(tmp_path: Path) -> None:
+def test_a_folder_others_may_list_but_whose_keys_they_cannot_read_loads_as_it_is(tmp_path: Path) -> None:
     folder = tmp_path / ".picluster"
     store.load_or_create(folder)
-    (folder / "pki" / "ca.key").chmod(0o644)
     folder.chmod(0o755)
+    (folder / "pki").chmod(0o755)
+    (folder / "pki/etcd/ca.key").chmod(0o644)  # behind pki/etcd, 0700: still private
     store.load(folder)
-    assert mode(folder / "pki" / "ca.key") == 0o600
-    assert mode(folder) == 0o700
+    assert [mode(folder), mode(folder / "pki"), mode(folder / "pki/etcd/ca.key")] == [0o755, 0o755, 0o644]
 
 
 def test_incomplete_state_is_a_user_error(tmp_path: Path) -> None:
