@@ -141,6 +141,7 @@ def find_image(images: Path, node: str) -> Path:
     for suffix in IMAGE_SUFFIXES:
         candidate = images / f"{node}.img{suffix}"
         if candidate.exists():
+            _open(candidate).close()  # a FIFO or a link to /dev/zero would hang every reader after
             return candidate
     raise UserError(f"no image for {node} in {images}", "build it first: make images")
 
@@ -242,10 +243,9 @@ def survey(stream: IO[bytes], bmap: BlockMap, *, to_end: bool) -> Survey:
     return Survey(whole.hexdigest(), length, tuple(differing))
 
 
-def check_image(image: Path, bmap: BlockMap, runner: Runner) -> str:
+def check_image(image: Path, bmap: BlockMap, expected: str, runner: Runner) -> None:
     """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk), or
-    that its .bmap does not describe; return the SHA-256."""
-    expected = load_checksum(image)
+    that its .bmap does not describe."""
     with image_stream(image, runner) as stream:
         found = survey(stream, bmap, to_end=True)
     checksum_file, bmap_file = _beside(image, ".sha256").name, _beside(image, ".bmap").name
@@ -264,7 +264,6 @@ def check_image(image: Path, bmap: BlockMap, runner: Runner) -> str:
             f"{bmap_file} does not describe {image.name}: {_listed(found.differing)}",
             "rebuild the image: make images",
         )
-    return expected
 
 
 def _listed(spans: tuple[str, ...]) -> str:
@@ -363,7 +362,7 @@ def flash(
     runner: Runner,
 ) -> None:
     """Check the image, refuse a device that is not a free card, ask, write, read back."""
-    bmap = load_bmap(image)
+    bmap, expected = load_bmap(image), load_checksum(image)
     disk = inspect_disk(device)
     reasons = refusals(disk, bmap.image_size, uses(disk), force_non_removable)
     if reasons:
@@ -372,7 +371,7 @@ def flash(
             "check the device: lsblk -o NAME,SIZE,RM,MOUNTPOINTS,MODEL",
         )
     say(f"==> checking {image.name} against its .sha256 and .bmap")
-    expected = check_image(image, bmap, runner)
+    check_image(image, bmap, expected, runner)
     if not confirm(disk):
         raise UserError("not confirmed; nothing was written", "add --yes to skip the question")
     mapped, unmapped = _size(bmap.mapped_bytes), _size(bmap.image_size - bmap.mapped_bytes)

@@ -17,7 +17,7 @@ import pytest
 from builder.card.bmap_reader import parse_bmap
 from builder.card.flash import Disk, read_back, uses
 from builder.cli import main
-from builder.image.bmap import digest_image
+from builder.image.bmap import bmap_text, digest_image
 from builder.image.build import build_images
 from builder.image.context import BuildContext
 from builder.image.layout import BOOT_OFFSET, ROOT_OFFSET
@@ -208,6 +208,39 @@ def test_refuses_an_image_that_does_not_match_its_checksum(
     assert flash(images, card, "--force-non-removable") == 2
     assert "does not match n1.img.sha256" in capsys.readouterr().err
     assert card.read_bytes()[5 * MIB : 6 * MIB] == OLD * MIB  # nothing was written
+
+
+def rewrite_bmap(images: Path, size_change: int, dropped: int | None) -> None:
+    """Make n1.img.bmap anew, with a valid checksum, from the image's ranges: its size changed,
+    a range left out."""
+    bmap = parse_bmap((images / "n1.img.bmap").read_text(), "n1.img.bmap")
+    ranges = [(r.start // 4096, r.end // 4096 - 1, r.sha256 or "") for r in bmap.ranges]
+    kept = [r for i, r in enumerate(ranges) if i != dropped]
+    (images / "n1.img.bmap").write_text(bmap_text(bmap.image_size + size_change, kept))
+
+
+@pytest.mark.parametrize(
+    ("size_change", "dropped", "words"),
+    [
+        (4 * MIB, None, f"n1.img.bmap says the image is {44 * MIB} bytes; it is {40 * MIB}"),
+        (-4 * MIB, 2, f"n1.img.bmap says the image is {36 * MIB} bytes; it is {40 * MIB}"),
+        (0, 1, f"n1.img.bmap does not describe n1.img: bytes 4096-{40 * MIB - 4096} (zeros)"),
+    ],
+    ids=["longer than the image", "shorter than the image", "a data range left out"],
+)
+def test_refuses_a_bmap_that_does_not_describe_the_image_before_writing(
+    images: Path,
+    card: Path,
+    size_change: int,
+    dropped: int | None,
+    words: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rewrite_bmap(images, size_change, dropped)
+    assert flash(images, card, "--force-non-removable") == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert card.read_bytes() == OLD * 64 * MIB  # nothing was written
 
 
 def test_read_back_names_the_spans_that_differ(images: Path, tmp_path: Path) -> None:
