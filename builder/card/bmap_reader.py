@@ -20,9 +20,6 @@ class Span:
     end: int
     sha256: str | None  # None: a stretch of zeros between the mapped ranges
 
-    def describe(self) -> str:
-        return f"bytes {self.start}-{self.end}" + ("" if self.sha256 else " (zeros)")
-
 
 @dataclass(frozen=True)
 class BlockMap:

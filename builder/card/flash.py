@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, TextIO
 
-from builder.card.bmap_reader import SHA256, BlockMap, parse_bmap
+from builder.card.bmap_reader import SHA256, BlockMap, Span, parse_bmap
 from builder.errors import UserError
 from builder.files import NotRegularFile, open_regular
 from builder.image.build import IMAGE_SUFFIXES
@@ -205,47 +205,46 @@ def load_checksum(image: Path) -> str:
     return said[0]
 
 
+def _chunks(stream: IO[bytes], count: int) -> Iterator[bytes]:
+    """The stream's next `count` bytes, a chunk at a time; fewer where it ends."""
+    while count > 0 and (chunk := stream.read(min(CHUNK, count))):
+        count -= len(chunk)
+        yield chunk
+
+
 @dataclass(frozen=True)
 class Survey:
-    """What one read through a block map's spans found."""
+    """What one read along a block map found."""
 
     sha256: str  # of every byte read
     length: int
-    differing: tuple[str, ...]  # the spans whose bytes are not what the block map says
+    not_zeros: tuple[Span, ...]  # spans between the mapped ranges that hold anything but zeros
 
 
 def survey(stream: IO[bytes], bmap: BlockMap, *, to_end: bool) -> Survey:
-    """Read `stream` once along the block map: the bytes' SHA-256 and count, and the spans where
-    they differ from the map (a mapped range's SHA-256, zeros between). `to_end` reads on past
-    the map's end, so an image longer than its map is told apart."""
+    """Read `stream` once along the block map: the bytes' SHA-256 and count, and the spans between
+    the mapped ranges that are not zeros. `to_end` reads on past the map's end, so an image longer
+    than its map is told apart."""
     whole = hashlib.sha256()
     length = 0
-    differing = []
+    not_zeros = []
     for span in bmap.spans():
-        part = hashlib.sha256()
         zeros = True
-        remaining = span.end - span.start
-        while remaining and (chunk := stream.read(min(CHUNK, remaining))):
+        for chunk in _chunks(stream, span.end - span.start):
             whole.update(chunk)
             length += len(chunk)
-            remaining -= len(chunk)
-            if span.sha256:
-                part.update(chunk)
-            else:
-                zeros = zeros and chunk == _ZEROS[: len(chunk)]
-        if remaining or not zeros or (span.sha256 and part.hexdigest() != span.sha256):
-            differing.append(span.describe())
-        if remaining:
-            break
+            zeros = zeros and (span.sha256 is not None or chunk == _ZEROS[: len(chunk)])
+        if not zeros:
+            not_zeros.append(span)
     while to_end and (chunk := stream.read(CHUNK)):
         whole.update(chunk)
         length += len(chunk)
-    return Survey(whole.hexdigest(), length, tuple(differing))
+    return Survey(whole.hexdigest(), length, tuple(not_zeros))
 
 
 def check_image(image: Path, bmap: BlockMap, expected: str, runner: Runner) -> None:
     """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk), or
-    that its .bmap does not describe."""
+    that its .bmap does not describe: another length, data where the map has none."""
     with image_stream(image, runner) as stream:
         found = survey(stream, bmap, to_end=True)
     checksum_file, bmap_file = _beside(image, ".sha256").name, _beside(image, ".bmap").name
@@ -259,15 +258,16 @@ def check_image(image: Path, bmap: BlockMap, expected: str, runner: Runner) -> N
             f"{bmap_file} says the image is {bmap.image_size} bytes; it is {found.length}",
             "rebuild the image: make images",
         )
-    if found.differing:
+    if found.not_zeros:
         raise UserError(
-            f"{bmap_file} does not describe {image.name}: {_listed(found.differing)}",
+            f"{bmap_file} leaves out data of {image.name}, in {_listed(found.not_zeros)}",
             "rebuild the image: make images",
         )
 
 
-def _listed(spans: tuple[str, ...]) -> str:
-    return ", ".join(spans[:3]) + (f" and {len(spans) - 3} more" if len(spans) > 3 else "")
+def _listed(spans: list[Span] | tuple[Span, ...]) -> str:
+    shown = ", ".join(f"bytes {span.start}-{span.end}" for span in spans[:3])
+    return shown + (f" and {len(spans) - 3} more" if len(spans) > 3 else "")
 
 
 Progress = Callable[[int], None]
@@ -276,23 +276,19 @@ Progress = Callable[[int], None]
 def write_image(stream: IO[bytes], bmap: BlockMap, target: int, progress: Progress) -> None:
     """Make the target's first image_size bytes the image's: copy the mapped ranges from the image
     stream, zero the spans between them (whatever the card held there before), then fsync."""
-    done = 0
     for span in bmap.spans():
         if span.sha256 is None:
             _skip(stream, span.end - span.start)
             zero(target, span.start, span.end)
-            done += span.end - span.start
-            progress(done)
-            continue
-        offset = span.start
-        while offset < span.end:
-            chunk = stream.read(min(CHUNK, span.end - offset))
-            if not chunk:
+            progress(span.end)
+        else:
+            offset = span.start
+            for chunk in _chunks(stream, span.end - span.start):
+                os.pwrite(target, chunk, offset)
+                offset += len(chunk)
+                progress(offset)
+            if offset < span.end:
                 raise UserError("the image ended before its block map did", "rebuild it: make images")
-            os.pwrite(target, chunk, offset)
-            offset += len(chunk)
-            done += len(chunk)
-            progress(done)
     os.fsync(target)
 
 
@@ -312,16 +308,31 @@ def _skip(stream: IO[bytes], count: int) -> None:
     if stream.seekable():
         stream.seek(count, os.SEEK_CUR)
         return
-    while count > 0 and (chunk := stream.read(min(CHUNK, count))):
-        count -= len(chunk)
+    for _ in _chunks(stream, count):
+        pass
 
 
-def read_back(target: Path, bmap: BlockMap) -> Survey:
-    """The target's first image_size bytes, surveyed along the block map. The page cache is
-    dropped first, so the bytes come from the card, not from what was just written."""
+def read_back(target: Path, bmap: BlockMap, expected: str) -> list[Span]:
+    """Where the target's first image_size bytes differ from the image: nowhere when their SHA-256
+    is the image's. The page cache is dropped first, so the bytes come from the card, not from
+    what was just written."""
     with target.open("rb") as card:
         os.posix_fadvise(card.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        return survey(card, bmap, to_end=False)
+        found = survey(card, bmap, to_end=False)
+        if found.sha256 == expected:
+            return []
+        changed = [mapped for mapped in bmap.ranges if _sha256(card, mapped) != mapped.sha256]
+    return sorted([*changed, *found.not_zeros], key=lambda span: span.start) or [
+        Span(0, bmap.image_size, None)
+    ]
+
+
+def _sha256(card: IO[bytes], span: Span) -> str:
+    card.seek(span.start)
+    digest = hashlib.sha256()
+    for chunk in _chunks(card, span.end - span.start):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def progress_printer(total: int, stream: TextIO | None = None) -> Progress:
@@ -396,10 +407,10 @@ def flash(
         os.close(target)
     say(f"    written and synced in {time.monotonic() - start:.1f}s")
     say(f"==> reading back the image's {bmap.image_size} bytes")
-    found = read_back(device, bmap)
-    if found.sha256 != expected:
+    differing = read_back(device, bmap, expected)
+    if differing:
         raise UserError(
-            f"{device} does not hold what was written: {_listed(found.differing) or 'its SHA-256 differs'}",
+            f"{device} does not hold what was written: {_listed(differing)} differ",
             "the card may be failing or fake; try another one",
         )
     checksum_file, node = _beside(image, ".sha256").name, image.name.split(".")[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.card.bmap_reader import parse_bmap
-from builder.card.flash import Disk, read_back, uses
+from builder.card.flash import Disk, read_back, uses, zero
 from builder.cli import main
 from builder.image.bmap import bmap_text, digest_image
 from builder.image.build import build_images
@@ -224,7 +224,7 @@ def rewrite_bmap(images: Path, size_change: int, dropped: int | None) -> None:
     [
         (4 * MIB, None, f"n1.img.bmap says the image is {44 * MIB} bytes; it is {40 * MIB}"),
         (-4 * MIB, 2, f"n1.img.bmap says the image is {36 * MIB} bytes; it is {40 * MIB}"),
-        (0, 1, f"n1.img.bmap does not describe n1.img: bytes 4096-{40 * MIB - 4096} (zeros)"),
+        (0, 1, f"n1.img.bmap leaves out data of n1.img, in bytes 4096-{40 * MIB - 4096}"),
     ],
     ids=["longer than the image", "shorter than the image", "a data range left out"],
 )
@@ -245,20 +245,34 @@ def test_refuses_a_bmap_that_does_not_describe_the_image_before_writing(
 
 def test_read_back_names_the_spans_that_differ(images: Path, tmp_path: Path) -> None:
     bmap = parse_bmap((images / "n1.img.bmap").read_text(), "n1.img.bmap")
+    expected = (images / "n1.img.sha256").read_text().split()[0]
     copy = tmp_path / "copy.img"
     copy.write_bytes((images / "n1.img").read_bytes())
-    found = read_back(copy, bmap)
-    assert found.differing == () and found.length == 40 * MIB
-    assert found.sha256 == (images / "n1.img.sha256").read_text().split()[0]
+    assert read_back(copy, bmap, expected) == []
     with copy.open("r+b") as handle:
         handle.seek(5 * MIB)
         handle.write(b"?")
         handle.seek(30 * MIB)
         handle.write(OLD)
-    assert read_back(copy, bmap).differing == (
-        f"bytes {5 * MIB}-{8 * MIB}",
-        f"bytes {8 * MIB}-{40 * MIB - 4096} (zeros)",
-    )
+    assert [(span.start, span.end) for span in read_back(copy, bmap, expected)] == [
+        (5 * MIB, 8 * MIB),
+        (8 * MIB, 40 * MIB - 4096),
+    ]
+
+
+def test_zeros_reach_exactly_the_bytes_asked_for(card: Path) -> None:
+    start, end = 1000, 3 * 4096 + 5  # unaligned at both ends, whole pages between
+    target = os.open(card, os.O_WRONLY | os.O_EXCL)
+    try:
+        zero(target, start, end)
+        zero(target, 5 * MIB + 7, 5 * MIB + 9)  # inside one page
+        os.fsync(target)
+    finally:
+        os.close(target)
+    held = card.read_bytes()
+    assert held[:start] == OLD * start and held[start:end] == bytes(end - start)
+    assert held[end : 5 * MIB + 7] == OLD * (5 * MIB + 7 - end)
+    assert held[5 * MIB + 7 : 5 * MIB + 10] == b"\0\0" + OLD
 
 
 def test_without_a_device_it_lists_removable_devices(
