@@ -32,7 +32,8 @@ CHUNK = 4 * 1024 * 1024
 _ZEROS = bytes(CHUNK)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127), linux/fs.h
 ZERO_ALIGN = 4096
-"""BLKZEROOUT takes whole logical blocks (512 or 4096 bytes) and no more than a page is written by hand."""
+"""BLKZEROOUT takes whole logical blocks (512 or 4096 bytes); the bytes of a span outside such a
+boundary, fewer than a page at either end, are written as zeros by hand."""
 DECOMPRESSORS = {".zst": ["zstd", "-dcq"], ".xz": ["xz", "-dcq"]}
 SYS_BLOCK = Path("/sys/class/block")
 

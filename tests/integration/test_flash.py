@@ -6,6 +6,7 @@ test of that refusal shows the flag is needed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -258,6 +259,18 @@ def test_read_back_names_the_spans_that_differ(images: Path, tmp_path: Path) -> 
         (5 * MIB, 8 * MIB),
         (8 * MIB, 40 * MIB - 4096),
     ]
+
+
+def test_a_card_failing_mid_write_is_one_screen(
+    images: Path, card: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pwrite", failing)
+    assert flash(images, card, "--force-non-removable") == 2
+    err = capsys.readouterr().err
+    assert f"error: writing {card} failed: Input/output error" in err and "Traceback" not in err
 
 
 def test_zeros_reach_exactly_the_bytes_asked_for(card: Path) -> None:
