@@ -1,6 +1,7 @@
 """Writing files so that a reader never sees half of one (write a temporary name, then rename),
 cleaning up the temporary names a killed run left, one writer at a time in a folder (a lock
-file), and deleting a build folder only when nothing is mounted inside it."""
+file), reading only regular files, and deleting a build folder only when nothing is mounted
+inside it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal, get_args
+from typing import BinaryIO, Literal, get_args
 
 from builder.errors import UserError
 
@@ -121,6 +123,29 @@ def exclusive(lock: Path, what: str, say: Callable[[str], None]) -> Iterator[Non
         handle.write(f"picluster (pid {os.getpid()})\n")
         handle.flush()
         yield
+
+
+class NotRegularFile(OSError):
+    """A name that does not hold a regular file: a FIFO would block its reader, a device such as
+    /dev/zero never ends, a folder cannot be read."""
+
+
+KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+         stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file or a link to one; NotRegularFile if not."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO would wait for a writer
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+        raise NotRegularFile(
+            f"{path} is {KINDS.get(stat.S_IFMT(mode), 'not a file')}{link}, not a regular file"
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -1,29 +1,39 @@
 """`picluster flash`: write a node's image to an SD card, only to a card, and check it landed.
 
 Refuses anything that is not a whole, removable, unused block device at least as large as the
-image; checks the image against its .sha256 first; writes only the block map's ranges; fsyncs;
-drops the cached pages and reads every range back from the card against its SHA-256.
+image; checks the image against its .sha256 and its .bmap first; writes the block map's ranges
+and zeroes the spans between them (a used card holds old bytes there, which would corrupt the
+filesystems' tables); fsyncs; drops the cached pages and reads the image's whole length back
+from the card against the image's SHA-256.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, BinaryIO, TextIO
 
-from builder.card.bmap_reader import BlockMap, parse_bmap
+from builder.card.bmap_reader import SHA256, BlockMap, Span, parse_bmap
 from builder.errors import UserError
+from builder.files import NotRegularFile, open_regular
 from builder.image.build import IMAGE_SUFFIXES
 from builder.run import Runner
 
 CHUNK = 4 * 1024 * 1024
+_ZEROS = bytes(CHUNK)
+BLKZEROOUT = 0x127F  # _IO(0x12, 127), linux/fs.h
+ZERO_ALIGN = 4096
+"""BLKZEROOUT takes whole logical blocks (512 or 4096 bytes); the bytes of a span outside such a
+boundary, fewer than a page at either end, are written as zeros by hand."""
 DECOMPRESSORS = {".zst": ["zstd", "-dcq"], ".xz": ["xz", "-dcq"]}
 SYS_BLOCK = Path("/sys/class/block")
 
@@ -132,18 +142,42 @@ def find_image(images: Path, node: str) -> Path:
     for suffix in IMAGE_SUFFIXES:
         candidate = images / f"{node}.img{suffix}"
         if candidate.exists():
+            _open(candidate).close()  # a FIFO or a link to /dev/zero would hang every reader after
             return candidate
     raise UserError(f"no image for {node} in {images}", "build it first: make images")
+
+
+def _open(path: Path) -> BinaryIO:
+    """One of the image's files, opened for reading; anything but a regular file is refused."""
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing", "rebuild the image: make images") from None
+    except NotRegularFile as error:
+        raise UserError(str(error), "remove it and rebuild the image: make images") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}", "check its permissions") from None
+
+
+def _read_text(path: Path) -> str:
+    with _open(path) as handle:
+        data = handle.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is damaged (not text)", "rebuild the image: make images") from None
 
 
 @contextmanager
 def image_stream(image: Path, runner: Runner) -> Iterator[IO[bytes]]:
     """The raw image's bytes, read in order; a compressed image is decompressed on the way."""
+    raw = _open(image)
     command = DECOMPRESSORS.get(image.suffix)
     if command is None:
-        with image.open("rb") as raw:
+        with raw:
             yield raw
         return
+    raw.close()  # it is a regular file; the decompressor reads it by its name
     with runner.start([*command, image], output="pipe") as process:
         assert process.stdout is not None
         try:
@@ -158,81 +192,148 @@ def _beside(image: Path, suffix: str) -> Path:
     return image.with_name(raw_name + suffix)
 
 
-def check_checksum(image: Path, runner: Runner) -> None:
-    """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk)."""
+def load_bmap(image: Path) -> BlockMap:
+    bmap_file = _beside(image, ".bmap")
+    return parse_bmap(_read_text(bmap_file), str(bmap_file))
+
+
+def load_checksum(image: Path) -> str:
+    """The raw image's SHA-256, as its .sha256 gives it."""
     checksum_file = _beside(image, ".sha256")
-    if not checksum_file.exists():
-        raise UserError(f"{checksum_file} is missing", "rebuild the image: make images")
-    expected = checksum_file.read_text().split()[0]
-    digest = hashlib.sha256()
+    said = _read_text(checksum_file).split()
+    if not said or not SHA256.fullmatch(said[0]):
+        raise UserError(f"{checksum_file} is damaged (no SHA-256 in it)", "rebuild the image: make images")
+    return said[0]
+
+
+def _chunks(stream: IO[bytes], count: int) -> Iterator[bytes]:
+    """The stream's next `count` bytes, a chunk at a time; fewer where it ends."""
+    while count > 0 and (chunk := stream.read(min(CHUNK, count))):
+        count -= len(chunk)
+        yield chunk
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What one read along a block map found."""
+
+    sha256: str  # of every byte read
+    length: int
+    not_zeros: tuple[Span, ...]  # spans between the mapped ranges that hold anything but zeros
+
+
+def survey(stream: IO[bytes], bmap: BlockMap, *, to_end: bool) -> Survey:
+    """Read `stream` once along the block map: the bytes' SHA-256 and count, and the spans between
+    the mapped ranges that are not zeros. `to_end` reads on past the map's end, so an image longer
+    than its map is told apart."""
+    whole = hashlib.sha256()
+    length = 0
+    not_zeros = []
+    for span in bmap.spans():
+        zeros = True
+        for chunk in _chunks(stream, span.end - span.start):
+            whole.update(chunk)
+            length += len(chunk)
+            zeros = zeros and (span.sha256 is not None or chunk == _ZEROS[: len(chunk)])
+        if not zeros:
+            not_zeros.append(span)
+    while to_end and (chunk := stream.read(CHUNK)):
+        whole.update(chunk)
+        length += len(chunk)
+    return Survey(whole.hexdigest(), length, tuple(not_zeros))
+
+
+def check_image(image: Path, bmap: BlockMap, expected: str, runner: Runner) -> None:
+    """Refuse an image whose bytes do not match its .sha256 (a bad download, a full disk), or
+    that its .bmap does not describe: another length, data where the map has none."""
     with image_stream(image, runner) as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+        found = survey(stream, bmap, to_end=True)
+    checksum_file, bmap_file = _beside(image, ".sha256").name, _beside(image, ".bmap").name
+    if found.sha256 != expected:
         raise UserError(
-            f"{image} does not match {checksum_file.name} (damaged or changed since it was built)",
+            f"{image} does not match {checksum_file} (damaged or changed since it was built)",
             "rebuild it: make images",
+        )
+    if found.length != bmap.image_size:
+        raise UserError(
+            f"{bmap_file} says the image is {bmap.image_size} bytes; it is {found.length}",
+            "rebuild the image: make images",
+        )
+    if found.not_zeros:
+        raise UserError(
+            f"{bmap_file} leaves out data of {image.name}, in {_listed(found.not_zeros)}",
+            "rebuild the image: make images",
         )
 
 
-def load_bmap(image: Path) -> BlockMap:
-    bmap_file = _beside(image, ".bmap")
-    if not bmap_file.exists():
-        raise UserError(f"{bmap_file} is missing", "rebuild the image: make images")
-    return parse_bmap(bmap_file.read_text(), str(bmap_file))
+def _listed(spans: list[Span] | tuple[Span, ...]) -> str:
+    shown = ", ".join(f"bytes {span.start}-{span.end}" for span in spans[:3])
+    return shown + (f" and {len(spans) - 3} more" if len(spans) > 3 else "")
 
 
 Progress = Callable[[int], None]
 
 
-def write_mapped(stream: IO[bytes], bmap: BlockMap, target: int, progress: Progress) -> None:
-    """Copy the mapped ranges from the image stream to the target file descriptor, then fsync."""
-    position = 0
-    done = 0
-    for mapped in bmap.ranges:
-        _skip(stream, mapped.start - position)
-        offset = mapped.start
-        while offset < mapped.end:
-            chunk = stream.read(min(CHUNK, mapped.end - offset))
-            if not chunk:
+def write_image(stream: IO[bytes], bmap: BlockMap, target: int, progress: Progress) -> None:
+    """Make the target's first image_size bytes the image's: copy the mapped ranges from the image
+    stream, zero the spans between them (whatever the card held there before), then fsync."""
+    for span in bmap.spans():
+        if span.sha256 is None:
+            _skip(stream, span.end - span.start)
+            zero(target, span.start, span.end)
+            progress(span.end)
+        else:
+            offset = span.start
+            for chunk in _chunks(stream, span.end - span.start):
+                os.pwrite(target, chunk, offset)
+                offset += len(chunk)
+                progress(offset)
+            if offset < span.end:
                 raise UserError("the image ended before its block map did", "rebuild it: make images")
-            os.pwrite(target, chunk, offset)
-            offset += len(chunk)
-            done += len(chunk)
-            progress(done)
-        position = mapped.end
     os.fsync(target)
+
+
+def zero(target: int, start: int, end: int) -> None:
+    """Zeros over bytes start-end of the target: the kernel's BLKZEROOUT, which uses the device's
+    own way when it has one that guarantees zeros (write-zeroes, an unmap that reads back zeros)
+    and writes zero pages otherwise; unaligned edges are written here."""
+    head_end = min(end, -(-start // ZERO_ALIGN) * ZERO_ALIGN)
+    tail_start = max(head_end, end // ZERO_ALIGN * ZERO_ALIGN)
+    os.pwrite(target, bytes(head_end - start), start)
+    if head_end < tail_start:
+        fcntl.ioctl(target, BLKZEROOUT, struct.pack("QQ", head_end, tail_start - head_end))
+    os.pwrite(target, bytes(end - tail_start), tail_start)
 
 
 def _skip(stream: IO[bytes], count: int) -> None:
     if stream.seekable():
         stream.seek(count, os.SEEK_CUR)
         return
-    while count > 0:
-        count -= len(stream.read(min(CHUNK, count)) or b"\0" * count)
+    for _ in _chunks(stream, count):
+        pass
 
 
-def read_back(target: Path, bmap: BlockMap) -> list[str]:
-    """Ranges whose bytes on the target differ from the block map's checksums. The page cache
-    is dropped first, so the bytes come from the card, not from what was just written."""
-    bad = []
-    handle = os.open(target, os.O_RDONLY)
-    try:
-        os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_DONTNEED)
-        for mapped in bmap.ranges:
-            digest = hashlib.sha256()
-            offset = mapped.start
-            while offset < mapped.end:
-                chunk = os.pread(handle, min(CHUNK, mapped.end - offset), offset)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                offset += len(chunk)
-            if digest.hexdigest() != mapped.sha256:
-                bad.append(f"bytes {mapped.start}-{mapped.end}")
-    finally:
-        os.close(handle)
-    return bad
+def read_back(target: Path, bmap: BlockMap, expected: str) -> list[Span]:
+    """Where the target's first image_size bytes differ from the image: nowhere when their SHA-256
+    is the image's. The page cache is dropped first, so the bytes come from the card, not from
+    what was just written."""
+    with target.open("rb") as card:
+        os.posix_fadvise(card.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        found = survey(card, bmap, to_end=False)
+        if found.sha256 == expected:
+            return []
+        changed = [mapped for mapped in bmap.ranges if _sha256(card, mapped) != mapped.sha256]
+    return sorted([*changed, *found.not_zeros], key=lambda span: span.start) or [
+        Span(0, bmap.image_size, None)
+    ]
+
+
+def _sha256(card: IO[bytes], span: Span) -> str:
+    card.seek(span.start)
+    digest = hashlib.sha256()
+    for chunk in _chunks(card, span.end - span.start):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def progress_printer(total: int, stream: TextIO | None = None) -> Progress:
@@ -252,10 +353,13 @@ def progress_printer(total: int, stream: TextIO | None = None) -> Progress:
         if tty:
             end = "\n" if done == total else ""
             print(
-                f"\r    [{'#' * step:<40}] {fraction:4.0%} {rate:6.1f} MiB/s", end=end, file=out, flush=True
+                f"\r    [{'#' * step:<40}] {int(fraction * 100):3d}% {rate:6.1f} MiB/s",
+                end=end,
+                file=out,
+                flush=True,
             )
         else:
-            print(f"    {fraction:4.0%} written, {rate:.1f} MiB/s", file=out, flush=True)
+            print(f"    {int(fraction * 100):3d}% written, {rate:.1f} MiB/s", file=out, flush=True)
 
     return show
 
@@ -270,7 +374,7 @@ def flash(
     runner: Runner,
 ) -> None:
     """Check the image, refuse a device that is not a free card, ask, write, read back."""
-    bmap = load_bmap(image)
+    bmap, expected = load_bmap(image), load_checksum(image)
     disk = inspect_disk(device)
     reasons = refusals(disk, bmap.image_size, uses(disk), force_non_removable)
     if reasons:
@@ -278,11 +382,12 @@ def flash(
             "refusing to write: " + "; ".join(reasons),
             "check the device: lsblk -o NAME,SIZE,RM,MOUNTPOINTS,MODEL",
         )
-    say(f"==> checking {image.name} against its .sha256")
-    check_checksum(image, runner)
+    say(f"==> checking {image.name} against its .sha256 and .bmap")
+    check_image(image, bmap, expected, runner)
     if not confirm(disk):
         raise UserError("not confirmed; nothing was written", "add --yes to skip the question")
-    say(f"==> writing {_size(bmap.mapped_bytes)} of {image.name} to {device} (the mapped blocks only)")
+    mapped, unmapped = _size(bmap.mapped_bytes), _size(bmap.image_size - bmap.mapped_bytes)
+    say(f"==> writing {mapped} of {image.name} to {device}, and zeros over the other {unmapped}")
     start = time.monotonic()
     try:
         target = os.open(device, os.O_WRONLY | os.O_EXCL)
@@ -294,15 +399,21 @@ def flash(
         raise UserError(f"cannot open {device}: {error.strerror}", "unmount it and try again") from None
     try:
         with image_stream(image, runner) as stream:
-            write_mapped(stream, bmap, target, progress_printer(bmap.mapped_bytes))
+            write_image(stream, bmap, target, progress_printer(bmap.image_size))
+    except OSError as error:
+        raise UserError(
+            f"writing {device} failed: {error.strerror}", "the card may be failing or gone; try another one"
+        ) from None
     finally:
         os.close(target)
     say(f"    written and synced in {time.monotonic() - start:.1f}s")
-    say("==> reading it back")
-    bad = read_back(device, bmap)
-    if bad:
+    say(f"==> reading back the image's {bmap.image_size} bytes")
+    differing = read_back(device, bmap, expected)
+    if differing:
         raise UserError(
-            f"{device} does not hold what was written ({len(bad)} ranges differ: {bad[0]}, ...)",
+            f"{device} does not hold what was written: {_listed(differing)} differ",
             "the card may be failing or fake; try another one",
         )
-    say(f"    {device} holds {image.name} exactly; it is ready for {image.name.split('.')[0]}")
+    checksum_file, node = _beside(image, ".sha256").name, image.name.split(".")[0]
+    say(f"    read back all {bmap.image_size} bytes of {image.name}'s length from {device}: their SHA-256 is")
+    say(f"    {checksum_file}'s, so the card holds {image.name} byte for byte; it is ready for {node}")

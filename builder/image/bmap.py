@@ -1,8 +1,9 @@
 """An image's SHA-256 and its block map (bmaptool's format 2.0), from one read of the image.
 
-The block map lists the ranges that hold data, each with its own SHA-256, so a flasher writes
-only those and can check each; holes in the sparse image are skipped. Both digests are computed
-in parallel threads (hashlib releases the GIL on large buffers).
+The block map lists the ranges that hold data, each with its own SHA-256; between them (the holes
+of the sparse image) the image holds zeros, which a flasher must zero on the card rather than
+skip: a used card holds other bytes there. Both digests are computed in parallel threads
+(hashlib releases the GIL on large buffers).
 """
 
 from __future__ import annotations

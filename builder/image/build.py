@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.epoch import source_date_epoch
-from builder.files import exclusive, write_atomic
+from builder.files import exclusive, open_regular, write_atomic
 from builder.image.base import ensure_base
 from builder.image.bmap import digest_image
 from builder.image.context import BuildContext, Compression
@@ -191,10 +191,20 @@ def is_current(outputs: NodeOutputs, record: dict[str, object]) -> bool:
 def read_record(outputs: NodeOutputs) -> dict[str, Any] | None:
     """A node's build record, or None when there is none or it is damaged."""
     try:
-        stored = json.loads(outputs.record.read_bytes())
-    except (OSError, ValueError):
+        stored = json.loads(_read_output(outputs.record) or b"")
+    except ValueError:
         return None
     return stored if isinstance(stored, dict) else None
+
+
+def _read_output(path: Path) -> bytes | None:
+    """One of a node's files in the images folder; None when it is missing or not a regular file
+    (a FIFO there would block the reader, a link to /dev/zero never end)."""
+    try:
+        with open_regular(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
 
 
 WRITTEN = ("sha256", "bmap_sha256")
@@ -206,9 +216,10 @@ def mismatched_set(outputs: NodeOutputs, stored: dict[str, object]) -> str | Non
 
     The four files are renamed into place one by one, the record last; a build killed between
     two renames leaves a set whose record names other checksums than the files hold."""
-    said = outputs.checksum.read_text(errors="replace").split() if outputs.checksum.exists() else []
+    said = (_read_output(outputs.checksum) or b"").decode(errors="replace").split()
     checksum = said[0] if said else None
-    bmap = hashlib.sha256(outputs.bmap.read_bytes()).hexdigest() if outputs.bmap.exists() else None
+    bmap_data = _read_output(outputs.bmap)
+    bmap = hashlib.sha256(bmap_data).hexdigest() if bmap_data is not None else None
     if (checksum, bmap) == (stored.get("sha256"), stored.get("bmap_sha256")):
         return None
     return "its .sha256 and .bmap are not the ones its build record names (a build was interrupted)"

@@ -18,8 +18,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import stat
 import tarfile
 import zlib
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from builder.errors import UserError
-from builder.files import write_atomic
+from builder.files import NotRegularFile, open_regular, write_atomic
 from builder.secrets import settings, store, tokens
 from builder.secrets.pki import ClusterSecrets
 
@@ -148,13 +146,12 @@ def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, objec
 def _unpacked(archive_path: Path) -> bytes:
     """The archive's tar stream, read from a regular file only and never more than MAX_UNPACKED."""
     try:
-        # O_NONBLOCK: opening a pipe nobody writes to would wait for a writer forever
-        handle = open(os.open(archive_path, os.O_RDONLY | os.O_NONBLOCK), "rb")  # noqa: SIM115
+        handle = open_regular(archive_path)
+    except NotRegularFile:
+        raise _not_a_backup(archive_path, "it is not a regular file (a pipe, a device or a folder)") from None
     except OSError as error:
         raise _not_a_backup(archive_path, f"it cannot be read ({error.strerror})") from None
     with handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise _not_a_backup(archive_path, "it is not a regular file (a pipe, a device or a folder)")
         try:
             with gzip.GzipFile(fileobj=handle) as unzipped:
                 data = unzipped.read(MAX_UNPACKED + 1)

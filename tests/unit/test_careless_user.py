@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import io
 import itertools
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -27,6 +29,7 @@ import pytest
 import yaml
 
 from builder.cli import main
+from builder.image.bmap import digest_image
 from builder.secrets import store
 from builder.secrets.pki import make_secrets
 from tests.conftest import BUNDLED, file_contents
@@ -541,3 +544,111 @@ def test_exposed_keys_are_named_with_who_could_read_them_and_left_as_they_are(
     assert "ca.crt" not in err
     modes = [stat.S_IMODE((folder / name).stat().st_mode) for name in ("", "pki", "pki/ca.key", "pki/sa.key")]
     assert modes == [0o755, 0o755, 0o644, 0o640], "left as they were"
+
+
+def made_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def made_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def linked_to_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def edited_bmap(old: str, new: str) -> Callable[[Path], None]:
+    """An edit to the .bmap with its checksum made anew, as a hand edit or another tool might."""
+
+    def edit(path: Path) -> None:
+        text = path.read_text().replace(old, new)
+        stored = re.search(r"<BmapFileChecksum> (\w+) ", text)
+        assert stored and old in path.read_text()
+        zeroed = text.replace(stored.group(1), "0" * 64)
+        path.write_text(zeroed.replace("0" * 64, hashlib.sha256(zeroed.encode()).hexdigest()))
+
+    return edit
+
+
+BINARY = bytes(range(256))
+DAMAGES: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "empty .sha256": (".sha256", lambda p: p.write_bytes(b""), "cp1.img.sha256 is damaged (no SHA-256"),
+    "binary .sha256": (".sha256", lambda p: p.write_bytes(BINARY), "cp1.img.sha256 is damaged (not text)"),
+    ".sha256 a folder": (".sha256", made_folder, "cp1.img.sha256 is a folder, not a regular file"),
+    ".sha256 a FIFO": (".sha256", made_fifo, "cp1.img.sha256 is a FIFO, not a regular file"),
+    "empty .bmap": (".bmap", lambda p: p.write_bytes(b""), "cp1.img.bmap is damaged (its checksum"),
+    "binary .bmap": (".bmap", lambda p: p.write_bytes(BINARY), "cp1.img.bmap is damaged (not text)"),
+    ".bmap a folder": (".bmap", made_folder, "cp1.img.bmap is a folder, not a regular file"),
+    ".bmap a FIFO": (".bmap", made_fifo, "cp1.img.bmap is a FIFO, not a regular file"),
+    "negative BlockSize": (".bmap", edited_bmap("<BlockSize> 4096", "<BlockSize> -4096"), "BlockSize -4096"),
+    "zero BlockSize": (".bmap", edited_bmap("<BlockSize> 4096", "<BlockSize> 0"), "BlockSize 0"),
+    "not XML": (".bmap", edited_bmap("</BlockMap>", "</BlockMop>"), "cp1.img.bmap is damaged (mismatched"),
+    "a range without its SHA-256": (".bmap", edited_bmap('chksum="', 'sum="'), "range 0 has no SHA-256"),
+    "ranges out of order": (".bmap", edited_bmap("> 0 <", "> 300 <"), "range 300 is empty, out of order"),
+    "image a FIFO": ("", made_fifo, "cp1.img is a FIFO, not a regular file"),
+    "image a link to /dev/zero": ("", linked_to_dev_zero, "is a character device (a link to /dev/zero)"),
+    "image a folder": ("", made_folder, "cp1.img is a folder, not a regular file"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_flash_refuses_a_damaged_image_set_in_one_screen(
+    site: Path,
+    tmp_path: Path,
+    damage: tuple[str, Callable[[Path], None], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    image = images / "cp1.img"
+    with image.open("wb") as handle:
+        handle.write(b"boot sector " * 100)
+        handle.seek(300 * 4096)
+        handle.write(b"root " * 100)
+        handle.truncate(2**20)
+    digests = digest_image(image)
+    (images / "cp1.img.sha256").write_text(f"{digests.sha256}  cp1.img\n")
+    (images / "cp1.img.bmap").write_text(digests.bmap)
+    suffix, spoil, words = damage
+    spoil(images / f"cp1.img{suffix}")
+    card = tmp_path / "card"
+    assert (
+        main(
+            [
+                "flash",
+                "cp1",
+                "--device",
+                str(card),
+                "--yes",
+                "-i",
+                str(images),
+                "-f",
+                str(site / "cluster.yaml"),
+            ]
+        )
+        == 2
+    )
+    refused(capsys, words)
+    assert not card.exists()
+
+
+@pytest.mark.parametrize("name", ["cp1.img.json", "cp1.img.sha256", "cp1.img.bmap"])
+@pytest.mark.parametrize(
+    "spoil", [made_fifo, linked_to_dev_zero, made_folder], ids=["FIFO", "/dev/zero", "folder"]
+)
+def test_status_reads_no_fifo_or_device_in_the_images_folder(
+    site: Path, tmp_path: Path, name: str, spoil: Callable[[Path], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for made in ("cp1.img", "cp1.img.sha256", "cp1.img.bmap"):
+        (images / made).write_bytes(b"junk")
+    (images / "cp1.img.json").write_text("{}")
+    spoil(images / name)
+    assert main(["status", "-f", str(site / "cluster.yaml"), "-i", str(images), "--json"]) == 0
+    statuses = {node["name"]: node for node in json.loads(capsys.readouterr().out)["nodes"]}
+    assert statuses["cp1"]["image"] == "stale"
