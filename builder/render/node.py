@@ -118,7 +118,7 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "wifi": {
             "ssid_hex": wifi.ssid.encode().hex(),
             "ssid_bytes": list(wifi.ssid.encode()),
-            "psk_hex": _wpa_psk(wifi.ssid, wifi.psk),
+            "psk_hex": _wpa_psk(wifi.ssid, wifi.psk.get_secret_value()),
         }
         if wifi
         else None,

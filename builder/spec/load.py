@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 from builder.errors import ConfigError, FieldError, Problem, UserError
 from builder.spec.model import Cluster, cross_field_problems, validation_context
@@ -88,8 +90,12 @@ MAX_ALIAS_NODES = 10_000
 aliases can stand for 9**8 values in 1 KB (a "billion laughs"), which took minutes to walk."""
 MAX_VALUES = 20_000
 """Room for two thousand nodes; PyYAML (pure Python, so aliases can be counted) takes seconds per 100,000."""
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""Half of a UTF-16 pair: an escape in a quoted YAML string can make one, but no text holds it."""
 MAX_DEPTH = 32
-"""Far deeper than any cluster.yaml nests, far short of where PyYAML's recursion gives out."""
+"""Far deeper than any cluster.yaml nests, far short of where PyYAML's recursion gives out. It holds
+with aliases expanded: else each alias could add 32 levels, and the key check recurse past Python's
+limit."""
 
 
 class _Refused(yaml.composer.ComposerError):
@@ -108,7 +114,7 @@ class _Loader(yaml.SafeLoader):
         self._depth = 0
         self._values = 0
         self._alias_nodes = 0
-        self._sizes: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
+        self._shapes: dict[int, tuple[int, int]] = {}  # node id -> (values, levels), aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves it untyped
@@ -127,21 +133,34 @@ class _Loader(yaml.SafeLoader):
                 mark,
             )
         if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
-            self._count_alias(self.anchors[event.anchor], mark)
+            self._check_alias(self.anchors[event.anchor], mark)
+        if isinstance(event, yaml.ScalarEvent) and (half := SURROGATE.search(event.value)):
+            raise _Refused(
+                f"an escape here stands for U+{ord(half[0]):04X}, half of a UTF-16 pair, not a character",
+                "write the character itself, or its \\U escape of 8 hex digits",
+                mark,
+            )
         self._depth += 1
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
-    def _count_alias(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
+    def _check_alias(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
         if target.end_mark is None:  # the composer sets it when the anchored value is complete
             raise _Refused(
                 "an alias stands for a value that contains it, which never ends",
                 "write the value out instead of the alias",
                 mark,
             )
-        self._alias_nodes += self._size(target)
+        values, levels = self._shape(target)
+        if self._depth + levels > MAX_DEPTH:
+            raise _Refused(
+                f"values nest more than {MAX_DEPTH} levels deep with this alias expanded",
+                "write the value out instead of nesting aliases",
+                mark,
+            )
+        self._alias_nodes += values
         if self._alias_nodes > MAX_ALIAS_NODES:
             raise _Refused(
                 f"aliases stand for more than {MAX_ALIAS_NODES} values (an alias bomb?)",
@@ -149,24 +168,30 @@ class _Loader(yaml.SafeLoader):
                 mark,
             )
 
-    def _size(self, node: yaml.Node) -> int:
-        # memoized: every alias inside node was sized when it was composed, so this recursion only
-        # walks values written out, no deeper than MAX_DEPTH
-        if id(node) not in self._sizes:
+    def _shape(self, node: yaml.Node) -> tuple[int, int]:
+        """How many values node stands for and how many levels they nest, aliases expanded."""
+        # memoized: every alias inside node was measured when it was composed, so this recursion
+        # only walks values written out, no deeper than MAX_DEPTH
+        if id(node) not in self._shapes:
             if isinstance(node, yaml.MappingNode):
                 children = [child for pair in node.value for child in pair]
             else:
                 children = node.value if isinstance(node, yaml.SequenceNode) else []
-            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
-        return self._sizes[id(node)]
+            shapes = [self._shape(child) for child in children]
+            values = 1 + sum(values for values, _ in shapes)
+            self._shapes[id(node)] = (values, 1 + max((levels for _, levels in shapes), default=0))
+        return self._shapes[id(node)]
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except ValueError as error:
-            # a scalar resolved to a type it does not fit: the date 2020-99-99, `!!int homelab`
+        except (ValueError, LookupError, AttributeError, TypeError, ArithmeticError):
+            # a scalar resolved to a type it does not fit: the date 2020-99-99, `!!int homelab`;
+            # PyYAML's constructors assume the value has the tag's form and fail in any way if not.
+            # Neither the value nor the error, which quotes it, is shown: it may be a passphrase.
+            kind = node.tag.rpartition(":")[2]
             raise yaml.constructor.ConstructorError(
-                None, None, f"{node.value!r} cannot be read: {error}", node.start_mark
+                None, None, f"YAML reads the value here as {kind} but cannot make one of it", node.start_mark
             ) from None
 
 
@@ -194,7 +219,7 @@ def _compose(loader: yaml.SafeLoader, source: str) -> yaml.Node | None:
         raise ConfigError(source, [_yaml_problem(error, error.hint)]) from None
     except yaml.MarkedYAMLError as error:
         raise ConfigError(source, [_yaml_problem(error, "fix the YAML syntax there")]) from None
-    problems = list(_key_problems(tree, ""))
+    problems = list(_key_problems(tree, ()))
     if problems:
         raise ConfigError(source, problems)
     return tree
@@ -229,22 +254,25 @@ def _key_kind(key: yaml.Node) -> str:
     return "a list" if isinstance(key, yaml.SequenceNode) else "a mapping"
 
 
-def _key_problems(node: yaml.Node | None, path: str) -> Any:
+def _key_problems(node: yaml.Node | None, loc: tuple[Any, ...]) -> Any:
+    field = _field_at(loc)
+    if field is not None and field.annotation is SecretStr:
+        return  # keys written there could be the secret; the model refuses anything but text
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.tag not in _NAME_TAGS:
                 yield Problem(
-                    path or "(top)",
+                    _format_path(loc),
                     f"has a key that is not a name: {_key_kind(key)}",
                     "write a setting's name as the key",
                     key.start_mark.line + 1,
                 )
                 continue
-            child = f"{path}.{key.value}" if path else str(key.value)
+            child = (*loc, key.value)
             if key.value in seen:
                 yield Problem(
-                    child,
+                    _format_path(child),
                     "appears twice; the first one would be ignored",
                     "keep one of them",
                     key.start_mark.line + 1,
@@ -253,7 +281,7 @@ def _key_problems(node: yaml.Node | None, path: str) -> Any:
             yield from _key_problems(value, child)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            yield from _key_problems(item, f"{path}[{index}]")
+            yield from _key_problems(item, (*loc, index))
 
 
 def _problem(error: Any, tree: yaml.Node | None) -> Problem:
@@ -269,10 +297,21 @@ def _problem(error: Any, tree: yaml.Node | None) -> Problem:
     if isinstance(cause, FieldError):
         return Problem(path, str(cause), cause.hint, line)
     message = error["msg"].removeprefix("Value error, ")
-    if kind != "value_error" and "input" in error and not isinstance(error["input"], dict | list):
+    field = _field_at(loc)
+    secret = field is not None and _holds_secret(field.annotation)
+    if kind != "value_error" and not secret and not isinstance(error.get("input", {}), dict | list):
         message = f"{error['input']!r}: {message}"
     hint = _describe(loc)
     return Problem(path, message, f"expected {hint}" if hint else "", line)
+
+
+def _holds_secret(annotation: Any) -> bool:
+    """Whether a value of this type is a secret or holds one: a whole `wifi` written as text could
+    be the passphrase."""
+    model = _submodel(annotation)
+    if model is None:
+        return annotation is SecretStr
+    return any(_holds_secret(field.annotation) for field in model.model_fields.values())
 
 
 def _is_validator_tag(part: Any) -> bool:
@@ -310,6 +349,11 @@ def _locate(problem: Problem, tree: yaml.Node | None) -> Problem:
     for part in problem.path.replace("]", "").replace("[", ".").split("."):
         loc.append(int(part) if part.isdigit() else part)
     return Problem(problem.path, problem.message, problem.hint, _line_of(tree, tuple(loc)))
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    model, name = _model_at(loc)
+    return model.model_fields.get(name) if model is not None and name is not None else None
 
 
 def _model_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | None]:

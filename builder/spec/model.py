@@ -7,17 +7,18 @@ every violation it finds rather than stopping at the first.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-import zoneinfo
 from contextlib import suppress
 from ipaddress import AddressValueError, IPv4Address, IPv4Interface, IPv4Network
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo
 
 from builder.errors import FieldError, Problem
 from builder.spec.boards import boards
+from builder.spec.names import TIME_ZONES, WIFI_COUNTRIES, time_zones, wifi_countries
 from builder.spec.ssh_key import check_authorized_key
 
 SUPPORTED_KUBERNETES = (31, 37)
@@ -33,20 +34,42 @@ NODE_CIDR_PREFIX = 24
 """flannel's kube-subnet-mgr uses the controller manager's default node mask: one /24 per node."""
 LAN_PREFIX = 24
 """The prefix suggested for a node address written without one, when no other node shows the LAN's."""
+SERVICE_PREFIXES = (12, 28)
+"""kubeadm refuses a service subnet larger than a /12 (ValidateServiceSubnetSize) and gives CoreDNS
+the subnet's address + 10 (GetDNSIP), which a /29 does not hold."""
+SSID_BYTES = 32
+"""IEEE 802.11 carries an SSID in at most 32 bytes."""
+NOWHERE = (
+    (IPv4Network("0.0.0.0/8"), "is in 0.0.0.0/8, which means this host and is never a destination"),
+    (IPv4Network("127.0.0.0/8"), "is a loopback address: the node would reach itself"),
+    (IPv4Network("224.0.0.0/4"), "is a multicast address"),
+    (IPv4Network("255.255.255.255/32"), "is the broadcast address"),
+    (IPv4Network("240.0.0.0/4"), "is in 240.0.0.0/4, which is reserved and never routed"),
+)
+"""Addresses no node can use as its own or as a server's, and why; the first that holds is said."""
 
+# Every pattern is matched whole (fullmatch): `$` would also match before a final newline. Digits
+# are [0-9]: `\d` takes any Unicode digit.
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-DNS_LABEL = re.compile(rf"^{_LABEL}$")
-DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-INTERFACE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
-UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-KUBERNETES_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
-ENDPOINT = re.compile(r"^(?P<host>[a-z0-9.-]+):(?P<port>\d{1,5})$")
+DNS_LABEL = re.compile(_LABEL)
+DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
+DOTTED = re.compile(r"[0-9.]+")
+INTERFACE = re.compile(r"[a-zA-Z0-9_.-]{1,15}")
+UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+KUBERNETES_VERSION = re.compile(r"1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+ENDPOINT = re.compile(r"(?P<host>[^:]+):(?P<port>0|[1-9][0-9]*)")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+PSK_HEX = re.compile(r"[0-9a-fA-F]{64}")
+PSK_PASSPHRASE = re.compile(r"[ -~]{8,63}")
+"""IEEE 802.11i: a passphrase is 8 to 63 characters from ASCII 32 to 126."""
+
+_Host = TypeVar("_Host", bound=str | IPv4Address)
 
 
 def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
     def check(value: str) -> str:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise ValueError(f"{value!r} is not {what}")
         return value
 
@@ -66,7 +89,7 @@ def _refused(reasons: dict[str, str]) -> BeforeValidator:
 
 def _check_kubernetes(value: str) -> str:
     low, high = SUPPORTED_KUBERNETES
-    match = KUBERNETES_VERSION.match(value)
+    match = KUBERNETES_VERSION.fullmatch(value)
     if not match:
         raise ValueError(f'{value!r} is not a Kubernetes release like "1.34.2"')
     minor = int(match[1])
@@ -91,17 +114,96 @@ def _check_flannel(value: str) -> str:
 
 
 def _check_timezone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not a known time zone") from None
+    """The card links /etc/localtime to /usr/share/zoneinfo/<timezone>: with a name it lacks, the
+    link points nowhere and the node keeps UTC."""
+    if value in time_zones():
+        return value
+    close = difflib.get_close_matches(value, sorted(time_zones()), n=1, cutoff=0.8)
+    raise FieldError(
+        f"{value!r} is not a time zone on the card, which has those of Debian trixie's tzdata "
+        "(older names such as US/Eastern and right/* are in tzdata-legacy, which it lacks)",
+        f"did you mean {close[0]!r}?"
+        if close
+        else f"use a tz database name such as Europe/Berlin; {TIME_ZONES.name} in builder/spec lists them",
+    )
+
+
+def _check_country(value: str) -> str:
+    if value in wifi_countries():
+        return value
+    hint = f"write it in capitals: {value.upper()}" if value.upper() in wifi_countries() else ""
+    raise FieldError(
+        f"{value!r} is not a country the Wi-Fi regulatory database on the card knows; "
+        "the kernel would keep the world regulatory domain",
+        hint
+        or f"use the ISO 3166-1 code of the country the Pis are in, e.g. DE; {WIFI_COUNTRIES.name} "
+        "in builder/spec lists them",
+    )
+
+
+def _check_ssid(value: str) -> str:
+    if CONTROL_CHARACTER.search(value):
+        raise ValueError(f"{value!r} contains a control character such as a line break")
+    size = len(value.encode())
+    if size > SSID_BYTES:
+        raise ValueError(f"{value!r} is {size} bytes in UTF-8; an SSID has at most {SSID_BYTES}")
     return value
 
 
-def _check_psk(value: str) -> str:
-    if re.fullmatch(r"[0-9a-fA-F]{64}", value) or 8 <= len(value) <= 63:
+def _check_psk(value: SecretStr) -> SecretStr:
+    # never quote the value: the message is printed
+    text = value.get_secret_value()
+    if PSK_HEX.fullmatch(text) or PSK_PASSPHRASE.fullmatch(text):
         return value
-    raise ValueError("a WPA passphrase has 8 to 63 characters (or is 64 hex digits)")
+    raise ValueError("a WPA passphrase has 8 to 63 printable ASCII characters (or is 64 hex digits)")
+
+
+def _address_of(host: str | IPv4Address) -> IPv4Address | None:
+    """The address a host is, or None for a DNS name; a name of digits and dots must be an address."""
+    if isinstance(host, IPv4Address):
+        return host
+    if not DOTTED.fullmatch(host):
+        return None
+    try:
+        return IPv4Address(host)
+    except AddressValueError:
+        raise ValueError(f"{host} is not an IPv4 address") from None
+
+
+def _check_usable(value: _Host) -> _Host:
+    """An address a node uses, its own or a server's, must be one it can send to."""
+    address = value.ip if isinstance(value, IPv4Interface) else _address_of(value)
+    why = next((why for network, why in NOWHERE if address and address in network), None)
+    if why:
+        raise ValueError(f"{address} {why}")
+    return value
+
+
+_USABLE = AfterValidator(_check_usable)
+
+
+def _check_endpoint(value: str) -> str:
+    match = ENDPOINT.fullmatch(value)
+    if not match or not DNS_NAME.fullmatch(match["host"]):
+        raise ValueError(f"{value!r} is not host:port (an address or DNS name and a port)")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1 to 65535")
+    _check_usable(match["host"])
+    return value
+
+
+def _check_service_subnet(value: IPv4Network) -> IPv4Network:
+    largest, smallest = SERVICE_PREFIXES
+    if value.prefixlen < largest:
+        raise ValueError(f"{value}: kubeadm refuses a service subnet larger than /{largest}")
+    if value.prefixlen > smallest:
+        count = f"{value.num_addresses} address{'es' if value.num_addresses > 1 else ''}"
+        raise ValueError(
+            f"{value} holds {count}; kubeadm gives CoreDNS the 10th after {value.network_address}, "
+            f"so a service subnet is at least a /{smallest}"
+        )
+    return value
 
 
 def _require_text(value: object) -> object:
@@ -162,8 +264,10 @@ class ClusterSettings(Strict):
         f'1.{SUPPORTED_KUBERNETES[1]}.x, quoted, e.g. "1.34.2"'
     )
     pod_subnet: Annotated[IPv4Network, _TEXT] = Field(description="an IPv4 network such as 10.244.0.0/16")
-    service_subnet: Annotated[IPv4Network, _TEXT] = Field(
-        IPv4Network("10.96.0.0/12"), description="an IPv4 network such as 10.96.0.0/12"
+    service_subnet: Annotated[IPv4Network, _TEXT, AfterValidator(_check_service_subnet)] = Field(
+        IPv4Network("10.96.0.0/12"),
+        description=f"an IPv4 network from /{SERVICE_PREFIXES[0]} to /{SERVICE_PREFIXES[1]}, "
+        "such as 10.96.0.0/12",
     )
     domain: DnsName = Field("cluster.local", description="the cluster DNS domain")
     packages: Literal["firstboot", "image"] = Field(
@@ -172,7 +276,7 @@ class ClusterSettings(Strict):
         "(they are baked into the image)",
     )
     kubernetes_repository: (
-        Annotated[str, _matches(re.compile(r"^https?://\S+/$"), "an http(s) URL ending in /")] | None
+        Annotated[str, _matches(re.compile(r"https?://[!-~]+/"), "an http(s) URL ending in /")] | None
     ) = Field(
         None,
         description="a mirror of the Kubernetes apt repository for this minor release, with "
@@ -182,11 +286,10 @@ class ClusterSettings(Strict):
         24,
         ge=1,
         le=8760,
+        strict=True,  # else pydantic reads `true` as 1
         description="how long a bootstrap token lets new nodes join, in hours (1 to 8760; default 24)",
     )
-    control_plane_endpoint: (
-        Annotated[str, _matches(ENDPOINT, "host:port (an address or DNS name and a port)")] | None
-    ) = Field(
+    control_plane_endpoint: Annotated[str, AfterValidator(_check_endpoint)] | None = Field(
         None,
         description="host:port of a load balancer or virtual IP in front of the control planes; "
         "required with more than one control-plane node",
@@ -212,31 +315,35 @@ class Flannel(Strict):
 
 
 class Wifi(Strict):
-    ssid: str = Field(min_length=1, max_length=32, description="the network name (1 to 32 characters)")
-    psk: Annotated[str, AfterValidator(_check_psk)] = Field(
-        description="the WPA passphrase, 8 to 63 characters"
+    ssid: Annotated[str, AfterValidator(_check_ssid)] = Field(
+        min_length=1, description=f"the network name (1 to {SSID_BYTES} bytes)"
     )
-    country: Annotated[str, _matches(re.compile(r"^[A-Z]{2}$"), "a two-letter country code")] = Field(
-        description="the regulatory country, two capital letters, e.g. DE"
+    psk: Annotated[SecretStr, AfterValidator(_check_psk)] = Field(
+        description="the WPA passphrase, 8 to 63 printable ASCII characters"
+    )
+    country: Annotated[str, AfterValidator(_check_country)] = Field(
+        description="the regulatory country, its ISO 3166-1 code in capitals, e.g. DE"
     )
 
 
 class Network(Strict):
-    gateway: Annotated[IPv4Address, _TEXT] = Field(description="the LAN router's address, e.g. 192.168.50.1")
-    dns: list[Annotated[IPv4Address, _TEXT]] = Field(
+    gateway: Annotated[IPv4Address, _TEXT, _USABLE] = Field(
+        description="the LAN router's address, e.g. 192.168.50.1"
+    )
+    dns: list[Annotated[IPv4Address, _TEXT, _USABLE]] = Field(
         min_length=1, description="one or more DNS server addresses"
     )
-    ntp: list[Annotated[DnsName | IPv4Address, _TEXT]] = Field(
+    ntp: list[Annotated[DnsName | IPv4Address, _TEXT, _USABLE]] = Field(
         [], description="NTP servers (names or addresses); empty uses Debian's pool"
     )
     wifi: Wifi | None = Field(None, description="optional Wi-Fi uplink; never used for cluster traffic")
 
 
 class ImageSource(Strict):
-    url: Annotated[str, _matches(re.compile(r"^https?://\S+$"), "an http(s) URL")] = Field(
+    url: Annotated[str, _matches(re.compile(r"https?://[!-~]+"), "an http(s) URL")] = Field(
         description="where to download the .img or .img.xz"
     )
-    sha256: Annotated[str, _matches(re.compile(r"^[0-9a-f]{64}$"), "64 lower-case hex digits")] = Field(
+    sha256: Annotated[str, _matches(re.compile(r"[0-9a-f]{64}"), "64 lower-case hex digits")] = Field(
         description="the SHA-256 of the file at url, 64 lower-case hex digits"
     )
 
@@ -285,7 +392,7 @@ class Node(Strict):
     model: Annotated[str, AfterValidator(_check_board)] = Field(
         description=f"the Raspberry Pi model: {', '.join(boards())}"
     )
-    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix), _TEXT] = Field(
+    address: Annotated[IPv4Interface, BeforeValidator(_require_prefix), _TEXT, _USABLE] = Field(
         description="the static address with prefix, e.g. 192.168.50.10/24"
     )
 
@@ -358,6 +465,7 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
     return [
         *_node_identity_problems(cluster),
         *_address_problems(cluster),
+        *_server_address_problems(cluster),
         *_subnet_problems(cluster),
         *_role_problems(cluster),
         *_memory_problems(cluster),
@@ -416,14 +524,37 @@ def _address_problems(cluster: Cluster) -> list[Problem]:
                     f"use the same prefix for every node, /{lan.prefixlen}",
                 )
             )
-        for special, what in (
-            (network.network_address, "the network address"),
-            (network.broadcast_address, "the broadcast address"),
-            (gateway, "the gateway's address"),
-        ):
+        for special, what in (*_ends(network), (gateway, "the gateway's address")):
             if ip == special:
                 found.append(Problem(path, f"{ip} is {what} of {network}", "pick a free host address"))
     return found
+
+
+def _ends(network: IPv4Network) -> tuple[tuple[IPv4Address, str], ...]:
+    """The addresses of a subnet no host has: packets to them go to every host or none."""
+    return (
+        (network.network_address, "the network address"),
+        (network.broadcast_address, "the broadcast address"),
+    )
+
+
+def _server_address_problems(cluster: Cluster) -> list[Problem]:
+    """The addresses of the router and servers a node sends to: not the LAN's own or broadcast."""
+    lan = cluster.nodes[0].address.network
+    network = cluster.network
+    endpoint = cluster.cluster.control_plane_endpoint
+    servers = [
+        ("network.gateway", network.gateway),
+        *((f"network.dns[{i}]", address) for i, address in enumerate(network.dns)),
+        *((f"network.ntp[{i}]", _address_of(server)) for i, server in enumerate(network.ntp)),
+        ("cluster.control_plane_endpoint", _address_of(endpoint.rpartition(":")[0]) if endpoint else None),
+    ]
+    return [
+        Problem(path, f"{ip} is {what} of {lan}", "use the address the router or server itself has")
+        for path, ip in servers
+        for special, what in _ends(lan)
+        if ip == special
+    ]
 
 
 def _subnet_problems(cluster: Cluster) -> list[Problem]:

@@ -52,7 +52,7 @@ class _Fields:
 
 def check_authorized_key(line: str) -> str:
     """Return line if it is a public key OpenSSH would accept; raise FieldError saying why not."""
-    if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", line):
+    if re.search(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]", line):
         # one entry of the list becomes one line of authorized_keys; a line break would add another
         raise FieldError("contains a line break or control character", "paste the key as one line")
     kind, encoded, comment = [*re.split(r"[ \t]+", line.strip(" \t"), maxsplit=2), "", ""][:3]

@@ -24,6 +24,7 @@ from builder.resources import OVERLAYS_DIR
 from builder.run import Runner
 from builder.spec.boards import boards
 from builder.spec.load import load_cluster
+from builder.spec.names import time_zones, wifi_countries
 from tests.conftest import BUNDLED
 from tests.integration.conftest import TOOLS, require_tools
 
@@ -130,6 +131,31 @@ def test_the_wifi_chips_have_their_firmware(real_base: BaseImage) -> None:
                 break
             path = str(PurePosixPath(path).parent / link[1])
         assert len(read_root(real_base, f'"{path}"')) > least, name
+
+
+def test_the_time_zones_validate_accepts_are_those_of_the_base(real_base: BaseImage) -> None:
+    """builder/spec/timezones.txt: the zones tzdata installs, so `validate` needs no image."""
+    installed = set(read_root(real_base, "/var/lib/dpkg/info/tzdata.list").decode().split())
+    zone_file = read_root(real_base, "/usr/share/zoneinfo/tzdata.zi").decode().splitlines()
+    zones = {line.split()[1] for line in zone_file if line.startswith("Z ")}
+    zones |= {line.split()[2] for line in zone_file if line.startswith("L ")}
+    assert {zone for zone in zones if f"/usr/share/zoneinfo/{zone}" in installed} == time_zones()
+
+
+def test_the_wifi_countries_validate_accepts_are_those_of_the_base(real_base: BaseImage) -> None:
+    """builder/spec/wifi-countries.txt: the ISO 3166-1 countries of the regulatory database."""
+    database = read_root(real_base, "/usr/lib/firmware/regulatory.db-debian")
+    assert database[:4] == b"RGDB"
+    known = set()
+    # after the magic and version, (alpha2, collection pointer) pairs up to a null pointer, as the
+    # kernel reads them (net/wireless/reg.c, struct fwdb_country)
+    for at in range(8, len(database), 4):
+        if database[at + 2 : at + 4] == b"\0\0":
+            break
+        known.add(database[at : at + 2].decode())
+    iso3166 = read_root(real_base, "/usr/share/zoneinfo/iso3166.tab").decode().splitlines()
+    countries = {line.split("\t")[0] for line in iso3166 if not line.startswith("#")}
+    assert known & countries == wifi_countries()
 
 
 def test_module_index_is_made_for_the_kernel(real_base: BaseImage) -> None:

@@ -165,7 +165,7 @@ def test_many_problems_fit_on_one_screen(workdir: Path, capsys: pytest.CaptureFi
     ("old", "new", "reason"),
     [
         ("name: homelab", "name: " + "a" * 500_000, "is not a lower-case RFC 1123 host name"),
-        ("dns: [192.168.50.1]", "dns: [" + "9" * 300_000 + "]", "value has 300000 digits"),
+        ("dns: [192.168.50.1]", "dns: [" + "9" * 300_000 + "]", "reads the value here as int"),
     ],
     ids=["a long name", "a long number"],
 )

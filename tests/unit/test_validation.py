@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from builder.errors import ConfigError, Problem
 from builder.spec.load import load_cluster
+from builder.spec.model import Cluster
 from tests.conftest import BUNDLED
 
 Edit = Callable[[dict[str, Any]], None]
@@ -27,6 +28,12 @@ def problems_for(data: dict[str, Any], tmp_path: Path) -> list[Problem]:
     with pytest.raises(ConfigError) as caught:
         load_cluster(path)
     return caught.value.problems
+
+
+def loaded(data: dict[str, Any], tmp_path: Path) -> Cluster:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_cluster(path)
 
 
 def test_bundled_cluster_is_valid() -> None:
@@ -168,7 +175,7 @@ CASES: list[tuple[str, Edit, str, str]] = [
         "not an SSH public key",
     ),
     ("wlan0 as cluster interface", _set("flannel.iface", "wlan0"), "flannel.iface", "cannot carry"),
-    ("unknown time zone", _set("timezone", "Mars/Olympus"), "timezone", "not a known time zone"),
+    ("unknown time zone", _set("timezone", "Mars/Olympus"), "timezone", "not a time zone on the card"),
     (
         "wifi passphrase too short",
         _set("network.wifi", {"ssid": "lab", "psk": "short", "country": "DE"}),
@@ -177,6 +184,96 @@ CASES: list[tuple[str, Edit, str, str]] = [
     ),
     ("root as login user", _set("access.user", "root"), "access.user", "refuses root logins"),
     ("login user not a Unix name", _set("access.user", "Root!"), "access.user", "Unix user name"),
+    (
+        "endpoint port above 65535",
+        _set("cluster.control_plane_endpoint", "192.168.50.9:99999"),
+        "cluster.control_plane_endpoint",
+        "port 99999 is outside 1 to 65535",
+    ),
+    (
+        "endpoint port 0",
+        _set("cluster.control_plane_endpoint", "kube.lab:0"),
+        "cluster.control_plane_endpoint",
+        "port 0 is outside 1 to 65535",
+    ),
+    (
+        "endpoint host a dotted number that is no address",
+        _set("cluster.control_plane_endpoint", "192.168.50.999:6443"),
+        "cluster.control_plane_endpoint",
+        "not an IPv4 address",
+    ),
+    (
+        "service subnet of one address: CoreDNS takes the 10th",
+        _set("cluster.service_subnet", "10.96.0.0/32"),
+        "cluster.service_subnet",
+        "holds 1 address; kubeadm gives CoreDNS the 10th after 10.96.0.0",
+    ),
+    (
+        "service subnet of 8 addresses",
+        _set("cluster.service_subnet", "10.96.0.0/29"),
+        "cluster.service_subnet",
+        "holds 8 addresses",
+    ),
+    (
+        "service subnet larger than kubeadm takes",
+        _set("cluster.service_subnet", "100.64.0.0/10"),
+        "cluster.service_subnet",
+        "kubeadm refuses a service subnet larger than /12",
+    ),
+    (
+        "an SSID of 32 characters but 64 bytes",
+        _set("network.wifi", {"ssid": "ä" * 32, "psk": "correct horse", "country": "DE"}),
+        "network.wifi.ssid",
+        "64 bytes in UTF-8; an SSID has at most 32",
+    ),
+    (
+        "a country the regulatory database does not know",
+        _set("network.wifi", {"ssid": "lab", "psk": "correct horse", "country": "ZZ"}),
+        "network.wifi.country",
+        "'ZZ' is not a country the Wi-Fi regulatory database on the card knows",
+    ),
+    (
+        "a WPA passphrase with a character other than printable ASCII",
+        _set("network.wifi", {"ssid": "lab", "psk": "correct horse\tbattery", "country": "DE"}),
+        "network.wifi.psk",
+        "printable ASCII",
+    ),
+    (
+        "a bootstrap token lifetime of true, which pydantic would read as 1",
+        _set("cluster.token_ttl_hours", True),
+        "cluster.token_ttl_hours",
+        "valid integer",
+    ),
+    ("a multicast gateway", _set("network.gateway", "224.0.0.1"), "network.gateway", "multicast"),
+    ("a loopback DNS server", _set("network.dns", ["127.0.0.53"]), "network.dns[0]", "loopback"),
+    ("DNS server 0.0.0.0", _set("network.dns", ["0.0.0.0"]), "network.dns[0]", "never a destination"),
+    ("a broadcast DNS server", _set("network.dns", ["255.255.255.255"]), "network.dns[0]", "broadcast"),
+    (
+        "the LAN's broadcast address as DNS server",
+        _set("network.dns", ["9.9.9.9", "192.168.50.255"]),
+        "network.dns[1]",
+        "192.168.50.255 is the broadcast address of 192.168.50.0/24",
+    ),
+    (
+        "the LAN's network address as gateway",
+        _set("network.gateway", "192.168.50.0"),
+        "network.gateway",
+        "192.168.50.0 is the network address of 192.168.50.0/24",
+    ),
+    ("a reserved NTP server", _set("network.ntp", ["240.0.0.1"]), "network.ntp[0]", "reserved"),
+    (
+        "an endpoint on the LAN's broadcast address",
+        _set("cluster.control_plane_endpoint", "192.168.50.255:6443"),
+        "cluster.control_plane_endpoint",
+        "192.168.50.255 is the broadcast address of 192.168.50.0/24",
+    ),
+    (
+        "a multicast endpoint",
+        _set("cluster.control_plane_endpoint", "239.1.1.1:6443"),
+        "cluster.control_plane_endpoint",
+        "multicast",
+    ),
+    ("a loopback node address", _set("nodes.1.address", "127.0.0.11/24"), "nodes[1].address", "loopback"),
 ]
 
 
@@ -192,6 +289,142 @@ def test_each_mistake_is_named(
     assert text in matching[0].message
     assert matching[0].hint, "every problem says how to fix it"
     assert matching[0].line is not None, "every problem points at a line of cluster.yaml"
+
+
+def every_field(data: dict[str, Any]) -> dict[str, Any]:
+    """The bundled file with every optional setting given, so that each string field is present."""
+    data["cluster"]["control_plane_endpoint"] = "kube.lab:6443"
+    data["cluster"]["kubernetes_repository"] = "https://mirror.lab/k8s/"
+    data["network"]["wifi"] = {"ssid": "lab", "psk": "correct horse", "country": "DE"}
+    data["base"]["packages"] = ["htop"]
+    data["base"]["image"] = {"url": "https://example.org/os.img.xz", "sha256": "0" * 64}
+    return data
+
+
+def string_fields(value: Any, path: str = "") -> list[str]:
+    """The dotted path of every string in value, e.g. 'nodes.1.name'."""
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in string_fields(item, f"{path}{key}.")]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in string_fields(item, f"{path}{i}.")]
+    return [path.rstrip(".")] if isinstance(value, str) else []
+
+
+def value_at(data: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path, e.g. 'nodes.1.name'."""
+    value: Any = data
+    for part in dotted.split("."):
+        value = value[int(part)] if part.isdigit() else value[part]
+    return value
+
+
+def _reported(dotted: str) -> str:
+    """The path a problem reports for a dotted path: 'nodes.1.name' is 'nodes[1].name'."""
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in dotted.split(".")).lstrip(".")
+
+
+EVERY_FIELD = every_field(yaml.safe_load(BUNDLED.read_text()))
+
+
+def test_the_file_with_every_setting_given_is_valid(tmp_path: Path) -> None:
+    assert loaded(EVERY_FIELD, tmp_path).network.wifi is not None
+
+
+@pytest.mark.parametrize("where", string_fields(EVERY_FIELD))
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\x00", "\x85"], ids=["newline", "crlf", "nul", "nel"])
+def test_a_control_character_after_any_text_is_refused(tmp_path: Path, where: str, ending: str) -> None:
+    """A regular expression's `$` matches before a final newline: "pi" and a newline passed as a user."""
+    data = copy.deepcopy(EVERY_FIELD)
+    _set(where, value_at(data, where) + ending)(data)
+    assert _reported(where) in {p.path for p in problems_for(data, tmp_path)}
+
+
+NOT_PLAIN_NUMBERS = {
+    "leading zeros": ("cluster.kubernetes", "1.034.02"),
+    "a leading zero in the major": ("cluster.kubernetes", "01.34.2"),
+    "Devanagari digits": ("cluster.kubernetes", "1.\u0969\u096a.2"),
+    "a full-width digit": ("cluster.kubernetes", "1.34.\uff12"),
+    "a full-width port digit": ("cluster.control_plane_endpoint", "kube.lab:\uff16443"),
+    "a port with a leading zero": ("cluster.control_plane_endpoint", "kube.lab:06443"),
+}
+
+
+@pytest.mark.parametrize(("where", "value"), NOT_PLAIN_NUMBERS.values(), ids=NOT_PLAIN_NUMBERS)
+def test_numbers_in_text_are_plain_ascii_digits(
+    bundled_data: dict[str, Any], tmp_path: Path, where: str, value: str
+) -> None:
+    _set(where, value)(bundled_data)
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == where
+
+
+@pytest.mark.parametrize(
+    ("zone", "why"),
+    [
+        ("localtime", "not a time zone"),
+        ("posixrules", "not a time zone"),
+        ("right/UTC", "not a time zone"),
+        ("US/Eastern", "tzdata-legacy"),
+    ],
+)
+def test_a_time_zone_the_card_lacks_is_refused(
+    bundled_data: dict[str, Any], tmp_path: Path, zone: str, why: str
+) -> None:
+    bundled_data["timezone"] = zone
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "timezone"
+    assert f"{zone!r} is not a time zone on the card" in problem.message
+    assert "Debian trixie's tzdata" in problem.message
+    assert why in problem.message + problem.hint
+
+
+def test_a_misspelt_time_zone_is_answered_with_the_closest(
+    bundled_data: dict[str, Any], tmp_path: Path
+) -> None:
+    bundled_data["timezone"] = "Europe/Berln"
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.hint == "did you mean 'Europe/Berlin'?"
+
+
+@pytest.mark.parametrize("zone", ["Europe/Amsterdam", "UTC", "Etc/UTC", "America/Argentina/Buenos_Aires"])
+def test_the_zones_of_the_card_are_accepted(bundled_data: dict[str, Any], tmp_path: Path, zone: str) -> None:
+    bundled_data["timezone"] = zone
+    assert loaded(bundled_data, tmp_path).timezone == zone
+
+
+def test_an_ssid_of_32_bytes_is_accepted(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["network"]["wifi"] = {"ssid": "ä" * 16, "psk": "correct horse", "country": "DE"}
+    assert loaded(bundled_data, tmp_path).network.wifi is not None
+
+
+SECRET_PSKS = {
+    # (how the passphrase is written in cluster.yaml: the text that must never be printed)
+    "an unquoted number": ("123456789", "123456789"),
+    "an unquoted decimal": ("12345678.75", "12345678.75"),
+    "a list": ("[hunter2hunter2]", "hunter2hunter2"),
+    "a mapping": ("{hunter2hunter2: 1}", "hunter2hunter2"),
+    "too long": ("hunter2" * 10, "hunter2"),
+    "an integer tag": ("!!int hunter2hunter2", "hunter2hunter2"),
+    "a timestamp tag": ("!!timestamp hunter2hunter2", "hunter2hunter2"),
+    "a float tag": ("!!float 1e9x", "1e9x"),
+    "an unknown tag": ("!secret hunter2hunter2", "hunter2hunter2"),
+    "a control character": ('"hunter2\\bhunter2"', "hunter2"),
+}
+
+
+@pytest.mark.parametrize(("written", "secret"), SECRET_PSKS.values(), ids=SECRET_PSKS)
+def test_no_message_shows_the_wifi_passphrase(tmp_path: Path, written: str, secret: str) -> None:
+    text = BUNDLED.read_text().replace("  # wifi:", "  wifi:").replace("  #   ", "    ")
+    text = text.replace('"correct horse battery staple"', written)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    shown = caught.value.render()
+    assert secret not in shown
+    (problem,) = caught.value.problems
+    assert problem.path in ("network.wifi.psk", "(yaml)")
+    assert "psk:" in text.splitlines()[(problem.line or 0) - 1], "the problem points at the passphrase"
 
 
 @pytest.mark.parametrize(
@@ -422,6 +655,12 @@ HOSTILE_YAML = {
     "a merge of a scalar": "base: &b trixie\ncluster: {<<: *b}\n",
     "a mapping as a key": "cluster:\n  {a: 1}: homelab\n",
     "a number as a key": "cluster:\n  1: homelab\n",
+    "a timestamp tag on text": "cluster: !!timestamp x\n",
+    "a boolean tag on text": "cluster: !!bool x\n",
+    "an integer tag on nothing": 'cluster: !!int ""\n',
+    "a float tag on nothing": 'cluster: !!float ""\n',
+    "a timestamp tag deep inside": "nodes:\n  - name: !!timestamp x\n",
+    "half of a UTF-16 pair": 'cluster:\n  name: "\\ud800\\udc00"\n',
 }
 
 
@@ -480,6 +719,17 @@ def test_runaway_structures_are_refused(tmp_path: Path, text: str) -> None:
     assert problem.path == "(yaml)"
     assert problem.line == 1
     assert problem.hint
+
+
+def test_aliases_do_not_nest_deeper_than_values_written_out(tmp_path: Path) -> None:
+    """Each line nests 30 lists around an alias of the line above: 25 lines nest 750 deep, which
+    took the key check past Python's recursion limit when the call stack was already deep."""
+    lines = ["l0: &l0 " + "[" * 30 + "x" + "]" * 30]
+    lines += [f"l{i}: &l{i} " + "[" * 30 + f"*l{i - 1}" + "]" * 30 for i in range(1, 25)]
+    problem = the_problem_with("\n".join(lines) + "\n", tmp_path)
+    assert problem.path == "(yaml)"
+    assert "nest more than 32 levels deep" in problem.message
+    assert problem.line == 2, "the first alias that nests too deep"
 
 
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
