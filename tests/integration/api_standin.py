@@ -24,6 +24,7 @@ import json
 import os
 import socketserver
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ NODE_CIDR_PREFIX = 24
 """kube-controller-manager's node CIDR size when nothing sets one (defaultNodeMaskCIDRIPv4 in
 cmd/kube-controller-manager/app/core.go); kubeadm sets none."""
 CLONE_NEWNET = 0x40000000
+BUILDER = ipaddress.IPv4Address("192.168.50.9")
+"""The build machine on the bundled cluster's LAN, where tests serve the cluster's endpoint."""
 SLOW_FOR_S = 30
 DRIBBLE_S = 0.5
 T = TypeVar("T")
@@ -161,6 +164,43 @@ class Server(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
 
 
+def _enter_netns(path: str) -> None:
+    """setns(2): this thread, and what it starts from now on, into the network namespace at path."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path) as namespace:
+        if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {path}: {os.strerror(error)}")
+
+
+@contextmanager
+def on_a_lan_of_its_own() -> Iterator[ipaddress.IPv4Address]:
+    """The test, and every thread and program it starts, in a network namespace of its own where
+    BUILDER is the address of a LAN link: the stand-in serves there as the cluster's endpoint,
+    since cluster.yaml names an address on the nodes' LAN (a loopback endpoint is refused), and
+    whatever is sent to the LAN's other addresses stays in the namespace."""
+    name = f"picluster-lan-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "lan0", "type", "veth", "peer", "name", "lan1"],  # a LAN nobody else is on
+            ["addr", "add", f"{BUILDER}/24", "dev", "lan0"],
+            ["link", "set", "lan0", "up"],
+            ["link", "set", "lan1", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *command], check=True)
+        home = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
+        with open(home) as before:
+            _enter_netns(f"/run/netns/{name}")
+            try:
+                yield BUILDER
+            finally:
+                _enter_netns(f"/proc/self/fd/{before.fileno()}")
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
 def in_netns(netns: str | None, make: Callable[[], T]) -> T:
     """`make()` run in a network namespace: a socket it opens stays there. Only a thread of its
     own enters the namespace (setns(2) changes the calling thread alone), so the test's threads
@@ -172,11 +212,7 @@ def in_netns(netns: str | None, make: Callable[[], T]) -> T:
 
     def enter() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{netns}") as namespace:
-                if libc.setns(namespace.fileno(), CLONE_NEWNET) != 0:
-                    error = ctypes.get_errno()
-                    raise OSError(error, f"setns into {netns}: {os.strerror(error)}")
+            _enter_netns(f"/run/netns/{netns}")
             made.append(make())
         except BaseException as error:
             failed.append(error)

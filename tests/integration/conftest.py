@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from builder.spec.load import load_cluster
 from builder.spec.model import Cluster, ImageSource
 from tests.conftest import BUNDLED
 from tests.integration import raspios_standin
+from tests.integration.api_standin import on_a_lan_of_its_own
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
 TINY_EPOCH = 1_795_467_600
@@ -46,6 +48,13 @@ def mounted(folder: Path, *arguments: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def lan() -> Iterator[ipaddress.IPv4Address]:
+    """The test on a LAN of its own, as the build machine (api_standin.on_a_lan_of_its_own)."""
+    with on_a_lan_of_its_own() as address:
+        yield address
 
 
 @pytest.fixture

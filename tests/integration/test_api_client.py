@@ -4,6 +4,7 @@ without a traceback, and no admin key is ever left on disk (tests/integration/ap
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -24,14 +25,14 @@ from tests.conftest import REPO, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.test_grow import node_item, project
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[APIStandin]:
+def server(tmp_path: Path, lan: ipaddress.IPv4Address) -> Iterator[APIStandin]:
     folder = tmp_path / "standin"
     folder.mkdir()
-    with api_standin(fixed_secrets(), folder) as standin:
+    with api_standin(fixed_secrets(), folder, lan) as standin:
         yield standin
 
 

@@ -1,10 +1,11 @@
 """Growing the cluster: bootstrap tokens, the admin kubeconfig and `picluster status`, against
-a stand-in API server (tests/integration/api_standin.py) on 127.0.0.1."""
+a stand-in API server (tests/integration/api_standin.py) on a LAN of the test's own."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,17 +23,17 @@ from builder.secrets import store
 from builder.secrets.tokens import TOKENS_FILE
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN, fixed_secrets
-from tests.integration.api_standin import APIStandin, api_standin
+from tests.integration.api_standin import BUILDER, APIStandin, api_standin
 from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 
 OLD_TOKEN = FIXED_TOKEN
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[APIStandin]:
-    with api_standin(fixed_secrets(), tmp_path) as server:
+def api(tmp_path: Path, lan: ipaddress.IPv4Address) -> Iterator[APIStandin]:
+    with api_standin(fixed_secrets(), tmp_path, lan) as server:
         yield server
 
 
@@ -161,7 +162,7 @@ def test_a_young_token_the_cluster_does_not_know_is_replaced(tmp_path: Path, api
 def test_unreachable_cluster_with_a_young_token_goes_on_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, "127.0.0.1:9", timedelta(hours=2))
+    cluster_file = project(tmp_path, f"{BUILDER}:9", timedelta(hours=2))
     add_node(cluster_file)
     assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
@@ -193,14 +194,14 @@ def test_a_token_the_cluster_still_honours_is_kept(tmp_path: Path, api: APIStand
 def test_unreachable_cluster_with_an_expired_token_builds_no_card(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, "127.0.0.1:9", timedelta(days=3))
+    cluster_file = project(tmp_path, f"{BUILDER}:9", timedelta(days=3))
     add_node(cluster_file)
     images = tmp_path / "images"
     build = ["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(tmp_path / "cache")]
     assert main(build) == 2
     error = capsys.readouterr().err
     assert "w3 would join with bootstrap token abcdef, made 72 h ago, past its 24 h lifetime" in error
-    assert "https://127.0.0.1:9" in error and "no card that could not join was written" in error
+    assert f"https://{BUILDER}:9" in error and "no card that could not join was written" in error
     assert OLD_TOKEN not in error  # the token id is not secret; the whole token is
     assert not images.exists() or not any(images.iterdir()), "no image was written"
 
