@@ -2,7 +2,8 @@
 the cluster CA, client certificates required and checked against that CA, and just the calls
 picluster and flanneld make. It records every request's client certificate subject.
 
-picluster's calls: list nodes, get a bootstrap-token Secret, create one. flanneld v0.10.0's
+picluster's calls: list nodes, get a bootstrap-token Secret, create one, delete one (404 when
+there is none, as kube-apiserver answers). flanneld v0.10.0's
 (subnet/kube/kube.go in shared/upstream/flannel-v0.10.0.tar.xz, with the vendored client-go of
 Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
 and a strategic-merge patch of nodes/<name>/status that sets its annotations. Nodes get a
@@ -22,6 +23,7 @@ import http.server
 import ipaddress
 import json
 import os
+import socket
 import socketserver
 import ssl
 import threading
@@ -58,6 +60,7 @@ class APIStandin:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
     version: int = 0
     """The last resourceVersion handed out; every node change takes the next one."""
@@ -189,6 +192,19 @@ def in_netns(netns: str | None, make: Callable[[], T]) -> T:
     return made[0]
 
 
+def host_address() -> ipaddress.IPv4Address | None:
+    """This machine's address on its default route, which cluster.yaml accepts as an endpoint (a
+    node could not reach a loopback one); None when it has no route anywhere. Connecting a UDP
+    socket sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = ipaddress.IPv4Address(probe.getsockname()[0])
+    return None if address.is_loopback else address
+
+
 @contextmanager
 def api_standin(
     cluster_secrets: ClusterSecrets,
@@ -281,6 +297,16 @@ def api_standin(
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:  # ssl.SSLError among them
                 pass  # the client went away: flanneld stopped
+
+        def do_DELETE(self) -> None:
+            self._client()
+            url = urlsplit(self.path)
+            name = url.path.split("/")[-1]
+            if url.path.startswith(SECRETS_PATH + "/") and state.secrets.pop(name, None) is not None:
+                state.deleted.append(name)
+                self._answer(200, {"kind": "Status", "status": "Success"})
+            else:
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
 
         def do_PATCH(self) -> None:
             self._client()

@@ -123,7 +123,7 @@ def test_commands_that_work_on_a_cluster_never_make_one(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
-    extra = ["-o", str(tmp_path / "backup.tgz")] if command == "backup" else []
+    extra = {"backup": ["-o", str(tmp_path / "backup.tgz")], "token": ["w1"]}.get(command, [])
     assert main([command, "-f", str(tmp_path / "cluster.yaml"), *extra]) == 2
     refused(capsys, "no cluster secrets in")
     assert not (tmp_path / ".picluster").exists()
