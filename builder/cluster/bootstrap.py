@@ -93,7 +93,8 @@ def assign_tokens(
     except api.Unreachable as why:
         if new:
             raise UserError(
-                f"{', '.join(new)} need a bootstrap token made on the cluster, and the API server "
+                f"{', '.join(new)} {'needs' if len(new) == 1 else 'need'} a bootstrap token made on the "
+                "cluster, and the API server "
                 f"cannot be asked: {why}",
                 f"run the build where https://{cluster.api_endpoint} is reachable; no card that could not "
                 "join was written. If no node of this cluster has booted yet, remove "

@@ -262,7 +262,7 @@ def test_unreachable_cluster_builds_no_card_for_a_node_added(
     build = ["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(tmp_path / "cache")]
     assert main(build) == 2
     error = capsys.readouterr().err
-    assert "w3 need a bootstrap token made on the cluster, and the API server cannot be asked" in error
+    assert "w3 needs a bootstrap token made on the cluster, and the API server cannot be asked" in error
     assert f"https://{nobody_listens()}" in error and "no card that could not join was written" in error
     assert not images.exists() or not any(images.iterdir()), "no image was written"
 
