@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +225,19 @@ def test_killed_mid_join_it_resets_and_finishes_when_started_again(tmp_path: Pat
     assert "nothing to do" in again.stdout
 
 
-def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Path) -> None:
+@contextmanager
+def worker_and_api_server(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Worker w1's root, pinned to a CA whose API server (/readyz) answers, and the stand-ins'
+    folder; while the server runs."""
     ca = make_ca("cluster CA")
     with api_server_standin(*make_server_cert(ca), tmp_path) as port:
         root = node_root(tmp_path, "w1", cluster={"api_endpoint": f"127.0.0.1:{port}"}, **IMAGE_PACKAGES)
         (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
-        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        yield root, install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+
+
+def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Path) -> None:
+    with worker_and_api_server(tmp_path) as (root, standins):
         done = run_agent(root, standins, "join")
     assert done.returncode == 0, done.stderr
     assert [call[:2] for call in calls(standins)] == [["kubeadm", "join"], ["kubectl", "--kubeconfig"]]
@@ -333,11 +341,7 @@ def test_firstboot_installs_the_pinned_tools_from_the_repository(
 
 
 def test_a_card_whose_token_the_cluster_does_not_know_says_so_and_keeps_trying(tmp_path: Path) -> None:
-    ca = make_ca("cluster CA")
-    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
-        root = node_root(tmp_path, "w1", cluster={"api_endpoint": f"127.0.0.1:{port}"}, **IMAGE_PACKAGES)
-        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
-        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    with worker_and_api_server(tmp_path) as (root, standins):
         (standins / "cluster-tokens").write_text("")  # the token was never made, or was deleted
         (standins / "discovery-timeout").write_text("0.1")
         kubeadm = yaml.safe_load((root / "etc/picluster/kubeadm.yaml").read_text())
