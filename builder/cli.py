@@ -504,7 +504,7 @@ def _status(args: argparse.Namespace) -> int:
     secrets = project.existing_secrets("status", current=False)
     statuses = _image_statuses(project, secrets, args.images)
     endpoint = project.cluster.api_endpoint
-    lapsing: list[bootstrap.Lapsing] = []
+    lapsing: list[bootstrap.Waiting] = []
     now = datetime.now(UTC)
     try:
         with api.connect(endpoint, secrets) as server:

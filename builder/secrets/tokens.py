@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +36,9 @@ class Tokens:
     """Each node's bootstrap token, as its card carries it."""
     at_init: tuple[str, ...] = ()
     """The tokens the first control plane's `kubeadm init` makes: the first build's nodes'."""
+    recheck_at: datetime | None = None
+    """When the first token of a node not joined may lapse, as last known (datetime.max: every
+    node has joined); `build` asks the cluster only from a day before. None: not known."""
 
 
 def token_id(token: str) -> str:
@@ -87,10 +90,13 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
         unnamed = sum(not DNS_LABEL.fullmatch(name) for name in nodes)
         if unnamed:
             problems.append(f"nodes: {unnamed} {'entry' if unnamed == 1 else 'entries'} under no node name")
+    recheck_at = _utc_time(raw.get("recheck_at"))
+    if "recheck_at" in raw and recheck_at is None:
+        problems.append("recheck_at: not an ISO 8601 time with a time zone")
     if problems:
         raise _damaged(path, "; ".join(problems))
     assert isinstance(nodes, dict)  # else it would have been a problem
-    return Tokens(nodes, tuple(at_init))
+    return Tokens(nodes, tuple(at_init), recheck_at)
 
 
 def _shared_token_problems(raw: dict[str, object]) -> list[str]:
@@ -121,7 +127,10 @@ def _damaged(path: Path, what: str) -> UserError:
 
 
 def save_tokens(state_dir: Path, tokens: Tokens) -> None:
-    text = json.dumps({"nodes": tokens.nodes, "at_init": list(tokens.at_init)}, indent=2, sort_keys=True)
+    record = {"nodes": tokens.nodes, "at_init": list(tokens.at_init)}
+    if tokens.recheck_at is not None:
+        record["recheck_at"] = tokens.recheck_at.isoformat()
+    text = json.dumps(record, indent=2, sort_keys=True)
     write_atomic(state_dir / TOKENS_FILE, text.encode() + b"\n", 0o600)
 
 
@@ -133,4 +142,4 @@ def for_cards(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens) -> tupl
         return first_build(cluster, secrets), []
     new = [node.name for node in cluster.nodes if node.name not in tokens.nodes]
     shown = first_build(cluster, secrets).nodes
-    return Tokens({**tokens.nodes, **{name: shown[name] for name in new}}, tokens.at_init), new
+    return replace(tokens, nodes={**tokens.nodes, **{name: shown[name] for name in new}}), new

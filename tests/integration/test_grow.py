@@ -189,10 +189,10 @@ def test_a_node_added_gets_its_own_token_made_on_the_cluster_and_no_other_card_c
     assert api.created[0]["stringData"]["description"] == "picluster: lets w3 join"
     for node in ("cp1", "w1", "w2"):
         assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
-    assert recorded(cluster_file) == {
-        "nodes": {"cp1": OLD_TOKEN, "w1": OLD_TOKEN, "w2": OLD_TOKEN, "w3": created_token(api)},
-        "at_init": [OLD_TOKEN],  # the first control plane's card, as it was built
-    }
+    record = recorded(cluster_file)
+    assert record["nodes"] == {"cp1": OLD_TOKEN, "w1": OLD_TOKEN, "w2": OLD_TOKEN, "w3": created_token(api)}
+    assert record["at_init"] == [OLD_TOKEN]  # the first control plane's card, as it was built
+    assert datetime.fromisoformat(record["recheck_at"]) > datetime.now(UTC) + timedelta(days=89)  # w3's
 
 
 def test_a_card_not_joined_whose_token_the_cluster_lost_gets_a_new_one_a_joined_node_keeps_its_own(
@@ -216,12 +216,32 @@ def test_a_token_that_expires_within_a_day_is_renewed_and_the_old_one_deleted(
 ) -> None:
     cluster_file = project(tmp_path, api.endpoint, per_node_record())
     joined(api, "cp1")
-    api.add_token(OWN_TOKENS["w1"], expires_in(timedelta(days=2)))
+    w1_expires = expires_in(timedelta(days=2))
+    api.add_token(OWN_TOKENS["w1"], w1_expires)
     api.add_token(OWN_TOKENS["w2"], expires_in(timedelta(hours=12)))
     assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w1") == OWN_TOKENS["w1"]
     assert join_token(tmp_path / "after", "w2") == created_token(api)
     assert api.deleted == [f"bootstrap-token-{OWN_TOKENS['w2'][:6]}"]
+    # the next build asks the cluster again a day before w1's token lapses, not before
+    assert recorded(cluster_file)["recheck_at"] == w1_expires.replace("Z", "+00:00")
+
+
+def test_a_build_asks_the_cluster_only_when_a_token_may_lapse_within_a_day(
+    tmp_path: Path, api: APIStandin
+) -> None:
+    record = {**per_node_record(), "recheck_at": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
+    cluster_file = project(tmp_path, api.endpoint, record)
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert api.clients == []  # no network for a build with nothing to renew
+    joined(api, "cp1", "w1", "w2")
+    record["recheck_at"] = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
+    (cluster_file.parent / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert len(api.clients) == 1 and api.created == []
+    assert recorded(cluster_file)["recheck_at"] == datetime.max.replace(tzinfo=UTC).isoformat()
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert len(api.clients) == 1  # every node has joined: never again, unless cluster.yaml changes
 
 
 def test_a_node_removed_from_cluster_yaml_has_its_token_deleted_on_the_cluster(
