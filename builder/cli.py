@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.card import flash
-from builder.cluster import api, kubeconfig, status
+from builder.cluster import api, bootstrap, kubeconfig, status
 from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
@@ -27,7 +27,7 @@ from builder.project import Project
 from builder.render.node import render_cluster
 from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
-from builder.secrets import backup, store
+from builder.secrets import backup, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import json_schema
 
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         "card: OUT/<node>/boot/ (the FAT boot partition) and OUT/<node>/root/ (the root "
         "filesystem). Creates the cluster's secrets in .picluster/ on first use; never asks the "
         "running cluster anything or records a token: a node added since the last build is shown "
-        "with the current bootstrap token, which `build` may replace.",
+        "with a stand-in bootstrap token, which `build` replaces by its own.",
     )
     render.add_argument(
         "-o", "--out", type=Path, default=Path("out"), metavar="OUT", help="output folder (default: ./out)"
@@ -176,14 +176,16 @@ def _parser() -> argparse.ArgumentParser:
     _images_option(card)
     _verbose_option(card)
 
-    command(
+    token = command(
         "token",
         _token,
-        help="make a new bootstrap token on the running cluster",
-        description="Create a fresh bootstrap token as a Secret through the API server (authenticated "
-        "with an admin certificate signed by the cluster CA, TLS pinned to it). Nodes built from "
-        "now on carry it; `build` does this itself when a new node needs it.",
+        help="make a node a new bootstrap token on the running cluster",
+        description="Create a fresh bootstrap token for NODE, valid for the join window, as a Secret "
+        "through the API server (authenticated with an admin certificate signed by the cluster CA, "
+        "TLS pinned to it), and delete the one it replaces; then rebuild and reflash NODE's card. "
+        "`build` does this itself for every node not joined whose token expires within a day.",
     )
+    token.add_argument("node", metavar="NODE", help="the node whose card gets the new token")
 
     admin = command(
         "kubeconfig",
@@ -391,10 +393,11 @@ def _flash(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     project = _project(args)
-    issued = project.new_token(project.existing_secrets("token"))
+    project.new_token(project.existing_secrets("token"), args.node)
     print(
-        f"made bootstrap token {issued.current_id} on the cluster, valid for "
-        f"{project.cluster.cluster.token_ttl_hours} h; nodes added from now on carry it"
+        f"made {args.node} a new bootstrap token on the cluster, valid for "
+        f"{project.cluster.join_window.days} days; its card needs it: picluster build, then "
+        f"picluster flash {args.node}"
     )
     return 0
 
@@ -501,15 +504,22 @@ def _status(args: argparse.Namespace) -> int:
     secrets = project.existing_secrets("status", current=False)
     statuses = _image_statuses(project, secrets, args.images)
     endpoint = project.cluster.api_endpoint
+    lapsing: list[bootstrap.Waiting] = []
+    now = datetime.now(UTC)
     try:
         with api.connect(endpoint, secrets) as server:
             statuses, unnamed = status.add_cluster_view(statuses, api.list_nodes(server))
+            lapsing = bootstrap.lapsing(
+                server, project.cluster, tokens.load_tokens(project.state_dir, secrets), now
+            )
         note = f"cluster: https://{endpoint} answered"
         if unnamed:
             note += f"; {unnamed} node object{'s' if unnamed != 1 else ''} without a name were left out"
     except api.Unreachable as why:
         note = f"cluster: not reachable ({why})"
-    print(status.as_json(statuses, note) if args.json else status.format_status(statuses, note))
+    fixes = [f"{item.describe(now)}: picluster build, then picluster flash {item.node}" for item in lapsing]
+    show = status.as_json if args.json else status.format_status
+    print(show(statuses, note, fixes))
     return 0
 
 

@@ -82,35 +82,46 @@ class Project:
             store.check_current(self.state_dir, secrets, datetime.now(UTC))
         return secrets
 
-    def recorded_tokens(self, secrets: ClusterSecrets) -> dict[str, str]:
-        """The token each card carries as recorded, without asking the cluster or writing
-        anything (`render`, `status`, `flash`); a node not built yet shows the current token."""
-        carried, _ = tokens.for_cards(self.cluster, tokens.load_tokens(self.state_dir, secrets))
+    def recorded_tokens(self, secrets: ClusterSecrets) -> tokens.Tokens:
+        """The tokens the cards carry as recorded, without asking the cluster or writing anything
+        (`render`, `status`, `flash`); a node added since the last build shows a stand-in."""
+        carried, _ = tokens.for_cards(self.cluster, secrets, tokens.load_tokens(self.state_dir, secrets))
         return carried
 
-    def tokens_to_build(self, secrets: ClusterSecrets, say: Say) -> dict[str, str]:
-        """`build`: give each new node a token the running cluster honours (asking it, making one
-        there if need be) and record it; return the token each card carries."""
+    def tokens_to_build(self, secrets: ClusterSecrets, say: Say) -> tokens.Tokens:
+        """`build`: give each node not joined a token the running cluster honours for a day yet
+        (asking it, making them there if need be), revoke those of nodes removed, and record it."""
         loaded = tokens.load_tokens(self.state_dir, secrets)
         assigned = bootstrap.assign_tokens(self.cluster, secrets, loaded, datetime.now(UTC), say=say)
         if assigned != loaded:
             tokens.save_tokens(self.state_dir, assigned)
-        return assigned.nodes
+        return assigned
 
-    def new_token(self, secrets: ClusterSecrets) -> tokens.Tokens:
-        """`token`: a new token made on the cluster and recorded; nodes built from now on carry it."""
+    def new_token(self, secrets: ClusterSecrets, node: str) -> None:
+        """`token NODE`: a new token for the node made on the cluster and recorded."""
+        if node not in {n.name for n in self.cluster.nodes}:
+            names = ", ".join(n.name for n in self.cluster.nodes)
+            raise UserError(f"{node} is not a node of {self.file}", f"choose from {names}")
+        if node == self.cluster.init_node.name:
+            raise UserError(
+                f"{node} runs `kubeadm init`: it joins with no bootstrap token", "name another node"
+            )
         loaded = tokens.load_tokens(self.state_dir, secrets)
-        issued = bootstrap.issue_token(self.cluster, secrets, loaded, datetime.now(UTC))
+        if not loaded.nodes:
+            raise UserError(
+                f"no card of {self.file} has been built yet: the first control plane's card makes every "
+                "node's token",
+                "run picluster build",
+            )
+        issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
-        return issued
 
     def tokens_note(self, secrets: ClusterSecrets) -> str | None:
         """What `render` says of nodes with no token recorded yet: `build` settles theirs."""
-        recorded = tokens.load_tokens(self.state_dir, secrets)
-        _, new = tokens.for_cards(self.cluster, recorded)
-        if not new or not recorded.nodes:
-            return None  # a first build: every card carries the token kubeadm init makes
+        _, new = tokens.for_cards(self.cluster, secrets, tokens.load_tokens(self.state_dir, secrets))
+        if not new:
+            return None
         return (
-            f"{', '.join(new)}: shown with bootstrap token {recorded.current_id}; `picluster build` asks "
-            "the cluster whether it still honours it and makes a new one there if not"
+            f"{', '.join(new)}: shown with a stand-in bootstrap token; `picluster build` makes "
+            f"{'its' if len(new) == 1 else 'their'} own on the cluster"
         )

@@ -11,7 +11,9 @@ found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `
 (the next N inits or joins fail after writing their files, as a wait for the control plane or
 the kubelet's TLS bootstrap does), `hang` (they hang there instead) and `reset-fail-times` (the
 next N resets fail before they clean anything, as one does when it cannot unmount what kubelet
-mounted under /var/lib/kubelet).
+mounted under /var/lib/kubelet). `cluster-tokens`, when present, lists the ids of the bootstrap
+tokens the cluster knows (one a line): a join with any other fails discovery, after the seconds
+in `discovery-timeout` (kubeadm's 5 minutes when absent).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ SHARED_CERTIFICATES = {
 """cmd/kubeadm/app/phases/certs/certs.go SharedCertificateExists: what a control plane joining
 without --certificate-key must find, with the words of each failure (a missing CA key is only
 warned about since 1.20)."""
+DISCOVERY_TIMEOUT_S = 300
+"""cmd/kubeadm/app/constants/constants.go DiscoveryTimeout (v1beta4 timeouts.discovery)."""
 PREFLIGHT_TRAILER = (
     "[preflight] If you know what you are doing, you can make a check non-fatal with "
     "`--ignore-preflight-errors=...`\nTo see the stack trace of this error execute with --v=5 or higher"
@@ -85,9 +89,9 @@ def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
         if verb == "init":
             init(root, folder)
         elif "controlPlane" in config["JoinConfiguration"]:
-            join_control_plane(root, folder)
+            join_control_plane(root, folder, config["JoinConfiguration"])
         else:
-            join_worker(root, folder)
+            join_worker(root, folder, config["JoinConfiguration"])
 
 
 def init(root: Path, folder: Path) -> None:
@@ -136,9 +140,11 @@ def init(root: Path, folder: Path) -> None:
     print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
 
 
-def join_control_plane(root: Path, folder: Path) -> None:
-    # cmd/kubeadm/app/cmd/phases/join/preflight.go: the node checks, then those of an init
-    _preflight(_join_node_checks(root, control_plane=True) + _init_node_checks(root))
+def join_control_plane(root: Path, folder: Path, join: dict[str, Any]) -> None:
+    # cmd/kubeadm/app/cmd/phases/join/preflight.go: the node checks, discovery, then those of an init
+    _preflight(_join_node_checks(root, control_plane=True))
+    _discover(folder, join)
+    _preflight(_init_node_checks(root), announce=False)
     missing = [
         f"{failure}: couldn't load the {'private key' if name.endswith('.key') else 'certificate'} file "
         f"/{PKI / name}: open /{PKI / name}: no such file or directory"
@@ -161,8 +167,9 @@ def join_control_plane(root: Path, folder: Path) -> None:
           "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
 
 
-def join_worker(root: Path, folder: Path) -> None:
+def join_worker(root: Path, folder: Path, join: dict[str, Any]) -> None:
     _preflight(_join_node_checks(root, control_plane=False))
+    _discover(folder, join)
     # discovery: the cluster-info CA, checked against caCertHashes, is written for the kubelet
     _write(root / PKI / "ca.crt", (root / "etc/picluster/cluster-ca.crt").read_bytes())
     bootstrap = root / KUBERNETES / "bootstrap-kubelet.conf"
@@ -222,8 +229,27 @@ def _file_available(root: Path, path: Path) -> str:
     return f"[ERROR FileAvailable-{'-'.join(('', *path.parts))}]: /{path} already exists"
 
 
-def _preflight(errors: list[str]) -> None:
-    print("[preflight] Running pre-flight checks")
+def _discover(folder: Path, join: dict[str, Any]) -> None:
+    """Token discovery, in the join's preflight phase (cmd/kubeadm/app/discovery/token/token.go
+    getClusterInfo): it polls kube-public/cluster-info for a `jws-kubeconfig-<token id>` key, which
+    the bootstrapsigner writes only for a token Secret the cluster has (an expired one is deleted
+    by the tokencleaner), until the discovery timeout; then discovery.go For() wraps the last error."""
+    known = folder / "cluster-tokens"
+    token_id = join["discovery"]["bootstrapToken"]["token"].split(".")[0]
+    if not known.exists() or token_id in known.read_text().split():
+        return
+    timeout = folder / "discovery-timeout"
+    time.sleep(float(timeout.read_text()) if timeout.exists() else DISCOVERY_TIMEOUT_S)
+    raise Failed(
+        "error execution phase preflight: couldn't validate the identity of the API Server: could not "
+        f'find a JWS signature in the cluster-info ConfigMap for token ID "{token_id}"\n'
+        + PREFLIGHT_TRAILER.splitlines()[1]
+    )
+
+
+def _preflight(errors: list[str], announce: bool = True) -> None:
+    if announce:
+        print("[preflight] Running pre-flight checks")
     found = [error for error in errors if error]
     if found:
         raise Failed(

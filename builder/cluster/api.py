@@ -149,7 +149,7 @@ def _in_memory(name: str, data: bytes) -> Iterator[str]:
         yield f"/proc/self/fd/{handle.fileno()}"
 
 
-def token_secret(token: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
+def token_secret(token: str, node: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
     """A bootstrap token as kubeadm stores one: a bootstrap.kubernetes.io/token Secret."""
     token_id, token_secret_part = token.split(".")
     expiration = (now + ttl).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -159,7 +159,7 @@ def token_secret(token: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
         "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
         "type": "bootstrap.kubernetes.io/token",
         "stringData": {
-            "description": "made by picluster for nodes joining later",
+            "description": f"picluster: lets {node} join",
             "token-id": token_id,
             "token-secret": token_secret_part,
             "expiration": expiration,
@@ -187,8 +187,22 @@ def token_expiry(api: ClusterAPI, token: str) -> datetime | None:
         raise Unreachable(f"https://{api.endpoint}{path}: its expiration is not a time") from None
 
 
-def create_token(api: ClusterAPI, token: str, ttl: timedelta, now: datetime) -> None:
-    _check(api.request("POST", SECRETS, token_secret(token, ttl, now)))
+def create_token(api: ClusterAPI, token: str, node: str, ttl: timedelta, now: datetime) -> None:
+    _check(api.request("POST", SECRETS, token_secret(token, node, ttl, now)))
+
+
+def delete_token(api: ClusterAPI, token: str) -> None:
+    """Revoke a token: the tokencleaner would delete its Secret once it expired; this is sooner.
+    One already gone is fine."""
+    response = api.request("DELETE", f"{SECRETS}/bootstrap-token-{token.split('.')[0]}")
+    if response.status_code != 404:
+        _check(response)
+
+
+def node_name(item: Any) -> str | None:
+    metadata = item.get("metadata") if isinstance(item, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def list_nodes(api: ClusterAPI) -> list[Any]:

@@ -1,31 +1,82 @@
-"""A bootstrap token the running cluster honours, for each node that has none yet (`build`), or
-made anew (`token`).
+"""Each node's bootstrap token, kept honoured by the running cluster while the node has not
+joined (`build`), made anew for one node (`token`), and deleted there once its node has left
+cluster.yaml.
 
-The first build gives every node the token `kubeadm init` will create (valid for
-cluster.token_ttl_hours from the first boot). For a node added later, picluster asks the API
-server whether the cluster still honours the current token for a while yet, and if not creates
-a new one there (a bootstrap.kubernetes.io/token Secret). When the API server cannot be reached,
-the current token is used while it is surely valid by its age; past that, the build stops
-before writing a card that could not join.
+The first build gives every node a token of its own, which the first control plane's `kubeadm
+init` makes, each valid for the join window (builder.secrets.tokens). From then on, when a node
+was added or removed or a token may lapse within a day (by the record: a build with nothing to
+renew needs no network), `build` asks the API server which nodes have joined and, for every other
+one, whether the cluster still honours its token for a day yet; a node added since, or whose
+token has expired, was deleted or expires within a day, gets a new one made there, valid for the
+join window, and so a new card.
+The token of a node no longer in cluster.yaml is deleted on the cluster: its card no longer
+joins. A joined node keeps its record. When the API server cannot be reached, every recorded
+node keeps its token (nothing can be checked); a node that has none stops the build.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from builder.cluster import api
 from builder.errors import UserError
 from builder.secrets.pki import ClusterSecrets, new_bootstrap_token
-from builder.secrets.tokens import Tokens
+from builder.secrets.tokens import Tokens, first_build, token_id
 from builder.spec.model import Cluster
 
-MARGIN = timedelta(hours=1)
-"""Time left on a token for a card written now to be flashed, booted and joined."""
+RENEW_WITHIN = timedelta(days=1)
+"""A token with less left than this is renewed: time for a card written now to be flashed,
+booted and joined."""
+
+ALL_JOINED = datetime.max.replace(tzinfo=UTC)
+"""When to ask the cluster again once every node has joined: never, unless cluster.yaml changes."""
 
 Connect = Callable[[str, ClusterSecrets], AbstractContextManager[api.ClusterAPI]]
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A node of cluster.yaml that has not joined, and its card's token as the cluster knows it."""
+
+    node: str
+    token_id: str
+    expiry: datetime | None
+    """None: the cluster does not know the token (it expired and was cleaned up, or was deleted)."""
+
+    def lapses(self, now: datetime) -> bool:
+        """The cluster will not honour the token a day from now."""
+        return self.expiry is None or self.expiry <= now + RENEW_WITHIN
+
+    def describe(self, now: datetime) -> str:
+        if self.expiry is None:
+            state = "the cluster does not know it (expired or revoked)"
+        elif self.expiry <= now:
+            state = f"it expired {self.expiry:%Y-%m-%d %H:%M} UTC"
+        else:
+            state = f"it expires {self.expiry:%Y-%m-%d %H:%M} UTC"
+        return f"{self.node} has not joined and its card's bootstrap token {self.token_id}: {state}"
+
+
+def waiting(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens) -> list[Waiting]:
+    """The nodes with a recorded token that have not joined, but the first control plane (it
+    runs `kubeadm init`)."""
+    joined = {api.node_name(item) for item in api.list_nodes(server)}
+    return [
+        Waiting(
+            node.name, token_id(tokens.nodes[node.name]), api.token_expiry(server, tokens.nodes[node.name])
+        )
+        for node in cluster.nodes
+        if node.name in tokens.nodes and node.name != cluster.init_node.name and node.name not in joined
+    ]
+
+
+def lapsing(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens, now: datetime) -> list[Waiting]:
+    """The nodes not joined whose token will not let them join a day from now."""
+    return [item for item in waiting(server, cluster, tokens) if item.lapses(now)]
 
 
 def assign_tokens(
@@ -34,70 +85,80 @@ def assign_tokens(
     tokens: Tokens,
     now: datetime,
     connect: Connect = api.connect,
-    say: Callable[[str], None] = lambda text: None,
+    say: Say = lambda text: None,
 ) -> Tokens:
-    """Give every node in cluster.yaml a token; only nodes without one get one."""
+    """Every node in cluster.yaml with a token the cluster honours, or will make at init. The
+    cluster is asked only when a node was added or removed, or a token may lapse within a day:
+    a build with nothing to renew needs no network."""
+    if not tokens.nodes:
+        return replace(first_build(cluster, secrets), recheck_at=now + cluster.join_window)
     new = [node.name for node in cluster.nodes if node.name not in tokens.nodes]
-    if not new:
+    removed = set(tokens.nodes) - {node.name for node in cluster.nodes}
+    if not new and not removed and tokens.recheck_at is not None and tokens.recheck_at > now + RENEW_WITHIN:
         return tokens
-    if tokens.nodes:  # a cluster may be running: the new nodes need a token it honours
-        tokens = _live_token(cluster, secrets, tokens, new, now, connect, say)
-    return replace(tokens, nodes={**tokens.nodes, **dict.fromkeys(new, tokens.current)})
-
-
-def _live_token(
-    cluster: Cluster,
-    secrets: ClusterSecrets,
-    tokens: Tokens,
-    new: list[str],
-    now: datetime,
-    connect: Connect,
-    say: Callable[[str], None],
-) -> Tokens:
-    """The current token if the cluster honours it long enough, else a new one made there."""
-    ttl = timedelta(hours=cluster.cluster.token_ttl_hours)
     try:
         with connect(cluster.api_endpoint, secrets) as server:
-            expiry = api.token_expiry(server, tokens.current)
-            if expiry is not None and expiry > now + MARGIN:
-                return tokens
-            made = _make_token(server, cluster, tokens, now)
+            tokens = _revoke_removed(server, cluster, tokens, say)
+            nodes = waiting(server, cluster, tokens)
+            renew = [item for item in nodes if item.lapses(now)]
+            for name in new + [item.node for item in renew]:
+                tokens = _make_token(server, cluster, tokens, name, now)
+            for item in renew:
+                say(f"{item.describe(now)}; made it a new one: reflash {item.node} once it is built")
+            if new:
+                say(f"made bootstrap tokens on the cluster for {', '.join(new)}")
+            made = [now + cluster.join_window] if new or renew else []
+            kept = [item.expiry for item in nodes if item.expiry is not None and not item.lapses(now)]
+            return replace(tokens, recheck_at=min(made + kept, default=ALL_JOINED))
     except api.Unreachable as why:
-        if now + MARGIN <= tokens.issued_at + ttl:
-            say(f"the API server did not answer ({why}); {', '.join(new)} carry token {tokens.current_id}, "
-                f"valid until {(tokens.issued_at + ttl):%Y-%m-%d %H:%M} UTC at the latest")  # fmt: skip
-            return tokens
-        age = int((now - tokens.issued_at).total_seconds() // 3600)
-        raise UserError(
-            f"{', '.join(new)} would join with bootstrap token {tokens.current_id}, made {age} h ago, "
-            f"past its {cluster.cluster.token_ttl_hours} h lifetime, and the API server cannot be "
-            f"asked for a new one: {why}",
-            f"run the build where https://{cluster.api_endpoint} is reachable (or `picluster token` "
-            "there first); no card that could not join was written. If no node of this cluster has "
-            "booted yet, remove .picluster/tokens.json instead: kubeadm init makes the token anew",
-        ) from None
-    say(f"made bootstrap token {made.current_id} on the cluster for {', '.join(new)}")
-    return made
+        if new:
+            raise UserError(
+                f"{', '.join(new)} {'needs' if len(new) == 1 else 'need'} a bootstrap token made on the "
+                f"cluster, and the API server cannot be asked: {why}",
+                f"run the build where https://{cluster.api_endpoint} is reachable; no card that could not "
+                "join was written. If no node of this cluster has booted yet, remove "
+                ".picluster/tokens.json instead: the first control plane's card then makes every token",
+            ) from None
+        say(f"the API server did not answer ({why}); every card keeps its bootstrap token unchecked")
+        return tokens
 
 
-def _make_token(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens, now: datetime) -> Tokens:
-    """A new token, created on the cluster, becomes the current one."""
+def _revoke_removed(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens, say: Say) -> Tokens:
+    """Delete on the cluster the token of every node no longer in cluster.yaml (but one a node
+    that stays still carries, as a record from before per-node tokens shares one)."""
+    kept = {node.name: tokens.nodes[node.name] for node in cluster.nodes if node.name in tokens.nodes}
+    for name, token in sorted(tokens.nodes.items()):
+        if name not in kept and token not in kept.values():
+            api.delete_token(server, token)
+            say(f"deleted bootstrap token {token_id(token)} on the cluster: {name} left cluster.yaml")
+    return replace(tokens, nodes=kept)
+
+
+def _make_token(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens, node: str, now: datetime) -> Tokens:
+    """A new token for `node`, made on the cluster for the join window; the one it replaces is
+    deleted there unless another node carries it."""
     token = new_bootstrap_token()
-    api.create_token(server, token, timedelta(hours=cluster.cluster.token_ttl_hours), now)
-    return Tokens(token, now, tokens.nodes)
+    api.create_token(server, token, node, cluster.join_window, now)
+    old = tokens.nodes.get(node)
+    nodes = {**tokens.nodes, node: token}
+    if old is not None and old not in nodes.values():
+        api.delete_token(server, old)
+    return replace(tokens, nodes=nodes)
 
 
 def issue_token(
     cluster: Cluster,
     secrets: ClusterSecrets,
     tokens: Tokens,
+    node: str,
     now: datetime,
     connect: Connect = api.connect,
 ) -> Tokens:
-    """`picluster token`: a new token on the cluster, carried by nodes built from now on."""
+    """`picluster token NODE`: a new token for the node, made on the cluster; its card is then
+    rebuilt with it."""
     try:
         with connect(cluster.api_endpoint, secrets) as server:
-            return _make_token(server, cluster, tokens, now)
+            return _make_token(server, cluster, tokens, node, now)
     except api.Unreachable as why:
         raise UserError(
             f"cannot reach the API server: {why}", f"run it where https://{cluster.api_endpoint} is reachable"

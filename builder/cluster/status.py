@@ -101,7 +101,8 @@ def _internal_ip(addresses: Any) -> str | None:
     return next((_text(_field(a, "address")) for a in addresses if _field(a, "type") == "InternalIP"), None)
 
 
-def format_status(statuses: list[NodeStatus], cluster_note: str) -> str:
+def format_status(statuses: list[NodeStatus], cluster_note: str, tokens: list[str]) -> str:
+    """`tokens`: what is wrong with the bootstrap token of each node not joined, and the fix."""
     rows = [("node", "image", "ready", "kubelet", "address")]
     rows += [(s.name, s.image, s.ready or "-", s.kubelet or "-", s.internal_ip or "-") for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -110,8 +111,11 @@ def format_status(statuses: list[NodeStatus], cluster_note: str) -> str:
     ]
     lines += [f"{s.name}: {s.image}: {'; '.join(s.why)}" for s in statuses if s.image == "stale"]
     lines.append(cluster_note)
+    lines += [f"warning: {line}" for line in tokens]
     return "\n".join(lines)
 
 
-def as_json(statuses: list[NodeStatus], cluster_note: str) -> str:
-    return json.dumps({"nodes": [asdict(s) for s in statuses], "cluster": cluster_note}, indent=2)
+def as_json(statuses: list[NodeStatus], cluster_note: str, tokens: list[str]) -> str:
+    return json.dumps(
+        {"nodes": [asdict(s) for s in statuses], "cluster": cluster_note, "tokens": tokens}, indent=2
+    )

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from builder.render.node import CLOCK_FILE, render_cluster
 from builder.render.plan import NodePlan
 from builder.run import Runner
 from builder.secrets.pki import ClusterSecrets
+from builder.secrets.tokens import Tokens
 from builder.spec.model import Cluster
 
 COMPRESSORS: dict[str, list[str]] = {
@@ -74,7 +75,7 @@ class NodeOutputs:
         return [self.folder / f"{self.node}.img{suffix}" for suffix in IMAGE_SUFFIXES]
 
 
-def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Mapping[str, str],
+def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens,
                  context: BuildContext) -> list[str]:  # fmt: skip
     """Build every node whose card changed; return the names of the nodes built. `tokens`: the
     bootstrap token each node's card carries (builder.secrets.tokens)."""

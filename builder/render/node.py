@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -25,6 +25,7 @@ from builder.render import kernel_needs
 from builder.render.plan import FileEntry, NodePlan
 from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
 from builder.secrets.pki import ClusterSecrets
+from builder.secrets.tokens import Tokens, first_build
 from builder.spec.boards import boards
 from builder.spec.model import Cluster, Node
 
@@ -62,22 +63,23 @@ TEMPLATES = OVERLAYS_DIR.parent
 names, as errors show them, are relative to it."""
 
 
-def render_cluster(
-    cluster: Cluster, secrets: ClusterSecrets, tokens: Mapping[str, str] | None = None
-) -> list[NodePlan]:
-    """`tokens`: the bootstrap token each node's card carries (builder.cluster.tokens), when not the
-    cluster's first one."""
-    chosen = tokens or {}
+def render_cluster(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | None = None) -> list[NodePlan]:
+    """`tokens`: the bootstrap token each node's card carries (builder.secrets.tokens); the first
+    build's when not given."""
+    carried = tokens or first_build(cluster, secrets)
     return [
         render_node(
-            cluster, node, replace(secrets, bootstrap_token=chosen.get(node.name, secrets.bootstrap_token))
+            cluster, node, replace(secrets, bootstrap_token=carried.nodes[node.name]), carried.at_init
         )
         for node in cluster.nodes
     ]
 
 
-def render_node(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> NodePlan:
-    context = _context(cluster, node, secrets)
+def render_node(
+    cluster: Cluster, node: Node, secrets: ClusterSecrets, at_init: Sequence[str] = ()
+) -> NodePlan:
+    """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes."""
+    context = {**_context(cluster, node, secrets), "init_tokens": at_init}
     files: dict[tuple[str, PurePosixPath], FileEntry] = {}
     for entry in [
         *_firmware_files(context),
@@ -113,6 +115,7 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
         "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
         "bootstrap_token": secrets.bootstrap_token,
+        "join_window_hours": int(cluster.join_window.total_seconds() // 3600),
         "ca_cert_hash": secrets.ca_cert_hash,
         "root_partuuid": f"{CARD_DISK_ID}-02",
         "wifi": {

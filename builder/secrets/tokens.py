@@ -1,46 +1,73 @@
 """Which bootstrap token each node's card carries: `.picluster/tokens.json`, kept with the secrets.
 
-Every node keeps the token it was first built with, so adding a node changes no other card. This
-module only keeps the record; making a token the running cluster honours is
+Every node has a token of its own, which the cluster honours for the join window
+(cluster.join_window_days) and `build` renews while the node has not joined: so a card joins
+whenever it is first booted, and removing a node from cluster.yaml revokes its token alone. The
+first build's tokens are made by `kubeadm init` on the first control plane (listed in its
+InitConfiguration, `at_init`); a node added later gets one made on the running cluster. Every node
+keeps its token until it is renewed, so adding a node changes no other card. This module only
+keeps the record; making and deleting tokens on the running cluster is
 builder.cluster.bootstrap's job, and only `build` and `token` do it.
+
+A record from before per-node tokens (`current`, `issued_at`, every node on one shared token)
+still loads: its nodes keep the shared token, which the first control plane's card still makes;
+`current` and `issued_at` are dropped when the record is next written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from builder.errors import UserError
 from builder.files import write_atomic
-from builder.secrets.pki import ClusterSecrets
+from builder.secrets.pki import TOKEN_ALPHABET, ClusterSecrets
 from builder.secrets.store import BOOTSTRAP_TOKEN, TOKENS_FILE
 from builder.spec.model import DNS_LABEL, Cluster
 
 
 @dataclass(frozen=True)
 class Tokens:
-    current: str
-    issued_at: datetime
     nodes: dict[str, str] = field(default_factory=dict)
+    """Each node's bootstrap token, as its card carries it."""
+    at_init: tuple[str, ...] = ()
+    """The tokens the first control plane's `kubeadm init` makes: the first build's nodes'."""
+    recheck_at: datetime | None = None
+    """When the first token of a node not joined may lapse, as last known (datetime.max: every
+    node has joined); `build` asks the cluster only from a day before. None: not known."""
 
-    @property
-    def current_id(self) -> str:
-        return self.current.split(".")[0]
+
+def token_id(token: str) -> str:
+    """The public half of a token: what messages name it by."""
+    return token.split(".")[0]
+
+
+def first_build(cluster: Cluster, secrets: ClusterSecrets) -> Tokens:
+    """The tokens of a cluster no node of which has booted: one per node, derived from the
+    cluster's secret token and the node's name, so `render` shows what `build` will record. The
+    first control plane runs `kubeadm init` and needs none; its card makes the others'."""
+    nodes = {node.name: _derived_token(secrets, node.name) for node in cluster.nodes}
+    return Tokens(nodes, tuple(nodes[n.name] for n in cluster.nodes if n.name != cluster.init_node.name))
+
+
+def _derived_token(secrets: ClusterSecrets, name: str) -> str:
+    digest = hmac.new(secrets.bootstrap_token.encode(), name.encode(), hashlib.sha256).digest()
+    number, letters = int.from_bytes(digest), []
+    for _ in range(22):
+        number, digit = divmod(number, len(TOKEN_ALPHABET))
+        letters.append(TOKEN_ALPHABET[digit])
+    return f"{''.join(letters[:6])}.{''.join(letters[6:])}"
 
 
 def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
-    """The token record; a state folder from before it existed starts from its one token."""
+    """The token record; empty before the first build (or in a state folder from before it)."""
     path = state_dir / TOKENS_FILE
     if not path.exists():
-        token_file = state_dir / "bootstrap-token"
-        issued = (
-            datetime.fromtimestamp(token_file.stat().st_mtime, UTC)
-            if token_file.exists()
-            else datetime.now(UTC)
-        )
-        return Tokens(secrets.bootstrap_token, issued)
+        return Tokens()
     try:
         raw = json.loads(path.read_bytes())
     except json.JSONDecodeError as error:
@@ -50,10 +77,10 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
     if not isinstance(raw, dict):
         raise _damaged(path, "not the JSON object picluster writes")
     # name the field, never its value: a damaged record may hold a token anywhere
-    problems = [] if _is_token(raw.get("current")) else ["current: not a bootstrap token"]
-    issued_at = _utc_time(raw.get("issued_at"))
-    if issued_at is None:
-        problems.append("issued_at: not an ISO 8601 time with a time zone")
+    problems = _shared_token_problems(raw) if "at_init" not in raw else []
+    at_init = raw.get("at_init", [secrets.bootstrap_token])
+    if not isinstance(at_init, list) or not all(_is_token(token) for token in at_init):
+        problems.append("at_init: not a list of bootstrap tokens")
     nodes = raw.get("nodes")
     if not isinstance(nodes, dict):
         problems.append("nodes: not a mapping of node names to bootstrap tokens")
@@ -63,10 +90,21 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
         unnamed = sum(not DNS_LABEL.fullmatch(name) for name in nodes)
         if unnamed:
             problems.append(f"nodes: {unnamed} {'entry' if unnamed == 1 else 'entries'} under no node name")
+    recheck_at = _utc_time(raw.get("recheck_at"))
+    if "recheck_at" in raw and recheck_at is None:
+        problems.append("recheck_at: not an ISO 8601 time with a time zone")
     if problems:
         raise _damaged(path, "; ".join(problems))
-    assert issued_at is not None and isinstance(nodes, dict)  # either would have been a problem
-    return Tokens(raw["current"], issued_at, nodes)
+    assert isinstance(nodes, dict)  # else it would have been a problem
+    return Tokens(nodes, tuple(at_init), recheck_at)
+
+
+def _shared_token_problems(raw: dict[str, object]) -> list[str]:
+    """A record from before per-node tokens: its shared token and when it was made."""
+    problems = [] if _is_token(raw.get("current")) else ["current: not a bootstrap token"]
+    if _utc_time(raw.get("issued_at")) is None:
+        problems.append("issued_at: not an ISO 8601 time with a time zone")
+    return problems
 
 
 def _is_token(value: object) -> bool:
@@ -89,16 +127,19 @@ def _damaged(path: Path, what: str) -> UserError:
 
 
 def save_tokens(state_dir: Path, tokens: Tokens) -> None:
-    text = json.dumps(
-        {"current": tokens.current, "issued_at": tokens.issued_at.isoformat(), "nodes": tokens.nodes},
-        indent=2,
-        sort_keys=True,
-    )
+    record = {"nodes": tokens.nodes, "at_init": list(tokens.at_init)}
+    if tokens.recheck_at is not None:
+        record["recheck_at"] = tokens.recheck_at.isoformat()
+    text = json.dumps(record, indent=2, sort_keys=True)
     write_atomic(state_dir / TOKENS_FILE, text.encode() + b"\n", 0o600)
 
 
-def for_cards(cluster: Cluster, tokens: Tokens) -> tuple[dict[str, str], list[str]]:
-    """The token each node's card carries as recorded, and the nodes that have none yet: those
-    are shown with the current token, which `build` may yet replace by one the cluster honours."""
+def for_cards(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens) -> tuple[Tokens, list[str]]:
+    """The tokens the cards carry as recorded, and the nodes that have none yet. Before the first
+    build, every node is shown with the token it will get; after it, a node added since is shown
+    with a stand-in that `build` replaces by one made on the cluster."""
+    if not tokens.nodes:
+        return first_build(cluster, secrets), []
     new = [node.name for node in cluster.nodes if node.name not in tokens.nodes]
-    return {**tokens.nodes, **dict.fromkeys(new, tokens.current)}, new
+    shown = first_build(cluster, secrets).nodes
+    return replace(tokens, nodes={**tokens.nodes, **{name: shown[name] for name in new}}), new

@@ -11,6 +11,7 @@ import difflib
 import json
 import re
 from contextlib import suppress
+from datetime import timedelta
 from ipaddress import AddressValueError, IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -253,6 +254,12 @@ Hostname = Annotated[str, _matches(DNS_LABEL, "a lower-case RFC 1123 host name")
 DnsName = Annotated[str, _matches(DNS_NAME, "a lower-case DNS name")]
 
 
+JOIN_WINDOW_DAYS = 90
+"""A season: long enough for a card built with the others to wait in a drawer for its Pi, short
+enough that a lost card stops being a way into the cluster on its own. Removing the node from
+cluster.yaml revokes its token sooner (at the next build)."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -282,12 +289,20 @@ class ClusterSettings(Strict):
         description="a mirror of the Kubernetes apt repository for this minor release, with "
         "its Release.key (default: https://pkgs.k8s.io/core:/stable:/v1.<minor>/deb/)",
     )
-    token_ttl_hours: int = Field(
-        24,
+    join_window_days: int = Field(
+        JOIN_WINDOW_DAYS,
+        ge=1,
+        le=365,
+        strict=True,  # else pydantic reads `true` as 1
+        description="how long a card may wait between its build and its first boot and still join: "
+        f"the life of each node's own bootstrap token, in days (1 to 365; default {JOIN_WINDOW_DAYS})",
+    )
+    token_ttl_hours: int | None = Field(
+        None,
         ge=1,
         le=8760,
-        strict=True,  # else pydantic reads `true` as 1
-        description="how long a bootstrap token lets new nodes join, in hours (1 to 8760; default 24)",
+        strict=True,
+        description="deprecated: the join window in hours (1 to 8760); use join_window_days",
     )
     control_plane_endpoint: Annotated[str, AfterValidator(_check_endpoint)] | None = Field(
         None,
@@ -432,6 +447,13 @@ class Cluster(Strict):
         return f"{self.init_node.address.ip}:6443"
 
     @property
+    def join_window(self) -> timedelta:
+        """How long each node's bootstrap token lives: token_ttl_hours, from before the window had
+        days, still means what it meant."""
+        hours = self.cluster.token_ttl_hours
+        return timedelta(hours=hours) if hours is not None else timedelta(days=self.cluster.join_window_days)
+
+    @property
     def kubernetes_minor(self) -> int:
         return int(self.cluster.kubernetes.split(".")[1])
 
@@ -468,6 +490,7 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_server_address_problems(cluster),
         *_subnet_problems(cluster),
         *_role_problems(cluster),
+        *_join_window_problems(cluster),
         *_memory_problems(cluster),
         *_interface_problems(cluster),
         *_kernel_problems(cluster),
@@ -590,6 +613,19 @@ def _subnet_problems(cluster: Cluster) -> list[Problem]:
             )
         )
     return found
+
+
+def _join_window_problems(cluster: Cluster) -> list[Problem]:
+    settings = cluster.cluster
+    if settings.token_ttl_hours is None or "join_window_days" not in settings.model_fields_set:
+        return []
+    return [
+        Problem(
+            "cluster.token_ttl_hours",
+            "is set beside cluster.join_window_days, which replaces it",
+            "remove cluster.token_ttl_hours and keep cluster.join_window_days",
+        )
+    ]
 
 
 def _role_problems(cluster: Cluster) -> list[Problem]:

@@ -2,7 +2,8 @@
 the cluster CA, client certificates required and checked against that CA, and just the calls
 picluster and flanneld make. It records every request's client certificate subject.
 
-picluster's calls: list nodes, get a bootstrap-token Secret, create one. flanneld v0.10.0's
+picluster's calls: list nodes, get a bootstrap-token Secret, create one, delete one (404 when
+there is none, as kube-apiserver answers). flanneld v0.10.0's
 (subnet/kube/kube.go in shared/upstream/flannel-v0.10.0.tar.xz, with the vendored client-go of
 Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
 and a strategic-merge patch of nodes/<name>/status that sets its annotations. Nodes get a
@@ -61,6 +62,7 @@ class APIStandin:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
     version: int = 0
     """The last resourceVersion handed out; every node change takes the next one."""
@@ -317,6 +319,16 @@ def api_standin(
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:  # ssl.SSLError among them
                 pass  # the client went away: flanneld stopped
+
+        def do_DELETE(self) -> None:
+            self._client()
+            url = urlsplit(self.path)
+            name = url.path.split("/")[-1]
+            if url.path.startswith(SECRETS_PATH + "/") and state.secrets.pop(name, None) is not None:
+                state.deleted.append(name)
+                self._answer(200, {"kind": "Status", "status": "Success"})
+            else:
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
 
         def do_PATCH(self) -> None:
             self._client()

@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from agent import packages
 from agent.config import load_config
 from agent.host import Host
@@ -223,12 +225,19 @@ def test_killed_mid_join_it_resets_and_finishes_when_started_again(tmp_path: Pat
     assert "nothing to do" in again.stdout
 
 
-def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Path) -> None:
+@contextmanager
+def worker_and_api_server(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Worker w1's root, pinned to a CA whose API server (/readyz) answers, and the stand-ins'
+    folder; while the server runs."""
     ca = make_ca("cluster CA")
     with api_server_standin(*make_server_cert(ca), tmp_path) as port:
         root = node_root(tmp_path, "w1", cluster={"api_endpoint": f"127.0.0.1:{port}"}, **IMAGE_PACKAGES)
         (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
-        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        yield root, install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+
+
+def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Path) -> None:
+    with worker_and_api_server(tmp_path) as (root, standins):
         done = run_agent(root, standins, "join")
     assert done.returncode == 0, done.stderr
     assert [call[:2] for call in calls(standins)] == [["kubeadm", "join"], ["kubectl", "--kubeconfig"]]
@@ -329,3 +338,30 @@ def test_firstboot_installs_the_pinned_tools_from_the_repository(
     assert (root / "etc/apt/preferences.d/kubernetes").read_text() == (
         "Package: kubeadm kubelet kubectl\nPin: version 1.34.2-*\nPin-Priority: 1001\n"
     )
+
+
+def test_a_card_whose_token_the_cluster_does_not_know_says_so_and_keeps_trying(tmp_path: Path) -> None:
+    with worker_and_api_server(tmp_path) as (root, standins):
+        (standins / "cluster-tokens").write_text("")  # the token was never made, or was deleted
+        (standins / "discovery-timeout").write_text("0.1")
+        kubeadm = yaml.safe_load((root / "etc/picluster/kubeadm.yaml").read_text())
+        token = kubeadm["discovery"]["bootstrapToken"]["token"]
+        token_id = token.split(".")[0]
+        agent = subprocess.Popen(
+            agent_command(root, "join"), env=agent_env(standins, root), stdout=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for_state(
+                root, lambda s: s["phase"] == "token-unknown" and s["attempts"] >= 2, "token-unknown twice"
+            )
+            recorded = state(root)
+            (standins / "cluster-tokens").write_text(f"{token_id}\n")  # `picluster token w1`, say
+            output, _ = agent.communicate(timeout=30)
+        finally:
+            agent.kill()
+    assert agent.returncode == 0
+    assert f'bootstrap token "{token_id}"' in recorded["last_error"]
+    assert "expired or was revoked" in recorded["last_error"]
+    assert "picluster build" in recorded["last_error"] and "picluster token w1" in recorded["last_error"]
+    assert token not in recorded["last_error"] + output
+    assert state(root)["phase"] == "joined"

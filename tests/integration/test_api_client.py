@@ -46,7 +46,7 @@ def test_a_killed_status_leaves_no_admin_key_anywhere(
     tmp_path: Path, server: APIStandin, how: signal.Signals
 ) -> None:
     """Killed while it waits on the API server, as a CI timeout or a closed terminal kills it."""
-    cluster_file = project(tmp_path, server.endpoint, timedelta(hours=1))
+    cluster_file = project(tmp_path, server.endpoint)
     for folder in ("tmp", "home"):
         (tmp_path / folder).mkdir()
     env = {
@@ -88,7 +88,7 @@ def test_keys_earlier_versions_left_in_tmp_are_removed(
     an_hour_ago = time.time() - 3601
     for folder in (left, other):
         os.utime(folder, (an_hour_ago, an_hour_ago))
-    assert main(["status", "-f", str(project(tmp_path, server.endpoint, timedelta(hours=1)))]) == 0
+    assert main(["status", "-f", str(project(tmp_path, server.endpoint))]) == 0
     assert sorted(path.name for path in temporary.iterdir()) == ["picluster-api-live", "picluster-api-other"]
 
 
@@ -110,11 +110,11 @@ def test_a_stalled_api_server_ends_status_and_token_at_a_deadline_that_names_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(api, "DEADLINE_S", 2.0)
-    cluster_file = project(tmp_path, server.endpoint, timedelta(hours=1))
+    cluster_file = project(tmp_path, server.endpoint)
     server.slow = slow  # type: ignore[assignment]
     start = time.monotonic()
     assert main(["status", "-f", str(cluster_file)]) == 0
-    assert main(["token", "-f", str(cluster_file)]) == 2
+    assert main(["token", "-f", str(cluster_file), "w1"]) == 2
     assert time.monotonic() - start < 10
     out, err = capsys.readouterr()
     said = f"https://{server.endpoint}/api/v1/nodes: no whole answer within 2 s"
@@ -136,7 +136,7 @@ def test_a_stalled_api_server_ends_status_and_token_at_a_deadline_that_names_it(
 def test_an_answer_that_is_not_a_node_list_is_named(
     tmp_path: Path, server: APIStandin, body: bytes, said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, server.endpoint, timedelta(hours=1))
+    cluster_file = project(tmp_path, server.endpoint)
     server.nodes_body = body
     assert main(["status", "-f", str(cluster_file)]) == 0
     out, err = capsys.readouterr()
@@ -147,7 +147,7 @@ def test_an_answer_that_is_not_a_node_list_is_named(
 def test_node_objects_of_the_wrong_shape_show_as_unknown(
     tmp_path: Path, server: APIStandin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, server.endpoint, timedelta(hours=1))
+    cluster_file = project(tmp_path, server.endpoint)
     odd = [
         node_item("cp1", "True", "192.168.50.10"),
         {"kind": "Node", "status": {}},  # no metadata

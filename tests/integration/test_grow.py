@@ -29,6 +29,11 @@ from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 
 OLD_TOKEN = FIXED_TOKEN
+OWN_TOKENS = {
+    "cp1": "cp1aaa.0123456789abcdef",
+    "w1": "w1aaaa.0123456789abcdef",
+    "w2": "w2aaaa.0123456789abcdef",
+}
 
 
 @pytest.fixture
@@ -37,22 +42,44 @@ def api(tmp_path: Path, lan: ipaddress.IPv4Address) -> Iterator[APIStandin]:
         yield server
 
 
-def project(tmp_path: Path, endpoint: str, token_age: timedelta) -> Path:
-    """A cluster.yaml whose three nodes were built `token_age` ago, with its .picluster/."""
+def nobody_listens() -> str:
+    """An endpoint cluster.yaml accepts where nothing answers."""
+    return f"{BUILDER}:9"
+
+
+def project(tmp_path: Path, endpoint: str, record: dict[str, Any] | None = None) -> Path:
+    """A cluster.yaml with three nodes already built, and its .picluster/ with `record` as its
+    tokens.json (by default one from before per-node tokens: every node on one shared token)."""
     folder = tmp_path / "project"
     folder.mkdir()
     data = yaml.safe_load(BUNDLED.read_text())
     data["cluster"]["control_plane_endpoint"] = endpoint
     (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
     store.save(folder / ".picluster", fixed_secrets())
-    issued = datetime.now(UTC) - token_age
-    record = {
+    shared = {
         "current": OLD_TOKEN,
-        "issued_at": issued.isoformat(),
+        "issued_at": (datetime.now(UTC) - timedelta(days=3)).isoformat(),
         "nodes": dict.fromkeys(["cp1", "w1", "w2"], OLD_TOKEN),
     }
-    (folder / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
+    (folder / ".picluster" / TOKENS_FILE).write_text(json.dumps(record or shared))
     return folder / "cluster.yaml"
+
+
+def per_node_record() -> dict[str, Any]:
+    return {"nodes": OWN_TOKENS, "at_init": [OWN_TOKENS["w1"], OWN_TOKENS["w2"]]}
+
+
+def recorded(cluster_file: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((cluster_file.parent / ".picluster" / TOKENS_FILE).read_text())
+    return data
+
+
+def expires_in(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def joined(api: APIStandin, *names: str) -> None:
+    api.nodes = [node_item(name, "True", "192.168.50.1") for name in names]
 
 
 def add_node(cluster_file: Path, name: str = "w3", address: str = "192.168.50.23/24") -> None:
@@ -78,13 +105,12 @@ def render(cluster_file: Path, out: Path) -> int:
     return main(["render", "-f", str(cluster_file), "-o", str(out)])
 
 
-def test_picluster_token_creates_the_secret_kubeadm_would(tmp_path: Path, api: APIStandin) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=1))
+def test_picluster_token_makes_one_node_the_secret_kubeadm_would(tmp_path: Path, api: APIStandin) -> None:
+    cluster_file = project(tmp_path, api.endpoint)
     before = datetime.now(UTC).replace(microsecond=0)
-    assert main(["token", "-f", str(cluster_file)]) == 0
+    assert main(["token", "-f", str(cluster_file), "w1"]) == 0
     (secret,) = api.created
-    recorded = json.loads((cluster_file.parent / ".picluster" / TOKENS_FILE).read_text())
-    token_id, token_secret = recorded["current"].split(".")
+    token_id, token_secret = recorded(cluster_file)["nodes"]["w1"].split(".")
     assert secret["metadata"] == {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"}
     assert (secret["apiVersion"], secret["kind"], secret["type"]) == (
         "v1",
@@ -99,10 +125,17 @@ def test_picluster_token_creates_the_secret_kubeadm_would(tmp_path: Path, api: A
     assert (data["token-id"], data["token-secret"]) == (token_id, token_secret)
     assert data["usage-bootstrap-authentication"] == data["usage-bootstrap-signing"] == "true"
     assert data["auth-extra-groups"] == "system:bootstrappers:kubeadm:default-node-token"
+    assert data["description"] == "picluster: lets w1 join"
     expiration = datetime.strptime(data["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    assert before + timedelta(hours=24) <= expiration <= datetime.now(UTC) + timedelta(hours=24)
+    assert before + timedelta(days=90) <= expiration <= datetime.now(UTC) + timedelta(days=90)
     assert api.clients == ["organizationName=system:masters,commonName=picluster-admin"]
-    assert recorded["nodes"] == dict.fromkeys(["cp1", "w1", "w2"], OLD_TOKEN)  # built cards keep theirs
+    # the other cards keep theirs, and the shared token they still carry stays on the cluster
+    assert recorded(cluster_file)["nodes"] == {
+        "cp1": OLD_TOKEN,
+        "w1": f"{token_id}.{token_secret}",
+        "w2": OLD_TOKEN,
+    }
+    assert api.deleted == []
 
 
 def test_the_standin_refuses_a_client_without_the_cluster_certificate(
@@ -125,93 +158,157 @@ def grow(cluster_file: Path, out: Path) -> int:
 def test_render_neither_asks_the_cluster_nor_records_a_token(
     tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))  # build would make a new token
+    cluster_file = project(tmp_path, api.endpoint)  # build would make tokens
     record = cluster_file.parent / ".picluster" / TOKENS_FILE
     before = (record.read_bytes(), record.stat().st_mtime_ns)
     add_node(cluster_file)
     assert render(cluster_file, tmp_path / "after") == 0
     assert (api.clients, api.created) == ([], [])
     assert (record.read_bytes(), record.stat().st_mtime_ns) == before
-    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN  # the current one, shown
+    assert join_token(tmp_path / "after", "w1") == OLD_TOKEN
     error = capsys.readouterr().err
-    assert "w3: shown with bootstrap token abcdef; `picluster build` asks the cluster" in error
+    assert (
+        "w3: shown with a stand-in bootstrap token; `picluster build` makes its own on the cluster" in error
+    )
 
 
-def test_a_node_added_gets_the_current_token_while_the_cluster_honours_it_and_no_other_card_changes(
+def test_a_node_added_gets_its_own_token_made_on_the_cluster_and_no_other_card_changes(
     tmp_path: Path, api: APIStandin
 ) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))
-    api.add_token(OLD_TOKEN, (datetime.now(UTC) + timedelta(hours=22)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    cluster_file = project(tmp_path, api.endpoint)  # a record from before per-node tokens still loads
+    joined(api, "cp1", "w1", "w2")
     assert grow(cluster_file, tmp_path / "before") == 0
-    assert api.clients == []  # nothing new: nothing asked
-    add_node(cluster_file)
-    assert grow(cluster_file, tmp_path / "after") == 0
-    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
-    assert len(api.clients) == 1 and api.created == []
-    for node in ("cp1", "w1", "w2"):
-        assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
-
-
-def test_a_young_token_the_cluster_does_not_know_is_replaced(tmp_path: Path, api: APIStandin) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=2))  # e.g. deleted by an admin
-    add_node(cluster_file)
-    assert grow(cluster_file, tmp_path / "after") == 0
-    assert join_token(tmp_path / "after", "w3") == created_token(api)
-
-
-def test_unreachable_cluster_with_a_young_token_goes_on_with_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cluster_file = project(tmp_path, f"{BUILDER}:9", timedelta(hours=2))
-    add_node(cluster_file)
-    assert grow(cluster_file, tmp_path / "after") == 0
-    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
-    assert "the API server did not answer" in capsys.readouterr().out
-
-
-def test_a_node_added_after_the_token_expired_gets_a_new_one_made_on_the_cluster(
-    tmp_path: Path, api: APIStandin
-) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))
-    assert grow(cluster_file, tmp_path / "before") == 0  # nothing new: nothing asked
     add_node(cluster_file)
     assert grow(cluster_file, tmp_path / "after") == 0
     assert join_token(tmp_path / "after", "w3") == created_token(api) != OLD_TOKEN
+    assert api.created[0]["stringData"]["description"] == "picluster: lets w3 join"
     for node in ("cp1", "w1", "w2"):
         assert tree(tmp_path / "before" / node) == tree(tmp_path / "after" / node)
+    record = recorded(cluster_file)
+    assert record["nodes"] == {"cp1": OLD_TOKEN, "w1": OLD_TOKEN, "w2": OLD_TOKEN, "w3": created_token(api)}
+    assert record["at_init"] == [OLD_TOKEN]  # the first control plane's card, as it was built
+    assert datetime.fromisoformat(record["recheck_at"]) > datetime.now(UTC) + timedelta(days=89)  # w3's
 
 
-def test_a_token_the_cluster_still_honours_is_kept(tmp_path: Path, api: APIStandin) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))
-    later = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    api.add_token(OLD_TOKEN, later)  # e.g. made with a longer ttl by hand
-    add_node(cluster_file)
+def test_a_card_not_joined_whose_token_the_cluster_lost_gets_a_new_one_a_joined_node_keeps_its_own(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, per_node_record())
+    joined(api, "cp1", "w1")  # w1's token is gone too: it has joined, so no matter
     assert grow(cluster_file, tmp_path / "after") == 0
-    assert api.created == []
-    assert join_token(tmp_path / "after", "w3") == OLD_TOKEN
+    assert join_token(tmp_path / "after", "w1") == OWN_TOKENS["w1"]
+    assert join_token(tmp_path / "after", "w2") == created_token(api) != OWN_TOKENS["w2"]
+    out = capsys.readouterr().out
+    assert (
+        f"w2 has not joined and its card's bootstrap token {OWN_TOKENS['w2'][:6]}: the cluster does not know"
+        in out
+    )
+    assert "reflash w2" in out and OWN_TOKENS["w2"] not in out
 
 
-def test_unreachable_cluster_with_an_expired_token_builds_no_card(
+def test_a_token_that_expires_within_a_day_is_renewed_and_the_old_one_deleted(
+    tmp_path: Path, api: APIStandin
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, per_node_record())
+    joined(api, "cp1")
+    w1_expires = expires_in(timedelta(days=2))
+    api.add_token(OWN_TOKENS["w1"], w1_expires)
+    api.add_token(OWN_TOKENS["w2"], expires_in(timedelta(hours=12)))
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert join_token(tmp_path / "after", "w1") == OWN_TOKENS["w1"]
+    assert join_token(tmp_path / "after", "w2") == created_token(api)
+    assert api.deleted == [f"bootstrap-token-{OWN_TOKENS['w2'][:6]}"]
+    # the next build asks the cluster again a day before w1's token lapses, not before
+    assert recorded(cluster_file)["recheck_at"] == w1_expires.replace("Z", "+00:00")
+
+
+def test_a_build_asks_the_cluster_only_when_a_token_may_lapse_within_a_day(
+    tmp_path: Path, api: APIStandin
+) -> None:
+    record = {**per_node_record(), "recheck_at": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
+    cluster_file = project(tmp_path, api.endpoint, record)
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert api.clients == []  # no network for a build with nothing to renew
+    joined(api, "cp1", "w1", "w2")
+    record["recheck_at"] = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
+    (cluster_file.parent / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert len(api.clients) == 1 and api.created == []
+    assert recorded(cluster_file)["recheck_at"] == datetime.max.replace(tzinfo=UTC).isoformat()
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert len(api.clients) == 1  # every node has joined: never again, unless cluster.yaml changes
+
+
+def test_a_node_removed_from_cluster_yaml_has_its_token_deleted_on_the_cluster(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, per_node_record())
+    joined(api, "cp1", "w1")
+    api.add_token(OWN_TOKENS["w2"], expires_in(timedelta(days=80)))
+    data = yaml.safe_load(cluster_file.read_text())
+    data["nodes"] = [node for node in data["nodes"] if node["name"] != "w2"]
+    cluster_file.write_text(yaml.safe_dump(data))
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert api.deleted == [f"bootstrap-token-{OWN_TOKENS['w2'][:6]}"] and api.created == []
+    assert set(recorded(cluster_file)["nodes"]) == {"cp1", "w1"}
+    assert f"deleted bootstrap token {OWN_TOKENS['w2'][:6]} on the cluster: w2 left cluster.yaml" in (
+        capsys.readouterr().out
+    )
+
+
+def test_unreachable_cluster_keeps_every_card_as_it_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, f"{BUILDER}:9", timedelta(days=3))
+    cluster_file = project(tmp_path, nobody_listens())
+    before = recorded(cluster_file)
+    assert grow(cluster_file, tmp_path / "after") == 0
+    assert join_token(tmp_path / "after", "w1") == OLD_TOKEN and recorded(cluster_file) == before
+    assert "the API server did not answer" in capsys.readouterr().out
+
+
+def test_unreachable_cluster_builds_no_card_for_a_node_added(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, nobody_listens())
     add_node(cluster_file)
     images = tmp_path / "images"
     build = ["build", "-f", str(cluster_file), "-o", str(images), "--cache", str(tmp_path / "cache")]
     assert main(build) == 2
     error = capsys.readouterr().err
-    assert "w3 would join with bootstrap token abcdef, made 72 h ago, past its 24 h lifetime" in error
-    assert f"https://{BUILDER}:9" in error and "no card that could not join was written" in error
-    assert OLD_TOKEN not in error  # the token id is not secret; the whole token is
+    assert "w3 needs a bootstrap token made on the cluster, and the API server cannot be asked" in error
+    assert f"https://{nobody_listens()}" in error and "no card that could not join was written" in error
     assert not images.exists() or not any(images.iterdir()), "no image was written"
+
+
+def test_status_names_each_card_not_joined_whose_token_lapses_with_the_fix(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = per_node_record()
+    record["nodes"] = {**OWN_TOKENS, "w3": "w3aaaa.0123456789abcdef", "w4": "w4aaaa.0123456789abcdef"}
+    cluster_file = project(tmp_path, api.endpoint, record)
+    add_node(cluster_file, "w3", "192.168.50.23/24")
+    add_node(cluster_file, "w4", "192.168.50.24/24")
+    joined(api, "cp1", "w4")  # w4's token has expired: it joined, so no matter
+    api.add_token(OWN_TOKENS["w2"], expires_in(timedelta(hours=5)))
+    api.add_token("w3aaaa.0123456789abcdef", expires_in(timedelta(days=40)))
+    capsys.readouterr()
+    assert main(["status", "-f", str(cluster_file), "-i", str(tmp_path / "images")]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: w1 has not joined and its card's bootstrap token {OWN_TOKENS['w1'][:6]}: the cluster "
+        "does not know it (expired or revoked): picluster build, then picluster flash w1",
+        f"warning: w2 has not joined and its card's bootstrap token {OWN_TOKENS['w2'][:6]}: it expires "
+        f"{expires_in(timedelta(hours=5))[:10]} {expires_in(timedelta(hours=5))[11:16]} UTC: "
+        "picluster build, then picluster flash w2",
+    ]
 
 
 @pytest.fixture
 def built(tmp_path: Path, api: APIStandin, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
-    """A project whose three images were built (on the stand-in base) with a three-day-old
-    token; returns cluster.yaml and the build command line."""
+    """A project whose three images were built (on the stand-in base), its nodes given tokens of
+    their own; returns cluster.yaml and the build command line."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(TINY_EPOCH))
-    cluster_file = project(tmp_path, api.endpoint, timedelta(days=3))
+    cluster_file = project(tmp_path, api.endpoint)
     cache = tmp_path / "cache"
     publish_tiny_base(load_cluster(cluster_file), cache)
     build = ["build", "-f", str(cluster_file), "-o", str(tmp_path / "images"), "--cache", str(cache)]
@@ -234,7 +331,7 @@ def test_build_after_adding_a_node_builds_only_that_node(
 
 
 def test_kubeconfig_holds_an_admin_certificate_from_the_cluster_ca(tmp_path: Path, api: APIStandin) -> None:
-    cluster_file = project(tmp_path, api.endpoint, timedelta(hours=1))
+    cluster_file = project(tmp_path, api.endpoint)
     out = tmp_path / "admin.conf"
     assert main(["kubeconfig", "-f", str(cluster_file), "-o", str(out)]) == 0
     assert out.stat().st_mode & 0o777 == 0o600
@@ -265,7 +362,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_kubeconfig_on_a_full_disk_leaves_the_previous_file(
     tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, "192.168.50.10:6443", timedelta(hours=1))
+    cluster_file = project(tmp_path, "192.168.50.10:6443")
     out = small_disk / "admin.conf"
     command = ["kubeconfig", "-f", str(cluster_file), "-o", str(out)]
     assert main(command) == 0

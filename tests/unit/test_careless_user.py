@@ -123,10 +123,28 @@ def test_commands_that_work_on_a_cluster_never_make_one(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
-    extra = ["-o", str(tmp_path / "backup.tgz")] if command == "backup" else []
+    extra = {"backup": ["-o", str(tmp_path / "backup.tgz")], "token": ["w1"]}.get(command, [])
     assert main([command, "-f", str(tmp_path / "cluster.yaml"), *extra]) == 2
     refused(capsys, "no cluster secrets in")
     assert not (tmp_path / ".picluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("node", "words"),
+    [
+        ("w9", ["w9 is not a node of", "choose from cp1, w1, w2"]),
+        ("cp1", ["cp1 runs `kubeadm init`: it joins with no bootstrap token", "name another node"]),
+        ("w1", ["no card of", "has been built yet", "run picluster build"]),
+    ],
+    ids=["no such node", "the first control plane", "before any build"],
+)
+def test_token_for_a_node_that_cannot_have_one_is_refused_before_asking_the_cluster(
+    site: Path, node: str, words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = file_contents(site / ".picluster")
+    assert main(["token", "-f", str(site / "cluster.yaml"), node]) == 2
+    refused(capsys, *words)
+    assert file_contents(site / ".picluster") == before
 
 
 def test_a_backup_holds_only_the_clusters_files_and_restores(

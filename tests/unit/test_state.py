@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from builder.cli import main
 from builder.errors import UserError
-from builder.secrets import store
+from builder.secrets import store, tokens
 from builder.secrets.pki import make_admin_client, new_bootstrap_token
+from builder.secrets.store import TOKENS_FILE
 from tests.conftest import BUNDLED, file_contents, fixed_secrets
 
 
@@ -241,3 +243,21 @@ def test_a_damaged_token_record_is_a_one_screen_error(
     assert main(["render", "-f", str(tmp_path / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "tokens.json is damaged" in err and "Traceback" not in err
+
+
+def test_a_token_record_from_before_per_node_tokens_still_loads(tmp_path: Path) -> None:
+    """Every node of it keeps the one token it was built with, which the first control plane's
+    card still makes; the shared `current` is no longer written."""
+    secrets = fixed_secrets()
+    store.save(tmp_path / ".picluster", secrets)
+    shared = {"current": "qrstuv.0123456789qrstuv", "issued_at": "2026-01-01T00:00:00+00:00",
+              "nodes": dict.fromkeys(["cp1", "w1", "w2"], secrets.bootstrap_token)}  # fmt: skip
+    (tmp_path / ".picluster" / TOKENS_FILE).write_text(json.dumps(shared))
+    loaded = tokens.load_tokens(tmp_path / ".picluster", secrets)
+    assert loaded == tokens.Tokens(shared["nodes"], (secrets.bootstrap_token,))
+    tokens.save_tokens(tmp_path / ".picluster", loaded)
+    assert json.loads((tmp_path / ".picluster" / TOKENS_FILE).read_text()) == {
+        "nodes": shared["nodes"],
+        "at_init": [secrets.bootstrap_token],
+    }
+    assert tokens.load_tokens(tmp_path / ".picluster", secrets) == loaded

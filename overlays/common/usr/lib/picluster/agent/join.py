@@ -8,13 +8,14 @@ knows the previous run died inside kubeadm, resets what it left and tries again.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from agent import api, packages
 from agent.config import NodeConfig
 from agent.host import Backoff, CommandFailed, Host, say, utc
 from agent.links import KUBELET_CONF, clean_links, is_member
-from agent.state import JOINED, JOINING, WAITING_READY, State, now
+from agent.state import JOINED, JOINING, TOKEN_UNKNOWN, WAITING_READY, State, now
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 PKI_DIR = "/etc/kubernetes/pki"
@@ -22,6 +23,13 @@ SHARED_PKI = ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "e
               "sa.pub", "sa.key")  # fmt: skip
 """What every control plane of a cluster shares, and a control-plane card therefore carries."""
 WAITING_CLOCK = "waiting: clock"
+UNKNOWN_TOKEN = re.compile(
+    r'could not find a JWS signature in the cluster-info ConfigMap for token ID "([a-z0-9]{6})"'
+    r'|token id "([a-z0-9]{6})" is invalid for this cluster or it has expired'
+)
+"""kubeadm's discovery failing for a token the cluster does not have: the first once the
+discovery timeout passes with no signature in cluster-info, the second if it vanishes meanwhile
+(cmd/kubeadm/app/discovery/token/token.go getClusterInfo, validateClusterInfoToken)."""
 
 
 def join(host: Host, config: NodeConfig, state: State) -> None:
@@ -51,11 +59,29 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
             state.last_error = error.summary
             _reset(host, config, state)  # the phase stays `joining` until this is done
             delay = backoff.next()
-            state.enter(host, f"waiting: retry in {delay:.0f} s", error.summary)
+            unknown = _unknown_token(config, error.output)
+            if unknown:
+                state.enter(host, TOKEN_UNKNOWN, unknown)
+                say(f"{TOKEN_UNKNOWN}: {unknown}; retrying in {delay:.0f} s")
+            else:
+                state.enter(host, f"waiting: retry in {delay:.0f} s", error.summary)
             host.sleep(delay)
             continue
         _finish(host, config, state)
         return
+
+
+def _unknown_token(config: NodeConfig, output: str) -> str | None:
+    """What a discovery failure for an unknown token means, and the fix; None for other failures."""
+    found = UNKNOWN_TOKEN.search(output)
+    if found is None:
+        return None
+    token_id = found.group(1) or found.group(2)
+    return (
+        f'the cluster does not know this card\'s bootstrap token "{token_id}": it expired or was revoked '
+        f"(kubeadm: no signature for it in cluster-info). Fix: run `picluster build` and reflash this "
+        f"card, or `picluster token {config.name}` and then rebuild and reflash it"
+    )
 
 
 def _kubeadm_command(host: Host, config: NodeConfig) -> list[str]:

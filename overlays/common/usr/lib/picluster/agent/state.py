@@ -17,6 +17,9 @@ JOINED = "joined"
 JOINING = "joining"
 """kubeadm init/join is running; found on start, it means the agent was killed mid-attempt."""
 WAITING_READY = "waiting: node ready"
+TOKEN_UNKNOWN = "token-unknown"
+"""kubeadm's discovery found no signature for the card's bootstrap token: the cluster does not
+know it. The agent keeps trying (the token may yet be made), but only a fresh card or token helps."""
 
 
 def now() -> str:
