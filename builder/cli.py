@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.card import flash
-from builder.cluster import api, kubeconfig, status
+from builder.cluster import api, kubeconfig, replace, status
 from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
@@ -183,6 +183,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Create a fresh bootstrap token as a Secret through the API server (authenticated "
         "with an admin certificate signed by the cluster CA, TLS pinned to it). Nodes built from "
         "now on carry it; `build` does this itself when a new node needs it.",
+    )
+
+    swap = command(
+        "replace",
+        _replace,
+        help="make way for a new card under a dead node's name",
+        description="Delete the Node object NODE through the API server (refused while it is Ready, "
+        "unless --dead) and, for a control plane of an HA cluster, first remove its etcd member through "
+        "a surviving control plane's etcd (refused while that member answers, or when the members left "
+        "could not make a quorum); then `build` gives NODE's new card a token the cluster honours. A "
+        "cluster's only control plane cannot be replaced this way.",
+    )
+    swap.add_argument("node", metavar="NODE", help="the node whose card is to be replaced")
+    swap.add_argument(
+        "--dead", action="store_true", help="the old card is dead even though its Node still shows Ready"
     )
 
     admin = command(
@@ -395,6 +410,18 @@ def _token(args: argparse.Namespace) -> int:
     print(
         f"made bootstrap token {issued.current_id} on the cluster, valid for "
         f"{project.cluster.cluster.token_ttl_hours} h; nodes added from now on carry it"
+    )
+    return 0
+
+
+def _replace(args: argparse.Namespace) -> int:
+    project = _project(args)
+    secrets = project.existing_secrets("replace")
+    replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
+    project.forget_token(secrets, args.node)
+    print(
+        f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "
+        f"the new card: it joins as {args.node}"
     )
     return 0
 

@@ -12,7 +12,6 @@ before writing a card that could not join.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -25,15 +24,13 @@ from builder.spec.model import Cluster
 MARGIN = timedelta(hours=1)
 """Time left on a token for a card written now to be flashed, booted and joined."""
 
-Connect = Callable[[str, ClusterSecrets], AbstractContextManager[api.ClusterAPI]]
-
 
 def assign_tokens(
     cluster: Cluster,
     secrets: ClusterSecrets,
     tokens: Tokens,
     now: datetime,
-    connect: Connect = api.connect,
+    connect: api.Connect = api.connect,
     say: Callable[[str], None] = lambda text: None,
 ) -> Tokens:
     """Give every node in cluster.yaml a token; only nodes without one get one."""
@@ -51,7 +48,7 @@ def _live_token(
     tokens: Tokens,
     new: list[str],
     now: datetime,
-    connect: Connect,
+    connect: api.Connect,
     say: Callable[[str], None],
 ) -> Tokens:
     """The current token if the cluster honours it long enough, else a new one made there."""
@@ -92,7 +89,7 @@ def issue_token(
     secrets: ClusterSecrets,
     tokens: Tokens,
     now: datetime,
-    connect: Connect = api.connect,
+    connect: api.Connect = api.connect,
 ) -> Tokens:
     """`picluster token`: a new token on the cluster, carried by nodes built from now on."""
     try:
