@@ -9,9 +9,10 @@ than kubeadm would hide the bug where a retried `kubeadm init` found an empty
 /etc/kubernetes/pki and made the cluster a new CA. Which CA each init or control-plane join
 found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `fail-times`
 (the next N inits or joins fail after writing their files, as a wait for the control plane or
-the kubelet's TLS bootstrap does), `hang` (they hang there instead) and `reset-fail-times` (the
+the kubelet's TLS bootstrap does), `hang` (they hang there instead), `reset-fail-times` (the
 next N resets fail before they clean anything, as one does when it cannot unmount what kubelet
-mounted under /var/lib/kubelet).
+mounted under /var/lib/kubelet) and `ready-nodes` (the names of the Nodes the cluster has with
+status Ready, one a line: a join under one of them is refused, as kubeadm refuses it).
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
         if verb == "init":
             init(root, folder)
         elif "controlPlane" in config["JoinConfiguration"]:
-            join_control_plane(root, folder)
+            join_control_plane(root, folder, config["JoinConfiguration"]["nodeRegistration"]["name"])
         else:
-            join_worker(root, folder)
+            join_worker(root, folder, config["JoinConfiguration"]["nodeRegistration"]["name"])
 
 
 def init(root: Path, folder: Path) -> None:
@@ -136,7 +137,7 @@ def init(root: Path, folder: Path) -> None:
     print("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef  # stand-in output")
 
 
-def join_control_plane(root: Path, folder: Path) -> None:
+def join_control_plane(root: Path, folder: Path, name: str) -> None:
     # cmd/kubeadm/app/cmd/phases/join/preflight.go: the node checks, then those of an init
     _preflight(_join_node_checks(root, control_plane=True) + _init_node_checks(root))
     missing = [
@@ -154,27 +155,43 @@ def join_control_plane(root: Path, folder: Path) -> None:
             "* The certificates that must be shared among control plane instances are provided.\n"
         )
     _record_cas(root, folder, "join-control-plane")
-    for name in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
-        _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
+    for conf in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
+        _write(root / KUBERNETES / conf, f"stand-in {conf}\n".encode(), 0o600)
+    _refuse_a_ready_namesake(folder, name)  # kubelet-start comes after control-plane-prepare
     _start_control_plane(root)
     _wait(folder, "[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s",
           "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
 
 
-def join_worker(root: Path, folder: Path) -> None:
+def join_worker(root: Path, folder: Path, name: str) -> None:
     _preflight(_join_node_checks(root, control_plane=False))
     # discovery: the cluster-info CA, checked against caCertHashes, is written for the kubelet
     _write(root / PKI / "ca.crt", (root / "etc/picluster/cluster-ca.crt").read_bytes())
     bootstrap = root / KUBERNETES / "bootstrap-kubelet.conf"
     _write(bootstrap, b"stand-in bootstrap-kubelet.conf\n", 0o600)
-    _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
-    try:  # phases/join/kubelet.go removes the bootstrap kubeconfig however the wait ends
+    try:  # phases/join/kubelet.go removes the bootstrap kubeconfig however the phase ends
+        _refuse_a_ready_namesake(folder, name)
+        _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
         # waitForTLSBootstrappedClient polls until its context times out
         _wait(folder, "[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap",
               "error execution phase kubelet-start: context deadline exceeded")  # fmt: skip
         _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     finally:
         bootstrap.unlink()
+
+
+def _refuse_a_ready_namesake(folder: Path, name: str) -> None:
+    """cmd/kubeadm/app/cmd/phases/join/kubelet.go, runKubeletStartJoinPhase: before the kubelet
+    starts, a Node of this name whose Ready condition is True ends the join; one NotReady or
+    Unknown does not (the new kubelet takes it over, labels, taints and all)."""
+    ready = folder / "ready-nodes"
+    if ready.exists() and name in ready.read_text().split():
+        raise Failed(
+            f'error execution phase kubelet-start: a Node with name "{name}" and status "Ready" already '
+            "exists in the cluster. You must delete the existing Node or change the name of this new "
+            "joining Node\n"
+            f"{PREFLIGHT_TRAILER.splitlines()[1]}"
+        )
 
 
 def reset(root: Path, folder: Path) -> None:

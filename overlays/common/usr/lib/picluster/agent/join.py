@@ -22,6 +22,8 @@ SHARED_PKI = ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "e
               "sa.pub", "sa.key")  # fmt: skip
 """What every control plane of a cluster shares, and a control-plane card therefore carries."""
 WAITING_CLOCK = "waiting: clock"
+READY_NAMESAKE = "already exists in the cluster. You must delete the existing Node"
+"""kubeadm's refusal to join while a Node of this name is Ready (phases/join/kubelet.go)."""
 
 
 def join(host: Host, config: NodeConfig, state: State) -> None:
@@ -47,15 +49,25 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
             restore_pki(host, config)
             host.run(_kubeadm_command(host, config), timeout=1800)
         except CommandFailed as error:  # kubeadm's, or restoring the CAs
-            say(f"attempt {state.attempts} failed: {error.summary}")
-            state.last_error = error.summary
+            state.last_error = error.summary + _fix_for(config, error.summary)
+            say(f"attempt {state.attempts} failed: {state.last_error}")
             _reset(host, config, state)  # the phase stays `joining` until this is done
             delay = backoff.next()
-            state.enter(host, f"waiting: retry in {delay:.0f} s", error.summary)
+            state.enter(host, f"waiting: retry in {delay:.0f} s", state.last_error)
             host.sleep(delay)
             continue
         _finish(host, config, state)
         return
+
+
+def _fix_for(config: NodeConfig, failure: str) -> str:
+    """What to do on the build machine, when the card alone cannot get past a failure."""
+    if READY_NAMESAKE not in failure:
+        return ""
+    return (
+        f" (if this card replaces the old {config.name}, power that one off and run "
+        f"`picluster replace {config.name}` on the build machine; this card keeps trying)"
+    )
 
 
 def _kubeadm_command(host: Host, config: NodeConfig) -> list[str]:
