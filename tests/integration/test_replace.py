@@ -33,13 +33,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.secrets import store
 from builder.secrets.pki import KeyPair
-from tests.conftest import BUNDLED, REPO, fixed_secrets
+from builder.secrets.store import TOKENS_FILE
+from tests.conftest import BUNDLED, FIXED_TOKEN, REPO, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.test_grow import node_item
 
 pytestmark = pytest.mark.integration
 
 PLANES = {"cp1": "192.168.50.10", "cp2": "192.168.50.11", "cp3": "192.168.50.12"}
+WORKER = ("w1", "192.168.50.21")
+"""A worker: a Node, no etcd member; its card need not run here."""
 BUILDER = "192.168.50.9"
 """The build machine, which also serves the API server stand-in as the cluster's endpoint."""
 HEALTHCHECK = "kube-etcd-healthcheck-client"
@@ -241,8 +244,12 @@ def project(folder: Path) -> Path:
     data["cluster"]["control_plane_endpoint"] = f"{BUILDER}:6443"
     data["nodes"] = [{"name": n, "role": "control-plane", "model": "pi4", "address": f"{a}/24"}
                      for n, a in PLANES.items()]  # fmt: skip
+    data["nodes"].append({"name": WORKER[0], "role": "worker", "model": "pi4", "address": f"{WORKER[1]}/24"})
     (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
     store.save(folder / ".picluster", fixed_secrets())
+    record = {"current": FIXED_TOKEN, "issued_at": datetime.now(UTC).isoformat(),
+              "nodes": dict.fromkeys([*PLANES, WORKER[0]], FIXED_TOKEN)}  # fmt: skip
+    (folder / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
     return folder / "cluster.yaml"
 
 
@@ -265,7 +272,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.api = stack.enter_context(
             api_standin(secrets, tmp_path, ipaddress.IPv4Address(BUILDER), 6443, netns=lab.netns("builder"))
         )
-        lab.api.nodes = [node_item(node, "True", address) for node, address in PLANES.items()]
+        lab.api.nodes = [node_item(node, "True", address) for node, address in [*PLANES.items(), WORKER]]
         yield lab
 
 
@@ -309,3 +316,29 @@ def test_removal_that_would_lose_quorum_is_refused(lab: Lab) -> None:
     assert "Traceback" not in refused.stderr
     assert lab.member_names() == ["cp1", "cp2", "cp3"]
     assert lab.api.named("cp2") is not None  # nothing changed
+
+
+def test_a_worker_makes_way_only_once_its_node_is_not_ready(lab: Lab) -> None:
+    """A worker has no etcd member: only its Node goes, and its card's token is forgotten, so the
+    next build gives the new card one the cluster honours."""
+    assert lab.api is not None
+    ready = lab.replace("w1")
+    assert ready.returncode == 2
+    assert "Node w1 is Ready" in ready.stderr and "picluster replace w1 --dead" in ready.stderr
+    assert lab.api.named("w1") is not None
+
+    lab.api.node("w1")["status"]["conditions"][0]["status"] = "False"
+    done = lab.replace("w1")
+    assert done.returncode == 0, done.stderr
+    assert "deleted Node w1" in done.stdout and "picluster build" in done.stdout
+    assert lab.api.named("w1") is None
+    assert lab.member_names() == ["cp1", "cp2", "cp3"]  # no etcd member was touched
+    recorded = json.loads((lab.cluster_file.parent / ".picluster" / TOKENS_FILE).read_text())
+    assert sorted(recorded["nodes"]) == ["cp1", "cp2", "cp3"]
+
+
+def test_a_ready_node_goes_when_the_user_says_it_is_dead(lab: Lab) -> None:
+    assert lab.api is not None
+    done = lab.replace("w1", "--dead")
+    assert done.returncode == 0, done.stderr
+    assert lab.api.named("w1") is None
