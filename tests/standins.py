@@ -11,8 +11,10 @@ found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `
 (the next N inits or joins fail after writing their files, as a wait for the control plane or
 the kubelet's TLS bootstrap does), `hang` (they hang there instead), `reset-fail-times` (the
 next N resets fail before they clean anything, as one does when it cannot unmount what kubelet
-mounted under /var/lib/kubelet) and `ready-nodes` (the names of the Nodes the cluster has with
-status Ready, one a line: a join under one of them is refused, as kubeadm refuses it).
+mounted under /var/lib/kubelet), `ready-nodes` (the names of the Nodes the cluster has with
+status Ready, one a line: a join under one of them is refused, as kubeadm refuses it) and
+`etcd-learner` (another control plane's etcd learner is not promoted yet: a control-plane join
+cannot add its own).
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ def join_control_plane(root: Path, folder: Path, name: str) -> None:
     for conf in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
         _write(root / KUBERNETES / conf, f"stand-in {conf}\n".encode(), 0o600)
     _refuse_a_ready_namesake(folder, name)  # kubelet-start comes after control-plane-prepare
+    _add_etcd_learner(folder)
     _start_control_plane(root)
     _wait(folder, "[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s",
           "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
@@ -191,6 +194,19 @@ def _refuse_a_ready_namesake(folder: Path, name: str) -> None:
             "exists in the cluster. You must delete the existing Node or change the name of this new "
             "joining Node\n"
             f"{PREFLIGHT_TRAILER.splitlines()[1]}"
+        )
+
+
+def _add_etcd_learner(folder: Path) -> None:
+    """Phase control-plane-join/etcd adds the new member as a learner, promoted once it has caught
+    up (CreateStackedEtcdStaticPodManifestFile in cmd/kubeadm/app/phases/etcd/local.go). etcd
+    holds one learner at a time: while another control plane's is not promoted, MemberAddAsLearner
+    fails with etcd's ErrGRPCTooManyLearners, which kubeadm retries for timeouts.etcdAPICall
+    (cmd/kubeadm/app/util/etcd/etcd.go) and then gives up with; the stand-in gives up at once."""
+    if (folder / "etcd-learner").exists():
+        raise Failed(
+            "error execution phase control-plane-join/etcd: error creating local etcd static pod manifest "
+            f"file: etcdserver: too many learner members in cluster\n{PREFLIGHT_TRAILER.splitlines()[1]}"
         )
 
 

@@ -165,6 +165,31 @@ def test_a_control_plane_join_retried_after_a_reset_still_has_the_cas(tmp_path: 
     assert state(root)["phase"] == "joined"
 
 
+def test_a_control_plane_joining_while_another_is_a_learner_tries_again_until_it_can(tmp_path: Path) -> None:
+    """Two control-plane cards booted together: etcd holds one learner at a time, so the second
+    join fails at control-plane-join/etcd (tests/standins.py) and is reset and retried, and joins
+    once the first member is promoted."""
+    ca = make_ca("cluster CA")
+    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
+        root = node_root(tmp_path, "cp-b", HA_CLUSTER, cluster={"api_endpoint": f"127.0.0.1:{port}"},
+                         **IMAGE_PACKAGES)  # fmt: skip
+        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
+        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        (standins / "etcd-learner").write_text("cp-c\n")
+        agent = subprocess.Popen(agent_command(root, "join"), env=agent_env(standins, root),
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert agent.stdout is not None
+        try:
+            failed = next(line for line in agent.stdout if line.startswith("attempt 1 failed"))
+            (standins / "etcd-learner").unlink()  # the other control plane's learner is promoted
+            assert agent.wait(30) == 0
+        finally:
+            agent.kill()
+    assert "etcdserver: too many learner members in cluster" in failed
+    assert kubeadm_verbs(standins)[:3] == ["kubeadm join", "kubeadm reset", "kubeadm join"]
+    assert state(root)["phase"] == "joined"
+
+
 def test_the_agent_waits_for_a_clock_before_the_cas_start(tmp_path: Path) -> None:
     """Before the CA's NotBefore every TLS handshake fails; kubeadm must not run, and the agent
     says why it waits (a Pi has no real-time clock and NTP may be late)."""
