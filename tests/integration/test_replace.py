@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from builder.cluster import api, etcd
+from builder.errors import UserError
 from builder.secrets import store
 from builder.secrets.pki import KeyPair
 from builder.secrets.store import TOKENS_FILE
@@ -345,3 +347,19 @@ def test_a_ready_node_goes_when_the_user_says_it_is_dead(lab: Lab) -> None:
     done = lab.replace("w1", "--dead")
     assert done.returncode == 0, done.stderr
     assert lab.api.named("w1") is None
+
+
+def test_a_survivor_that_is_not_etcd_or_not_there_is_named(tmp_path: Path) -> None:
+    """Without root: the API server stand-in is no etcd, and nothing listens on port 1."""
+    with api_standin(fixed_secrets(), tmp_path) as server:
+
+        def to(endpoint: str) -> api.Connect:
+            return lambda _, secrets: api.connect(endpoint, secrets)
+
+        with pytest.raises(UserError) as foreign:
+            etcd.remove_member(fixed_secrets(), "cp2", ["192.168.50.10"], to(server.endpoint))
+        assert f"etcd at {server.endpoint} refused /v3/cluster/member/list: 404" in foreign.value.message
+        with pytest.raises(UserError) as silent:
+            etcd.remove_member(fixed_secrets(), "cp2", ["192.168.50.10", "192.168.50.12"], to("127.0.0.1:1"))
+        assert "no other control plane's etcd answers" in silent.value.message
+        assert silent.value.message.count("https://127.0.0.1:1/v3/cluster/member/list: ConnectionError") == 2
