@@ -63,8 +63,7 @@ def replace_node(
 
 
 def _check_dead(item: object, name: str, dead: bool) -> None:
-    ready = "absent" if item is None else status.node_ready(item)
-    if ready == "True" and not dead:
+    if item is not None and status.node_ready(item) == "True" and not dead:
         raise UserError(
             f"Node {name} is Ready: its card is running, or died less than a minute ago; nothing was changed",
             f"power the old {name} off and wait for it to become NotReady, or, if you know it is dead, "
