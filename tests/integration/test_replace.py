@@ -174,23 +174,37 @@ class Lab:
             check=check,
         )  # fmt: skip
 
-    def add_member(self, node: str) -> None:
-        """`etcdctl member add`, tried again while etcd says its cluster is unhealthy, as kubeadm's
-        etcd client retries MemberAdd with a backoff (cmd/kubeadm/app/util/etcd/etcd.go): just
-        after a member was removed, etcd's strict reconfiguration check refuses a new one a while."""
+    def join_member(self, node: str) -> None:
+        """What kubeadm's control-plane join does to etcd (CreateStackedEtcdStaticPodManifestFile
+        in cmd/kubeadm/app/phases/etcd/local.go): add the member as a learner, start it with the
+        cluster as it is, promote it once it has caught up. kubeadm's etcd client retries each
+        call (cmd/kubeadm/app/util/etcd/etcd.go), as here: just after a removal etcd's strict
+        reconfiguration check refuses a new member a while, and a learner behind the leader
+        cannot be promoted."""
+        peer = f"--peer-urls=https://{PLANES[node]}:2380"
+        added = self.retried("unhealthy cluster", "member", "add", node, peer, "--learner", "-w", "json")
+        learner = json.loads(added)["member"]
+        assert learner["isLearner"]
+        self.start(node, PLANES, "existing")
+        self.retried("in sync with leader", "member", "promote", f"{learner['ID']:x}")
+
+    def retried(self, transient: str, *arguments: str) -> str:
+        """etcdctl's output, tried again for 30 s while it fails with `transient`."""
         deadline = time.monotonic() + 30
         while True:
-            peer = f"--peer-urls=https://{PLANES[node]}:2380"
-            added = self.etcdctl("member", "add", node, peer, endpoints=list(self.members), check=False)
-            if added.returncode == 0:
-                return
-            if "unhealthy cluster" not in added.stderr or time.monotonic() > deadline:
-                raise AssertionError(f"etcdctl member add {node}: {added.stderr}")
+            done = self.etcdctl(*arguments, endpoints=["cp1", "cp3"], check=False)
+            if done.returncode == 0:
+                return done.stdout
+            if transient not in done.stderr or time.monotonic() > deadline:
+                raise AssertionError(f"etcdctl {' '.join(arguments)}: {done.stderr}")
             time.sleep(1)
 
     def member_names(self) -> list[str]:
+        """The members' names, a learner's marked as one."""
         listing = json.loads(self.etcdctl("member", "list", "-w", "json", endpoints=["cp1"]).stdout)
-        return sorted(member.get("name", "") for member in listing["members"])
+        return sorted(
+            m.get("name", "") + (" (learner)" if m.get("isLearner") else "") for m in listing["members"]
+        )
 
     def wait_healthy(self, nodes: list[str]) -> None:
         deadline = time.monotonic() + 30
@@ -299,10 +313,7 @@ def test_a_dead_control_plane_makes_way_for_its_replacement(lab: Lab) -> None:
     assert again.returncode == 0, again.stderr
     assert "no member named cp2 (already removed)" in again.stdout and "no Node cp2" in again.stdout
 
-    # the new card joins as kubeadm's control-plane join adds its member: added, then started
-    # with the cluster as it is (a learner first on kubeadm 1.29 on; etcd 3.4's etcdctl has no --learner)
-    lab.add_member("cp2")
-    lab.start("cp2", PLANES, "existing")
+    lab.join_member("cp2")  # the new card's kubeadm join --control-plane
     lab.wait_healthy(list(PLANES))
     assert lab.member_names() == ["cp1", "cp2", "cp3"]
 
