@@ -19,7 +19,7 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 # (flanneld runs it) and iputils-ping (pods ping across nodes).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
-	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping
+	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping etcd-server etcd-client
 
 .PHONY: images render validate verify test test-fast lint setup host-packages clean
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.card import flash
-from builder.cluster import api, bootstrap, kubeconfig, status
+from builder.cluster import api, bootstrap, kubeconfig, replace, status
 from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
@@ -186,6 +186,21 @@ def _parser() -> argparse.ArgumentParser:
         "`build` does this itself for every node not joined whose token expires within a day.",
     )
     token.add_argument("node", metavar="NODE", help="the node whose card gets the new token")
+
+    swap = command(
+        "replace",
+        _replace,
+        help="make way for a new card under a dead node's name",
+        description="Delete the Node object NODE through the API server (refused while it is Ready, "
+        "unless --dead) and, for a control plane of an HA cluster, first remove its etcd member through "
+        "a surviving control plane's etcd (refused while that member answers, or when the members left "
+        "could not make a quorum); then `build` gives NODE's new card a token the cluster honours. A "
+        "cluster's only control plane cannot be replaced this way.",
+    )
+    swap.add_argument("node", metavar="NODE", help="the node whose card is to be replaced")
+    swap.add_argument(
+        "--dead", action="store_true", help="the old card is dead even though its Node still shows Ready"
+    )
 
     admin = command(
         "kubeconfig",
@@ -398,6 +413,18 @@ def _token(args: argparse.Namespace) -> int:
         f"made {args.node} a new bootstrap token on the cluster, valid for "
         f"{project.cluster.join_window.days} days; its card needs it: picluster build, then "
         f"picluster flash {args.node}"
+    )
+    return 0
+
+
+def _replace(args: argparse.Namespace) -> int:
+    project = _project(args)
+    secrets = project.existing_secrets("replace")
+    replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
+    project.forget_token(secrets, args.node)
+    print(
+        f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "
+        f"the new card: it joins as {args.node}"
     )
     return 0
 

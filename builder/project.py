@@ -2,13 +2,13 @@
 
 Every command starts from one, made once by the command line. What lies in the state folder is
 read only when a command asks for it (`validate` reads only the record of the settings a running
-cluster cannot change), and only `build` and `token` may ask the running cluster for anything.
+cluster cannot change), and only `build`, `token` and `replace` may ask the running cluster for anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,6 +115,14 @@ class Project:
             )
         issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
+
+    def forget_token(self, secrets: ClusterSecrets, name: str) -> None:
+        """`replace`: the node's card is to be built anew, so `build` gives it a token the running
+        cluster honours, as it does any node added later (the old one may long have expired)."""
+        loaded = tokens.load_tokens(self.state_dir, secrets)
+        if name in loaded.nodes:
+            kept = {node: token for node, token in loaded.nodes.items() if node != name}
+            tokens.save_tokens(self.state_dir, replace(loaded, nodes=kept))
 
     def tokens_note(self, secrets: ClusterSecrets) -> str | None:
         """What `render` says of nodes with no token recorded yet: `build` settles theirs."""

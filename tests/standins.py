@@ -9,9 +9,12 @@ than kubeadm would hide the bug where a retried `kubeadm init` found an empty
 /etc/kubernetes/pki and made the cluster a new CA. Which CA each init or control-plane join
 found is recorded in cas.jsonl. Files in the launchers' folder steer failures: `fail-times`
 (the next N inits or joins fail after writing their files, as a wait for the control plane or
-the kubelet's TLS bootstrap does), `hang` (they hang there instead) and `reset-fail-times` (the
+the kubelet's TLS bootstrap does), `hang` (they hang there instead), `reset-fail-times` (the
 next N resets fail before they clean anything, as one does when it cannot unmount what kubelet
-mounted under /var/lib/kubelet). `cluster-tokens`, when present, lists the ids of the bootstrap
+mounted under /var/lib/kubelet), `ready-nodes` (the names of the Nodes the cluster has with
+status Ready, one a line: a join under one of them is refused, as kubeadm refuses it) and
+`etcd-learner` (another control plane's etcd learner is not promoted yet: a control-plane join
+cannot add its own). `cluster-tokens`, when present, lists the ids of the bootstrap
 tokens the cluster knows (one a line): a join with any other fails discovery, after the seconds
 in `discovery-timeout` (kubeadm's 5 minutes when absent).
 """
@@ -145,6 +148,7 @@ def join_control_plane(root: Path, folder: Path, join: dict[str, Any]) -> None:
     _preflight(_join_node_checks(root, control_plane=True))
     _discover(folder, join)
     _preflight(_init_node_checks(root), announce=False)
+    name = join["nodeRegistration"]["name"]
     missing = [
         f"{failure}: couldn't load the {'private key' if name.endswith('.key') else 'certificate'} file "
         f"/{PKI / name}: open /{PKI / name}: no such file or directory"
@@ -160,28 +164,59 @@ def join_control_plane(root: Path, folder: Path, join: dict[str, Any]) -> None:
             "* The certificates that must be shared among control plane instances are provided.\n"
         )
     _record_cas(root, folder, "join-control-plane")
-    for name in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
-        _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
+    for conf in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
+        _write(root / KUBERNETES / conf, f"stand-in {conf}\n".encode(), 0o600)
+    _refuse_a_ready_namesake(folder, name)  # kubelet-start comes after control-plane-prepare
+    _add_etcd_learner(folder)
     _start_control_plane(root)
     _wait(folder, "[etcd] Waiting for the new etcd member to join the cluster. This can take up to 40s",
           "error execution phase control-plane-join/etcd: etcdserver: request timed out")  # fmt: skip
 
 
 def join_worker(root: Path, folder: Path, join: dict[str, Any]) -> None:
+    name = join["nodeRegistration"]["name"]
     _preflight(_join_node_checks(root, control_plane=False))
     _discover(folder, join)
     # discovery: the cluster-info CA, checked against caCertHashes, is written for the kubelet
     _write(root / PKI / "ca.crt", (root / "etc/picluster/cluster-ca.crt").read_bytes())
     bootstrap = root / KUBERNETES / "bootstrap-kubelet.conf"
     _write(bootstrap, b"stand-in bootstrap-kubelet.conf\n", 0o600)
-    _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
-    try:  # phases/join/kubelet.go removes the bootstrap kubeconfig however the wait ends
+    try:  # phases/join/kubelet.go removes the bootstrap kubeconfig however the phase ends
+        _refuse_a_ready_namesake(folder, name)
+        _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
         # waitForTLSBootstrappedClient polls until its context times out
         _wait(folder, "[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap",
               "error execution phase kubelet-start: context deadline exceeded")  # fmt: skip
         _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     finally:
         bootstrap.unlink()
+
+
+def _refuse_a_ready_namesake(folder: Path, name: str) -> None:
+    """cmd/kubeadm/app/cmd/phases/join/kubelet.go, runKubeletStartJoinPhase: before the kubelet
+    starts, a Node of this name whose Ready condition is True ends the join; one NotReady or
+    Unknown does not (the new kubelet takes it over, labels, taints and all)."""
+    ready = folder / "ready-nodes"
+    if ready.exists() and name in ready.read_text().split():
+        raise Failed(
+            f'error execution phase kubelet-start: a Node with name "{name}" and status "Ready" already '
+            "exists in the cluster. You must delete the existing Node or change the name of this new "
+            "joining Node\n"
+            f"{PREFLIGHT_TRAILER.splitlines()[1]}"
+        )
+
+
+def _add_etcd_learner(folder: Path) -> None:
+    """Phase control-plane-join/etcd adds the new member as a learner, promoted once it has caught
+    up (CreateStackedEtcdStaticPodManifestFile in cmd/kubeadm/app/phases/etcd/local.go). etcd
+    holds one learner at a time: while another control plane's is not promoted, MemberAddAsLearner
+    fails with etcd's ErrGRPCTooManyLearners, which kubeadm retries for timeouts.etcdAPICall
+    (cmd/kubeadm/app/util/etcd/etcd.go) and then gives up with; the stand-in gives up at once."""
+    if (folder / "etcd-learner").exists():
+        raise Failed(
+            "error execution phase control-plane-join/etcd: error creating local etcd static pod manifest "
+            f"file: etcdserver: too many learner members in cluster\n{PREFLIGHT_TRAILER.splitlines()[1]}"
+        )
 
 
 def reset(root: Path, folder: Path) -> None:

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from builder.errors import UserError
-from builder.secrets.pki import ClusterSecrets, make_admin_client
+from builder.secrets.pki import ClusterSecrets, KeyPair, make_admin_client, make_etcd_client
 
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"
@@ -80,7 +80,7 @@ class ClusterAPI:
                 method, url, json=body, verify=self.ca, cert=self.certificate, timeout=WAIT_S
             )
         except requests.exceptions.SSLError as error:
-            raise Unreachable(f"{url}: TLS failed (not this cluster's API server?): {error}") from None
+            raise Unreachable(f"{url}: TLS failed (not this cluster's?): {error}") from None
         except requests.exceptions.RequestException as error:
             raise Unreachable(f"{url}: {type(error).__name__}") from None
 
@@ -110,18 +110,37 @@ def _check(response: requests.Response) -> None:
         )
 
 
+Connect = Callable[[str, ClusterSecrets], AbstractContextManager[ClusterAPI]]
+"""How picluster reaches a server of the cluster (host:port): tests put a stand-in's address in."""
+
+
 @contextmanager
 def connect(endpoint: str, secrets: ClusterSecrets, now: datetime | None = None) -> Iterator[ClusterAPI]:
     """A client for the API server, its admin key in memory only, each answer awaited
     DEADLINE_S at most."""
-    remove_old_key_folders(Path(tempfile.gettempdir()))
     admin = make_admin_client(secrets.ca, now or datetime.now(UTC), CERTIFICATE_VALIDITY)
+    with _connect(endpoint, secrets.ca, admin) as server:
+        yield server
+
+
+@contextmanager
+def connect_etcd(endpoint: str, secrets: ClusterSecrets) -> Iterator[ClusterAPI]:
+    """A client for a control plane's etcd (its JSON gateway, host:2379), TLS pinned to the etcd
+    CA, with a client certificate that CA signs, its key in memory only."""
+    client = make_etcd_client(secrets.etcd_ca, datetime.now(UTC), CERTIFICATE_VALIDITY)
+    with _connect(endpoint, secrets.etcd_ca, client) as server:
+        yield server
+
+
+@contextmanager
+def _connect(endpoint: str, ca: KeyPair, client: KeyPair) -> Iterator[ClusterAPI]:
+    remove_old_key_folders(Path(tempfile.gettempdir()))
     with (
-        _in_memory("ca.crt", secrets.ca.public_pem) as ca,
-        _in_memory("admin.crt", admin.public_pem) as certificate,
-        _in_memory("admin.key", admin.key_pem) as key,
+        _in_memory("ca.crt", ca.public_pem) as ca_file,
+        _in_memory("client.crt", client.public_pem) as certificate,
+        _in_memory("client.key", client.key_pem) as key,
     ):
-        yield ClusterAPI(endpoint, ca, (certificate, key), DEADLINE_S)
+        yield ClusterAPI(endpoint, ca_file, (certificate, key), DEADLINE_S)
 
 
 def remove_old_key_folders(temporary: Path) -> None:
@@ -211,3 +230,14 @@ def list_nodes(api: ClusterAPI) -> list[Any]:
     if not isinstance(items, list):
         raise Unreachable(f"https://{api.endpoint}{NODES}: the answer is not a list of nodes")
     return items
+
+
+def get_node(api: ClusterAPI, name: str) -> dict[str, Any] | None:
+    return api.get(f"{NODES}/{name}")
+
+
+def delete_node(api: ClusterAPI, name: str) -> None:
+    """Delete the Node object; one already gone is as good."""
+    response = api.request("DELETE", f"{NODES}/{name}")
+    if response.status_code != 404:
+        _check(response)

@@ -17,7 +17,6 @@ node keeps its token (nothing can be checked); a node that has none stops the bu
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,7 +33,6 @@ booted and joined."""
 ALL_JOINED = datetime.max.replace(tzinfo=UTC)
 """When to ask the cluster again once every node has joined: never, unless cluster.yaml changes."""
 
-Connect = Callable[[str, ClusterSecrets], AbstractContextManager[api.ClusterAPI]]
 Say = Callable[[str], None]
 
 
@@ -84,7 +82,7 @@ def assign_tokens(
     secrets: ClusterSecrets,
     tokens: Tokens,
     now: datetime,
-    connect: Connect = api.connect,
+    connect: api.Connect = api.connect,
     say: Say = lambda text: None,
 ) -> Tokens:
     """Every node in cluster.yaml with a token the cluster honours, or will make at init. The
@@ -152,7 +150,7 @@ def issue_token(
     tokens: Tokens,
     node: str,
     now: datetime,
-    connect: Connect = api.connect,
+    connect: api.Connect = api.connect,
 ) -> Tokens:
     """`picluster token NODE`: a new token for the node, made on the cluster; its card is then
     rebuilt with it."""

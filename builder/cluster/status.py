@@ -64,7 +64,7 @@ def add_cluster_view(statuses: list[NodeStatus], nodes: list[Any]) -> tuple[list
         if name not in by_name:
             statuses.append(status)
             by_name[name] = status
-        status.ready = _ready(_field(item, "status", "conditions"))
+        status.ready = node_ready(item)
         status.kubelet = _text(_field(item, "status", "nodeInfo", "kubeletVersion"))
         status.internal_ip = _internal_ip(_field(item, "status", "addresses"))
     for status in statuses:
@@ -86,9 +86,10 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _ready(conditions: Any) -> str:
-    """The Ready condition's status (Unknown when the node has none, as Kubernetes says of a node
-    it has not heard from); "unknown" when the conditions cannot be read."""
+def node_ready(item: Any) -> str:
+    """A node object's Ready condition's status (Unknown when the node has none, as Kubernetes
+    says of a node it has not heard from); "unknown" when the conditions cannot be read."""
+    conditions = _field(item, "status", "conditions")
     if not isinstance(conditions or [], list):
         return "unknown"
     ready = next((c for c in conditions or [] if _field(c, "type") == "Ready"), {"status": "Unknown"})

@@ -180,16 +180,28 @@ def make_admin_client(
     """A client certificate in group system:masters, signed by the cluster CA, valid for
     `validity`: what picluster puts in admin kubeconfigs (a year) and talks to the API server
     with (new bootstrap tokens, status: minutes)."""
-    key = key or new_key()
-    ca_cert = x509.load_pem_x509_certificate(ca.public_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
             x509.NameAttribute(NameOID.COMMON_NAME, "picluster-admin"),
         ]
     )
+    return _make_client(ca, subject, now, validity, key or new_key())
+
+
+def make_etcd_client(etcd_ca: KeyPair, now: datetime, validity: timedelta) -> KeyPair:
+    """A client certificate signed by the etcd CA, as kubeadm's etcd demands of every client
+    (--client-cert-auth); shaped like kubeadm's etcd/healthcheck-client (certs/certlist.go)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "picluster-etcd-client")])
+    return _make_client(etcd_ca, subject, now, validity, new_key())
+
+
+def _make_client(
+    ca: KeyPair, subject: x509.Name, now: datetime, validity: timedelta, key: ec.EllipticCurvePrivateKey
+) -> KeyPair:
+    ca_cert = x509.load_pem_x509_certificate(ca.public_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)

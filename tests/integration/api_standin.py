@@ -2,8 +2,8 @@
 the cluster CA, client certificates required and checked against that CA, and just the calls
 picluster and flanneld make. It records every request's client certificate subject.
 
-picluster's calls: list nodes, get a bootstrap-token Secret, create one, delete one (404 when
-there is none, as kube-apiserver answers). flanneld v0.10.0's
+picluster's calls: list nodes, get one, delete one (`replace`), get a bootstrap-token Secret,
+create one, delete one (404 when there is none, as kube-apiserver answers). flanneld v0.10.0's
 (subnet/kube/kube.go in shared/upstream/flannel-v0.10.0.tar.xz, with the vendored client-go of
 Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
 and a strategic-merge patch of nodes/<name>/status that sets its annotations. Nodes get a
@@ -109,6 +109,16 @@ class APIStandin:
 
     def node(self, name: str) -> dict[str, Any]:
         return next(node for node in self.nodes if node["metadata"]["name"] == name)
+
+    def named(self, name: str) -> dict[str, Any] | None:
+        return next((node for node in self.nodes if node["metadata"]["name"] == name), None)
+
+    def delete_node(self, name: str) -> dict[str, Any]:
+        with self.changed:
+            node = self.node(name)
+            self.nodes.remove(node)
+            self._changed("DELETED", node)
+            return node
 
     def _changed(self, kind: str, node: dict[str, Any]) -> None:
         with self.changed:
@@ -296,6 +306,8 @@ def api_standin(
                 self._send(200, state.nodes_body)
             elif url.path == NODES_PATH:
                 self._answer(200, state.node_list())
+            elif url.path.startswith(NODES_PATH + "/") and state.named(url.path.split("/")[-1]):
+                self._answer(200, state.node(url.path.split("/")[-1]))
             elif url.path.startswith(SECRETS_PATH + "/") and url.path.split("/")[-1] in state.secrets:
                 self._answer(200, state.secrets[url.path.split("/")[-1]])
             else:
@@ -344,6 +356,16 @@ def api_standin(
                                    "message": "the stand-in applies annotation changes only"})  # fmt: skip
             else:
                 self._answer(200, state.patch_status(parts[4], patch))
+
+        def do_DELETE(self) -> None:
+            """kube-apiserver answers a deleted Node with the object as it was (200), a missing
+            one with 404 NotFound (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/delete.go)."""
+            self._client()
+            name = urlsplit(self.path).path.removeprefix(NODES_PATH + "/")
+            if "/" in name or not state.named(name):
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
+            else:
+                self._answer(200, state.delete_node(name))
 
         def do_POST(self) -> None:
             self._client()

@@ -167,6 +167,31 @@ def test_a_control_plane_join_retried_after_a_reset_still_has_the_cas(tmp_path: 
     assert state(root)["phase"] == "joined"
 
 
+def test_a_control_plane_joining_while_another_is_a_learner_tries_again_until_it_can(tmp_path: Path) -> None:
+    """Two control-plane cards booted together: etcd holds one learner at a time, so the second
+    join fails at control-plane-join/etcd (tests/standins.py) and is reset and retried, and joins
+    once the first member is promoted."""
+    ca = make_ca("cluster CA")
+    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
+        root = node_root(tmp_path, "cp-b", HA_CLUSTER, cluster={"api_endpoint": f"127.0.0.1:{port}"},
+                         **IMAGE_PACKAGES)  # fmt: skip
+        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
+        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        (standins / "etcd-learner").write_text("cp-c\n")
+        agent = subprocess.Popen(agent_command(root, "join"), env=agent_env(standins, root),
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert agent.stdout is not None
+        try:
+            failed = next(line for line in agent.stdout if line.startswith("attempt 1 failed"))
+            (standins / "etcd-learner").unlink()  # the other control plane's learner is promoted
+            assert agent.wait(30) == 0
+        finally:
+            agent.kill()
+    assert "etcdserver: too many learner members in cluster" in failed
+    assert kubeadm_verbs(standins)[:3] == ["kubeadm join", "kubeadm reset", "kubeadm join"]
+    assert state(root)["phase"] == "joined"
+
+
 def test_the_agent_waits_for_a_clock_before_the_cas_start(tmp_path: Path) -> None:
     """Before the CA's NotBefore every TLS handshake fails; kubeadm must not run, and the agent
     says why it waits (a Pi has no real-time clock and NTP may be late)."""
@@ -252,6 +277,22 @@ def test_a_worker_records_why_it_waits_for_the_api_server(tmp_path: Path) -> Non
     assert calls(standins) == []
 
 
+def test_a_replacement_card_records_why_kubeadm_refuses_and_the_fix(tmp_path: Path) -> None:
+    """The old card's Node is still Ready: kubeadm refuses the join (tests/standins.py), and the
+    agent keeps trying, recording kubeadm's words and what to run on the build machine."""
+    ca = make_ca("cluster CA")
+    with api_server_standin(*make_server_cert(ca), tmp_path) as port:
+        root = node_root(tmp_path, "w1", cluster={"api_endpoint": f"127.0.0.1:{port}"}, **IMAGE_PACKAGES)
+        (root / "etc/picluster/cluster-ca.crt").write_bytes(ca[1].public_bytes(Encoding.PEM))
+        standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+        (standins / "ready-nodes").write_text("w1\n")
+        recorded = run_until_phase(root, standins, None, says="attempt", retries=2)
+    assert 'a Node with name "w1" and status "Ready" already exists in the cluster' in recorded["last_error"]
+    assert "run `picluster replace w1` on the build machine" in recorded["last_error"]
+    assert not (root / "etc/kubernetes/bootstrap-kubelet.conf").exists()  # kubeadm removes it however it ends
+    assert kubeadm_verbs(standins)[:3] == ["kubeadm join", "kubeadm reset", "kubeadm join"]
+
+
 def test_firstboot_without_the_repository_waits_for_packages_and_keeps_trying(tmp_path: Path) -> None:
     root = node_root(
         tmp_path, "cp1", packages={"install": "firstboot", "apt_repository": "https://127.0.0.1:9/"}
@@ -269,9 +310,10 @@ def wait_for_state(root: Path, done: Callable[[dict[str, Any]], bool], what: str
         time.sleep(0.05)
 
 
-def run_until_phase(root: Path, standins: Path, phase: str, says: str, retries: int = 3) -> dict:
+def run_until_phase(root: Path, standins: Path, phase: str | None, says: str, retries: int = 3) -> dict:
     """Start the agent, wait until it has said `says` `retries` times and is still running (it
-    retries; it does not exit and crash-loop), stop it, and return the state it recorded."""
+    retries; it does not exit and crash-loop), stop it, and return the state it recorded (in
+    `phase`, unless None: between retries it may be stopped in any)."""
     agent = subprocess.Popen(
         agent_command(root, "join"), env=agent_env(standins, root), stdout=subprocess.PIPE, text=True
     )
@@ -283,13 +325,13 @@ def run_until_phase(root: Path, standins: Path, phase: str, says: str, retries: 
             seen += line.startswith(says)
             if seen >= retries:
                 break
-            assert time.monotonic() < deadline, f"no {phase!r} within 30 s"
+            assert time.monotonic() < deadline, f"no {says!r} within 30 s"
         assert agent.poll() is None, "the agent exited instead of waiting"
     finally:
         agent.kill()
         agent.wait()
     recorded = state(root)
-    assert recorded["phase"] == phase
+    assert phase is None or recorded["phase"] == phase
     return recorded
 
 

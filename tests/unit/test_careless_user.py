@@ -118,12 +118,34 @@ def test_a_linked_cluster_yaml_never_gets_a_new_ca(
     assert not (tmp_path / "work/.picluster").exists()
 
 
-@pytest.mark.parametrize("command", ["status", "token", "kubeconfig", "backup"])
+@pytest.mark.parametrize(
+    ("node", "words"),
+    [
+        (
+            "cp1",
+            ["cp1 is the cluster's only control plane", "restore the control plane from an etcd snapshot"],
+        ),
+        ("w9", ["w9 is not a node of this cluster.yaml", "choose from cp1, w1, w2"]),
+    ],
+    ids=["the only control plane", "a node cluster.yaml lacks"],
+)
+def test_replace_refuses_what_no_new_card_can_fix_before_asking_the_cluster(
+    site: Path, node: str, words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = file_contents(site)
+    assert main(["replace", node, "-f", str(site / "cluster.yaml")]) == 2  # the API server is not there
+    refused(capsys, *words)
+    assert file_contents(site) == before
+
+
+@pytest.mark.parametrize("command", ["status", "token", "kubeconfig", "backup", "replace"])
 def test_commands_that_work_on_a_cluster_never_make_one(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
-    extra = {"backup": ["-o", str(tmp_path / "backup.tgz")], "token": ["w1"]}.get(command, [])
+    extra = {"backup": ["-o", str(tmp_path / "backup.tgz")], "token": ["w1"], "replace": ["w1"]}.get(
+        command, []
+    )
     assert main([command, "-f", str(tmp_path / "cluster.yaml"), *extra]) == 2
     refused(capsys, "no cluster secrets in")
     assert not (tmp_path / ".picluster").exists()

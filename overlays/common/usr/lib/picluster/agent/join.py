@@ -30,6 +30,8 @@ UNKNOWN_TOKEN = re.compile(
 """kubeadm's discovery failing for a token the cluster does not have: the first once the
 discovery timeout passes with no signature in cluster-info, the second if it vanishes meanwhile
 (cmd/kubeadm/app/discovery/token/token.go getClusterInfo, validateClusterInfoToken)."""
+READY_NAMESAKE = "already exists in the cluster. You must delete the existing Node"
+"""kubeadm's refusal to join while a Node of this name is Ready (phases/join/kubelet.go)."""
 
 
 def join(host: Host, config: NodeConfig, state: State) -> None:
@@ -55,8 +57,8 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
             restore_pki(host, config)
             host.run(_kubeadm_command(host, config), timeout=1800)
         except CommandFailed as error:  # kubeadm's, or restoring the CAs
-            say(f"attempt {state.attempts} failed: {error.summary}")
-            state.last_error = error.summary
+            state.last_error = error.summary + _fix_for(config, error.summary)
+            say(f"attempt {state.attempts} failed: {state.last_error}")
             _reset(host, config, state)  # the phase stays `joining` until this is done
             delay = backoff.next()
             unknown = _unknown_token(config, error.output)
@@ -64,7 +66,7 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
                 state.enter(host, TOKEN_UNKNOWN, unknown)
                 say(f"{TOKEN_UNKNOWN}: {unknown}; retrying in {delay:.0f} s")
             else:
-                state.enter(host, f"waiting: retry in {delay:.0f} s", error.summary)
+                state.enter(host, f"waiting: retry in {delay:.0f} s", state.last_error)
             host.sleep(delay)
             continue
         _finish(host, config, state)
@@ -81,6 +83,16 @@ def _unknown_token(config: NodeConfig, output: str) -> str | None:
         f'the cluster does not know this card\'s bootstrap token "{token_id}": it expired or was revoked '
         f"(kubeadm: no signature for it in cluster-info). Fix: run `picluster build` and reflash this "
         f"card, or `picluster token {config.name}` and then rebuild and reflash it"
+    )
+
+
+def _fix_for(config: NodeConfig, failure: str) -> str:
+    """What to do on the build machine, when the card alone cannot get past a failure."""
+    if READY_NAMESAKE not in failure:
+        return ""
+    return (
+        f" (if this card replaces the old {config.name}, power that one off and run "
+        f"`picluster replace {config.name}` on the build machine; this card keeps trying)"
     )
 
 

@@ -1,0 +1,71 @@
+"""`picluster replace NODE`: make way for a new card under a node's name.
+
+kubeadm refuses to join a node while a Node of its name is Ready (cmd/kubeadm/app/cmd/phases/join/
+kubelet.go), and a NotReady one would hand the new kubelet its stale labels and taints; so the Node
+object goes. A control plane of an HA cluster is also an etcd member, which goes first
+(builder.cluster.etcd). Nothing is changed until every refusal has had its say: a Ready node
+without --dead, a single control plane (that is a restore from an etcd snapshot), an etcd member
+that still answers or whose removal would cost etcd its quorum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from builder.cluster import api, etcd, status
+from builder.errors import UserError
+from builder.secrets.pki import ClusterSecrets
+from builder.spec.model import Cluster
+
+
+def replace_node(
+    cluster: Cluster,
+    secrets: ClusterSecrets,
+    name: str,
+    dead: bool,
+    connect: api.Connect = api.connect,
+    connect_etcd: api.Connect = api.connect_etcd,
+    say: Callable[[str], None] = lambda text: None,
+) -> None:
+    node = next((node for node in cluster.nodes if node.name == name), None)
+    if node is None:
+        raise UserError(
+            f"{name} is not a node of this cluster.yaml",
+            f"choose from {', '.join(node.name for node in cluster.nodes)}",
+        )
+    others = [plane for plane in cluster.control_planes if plane.name != name]
+    if node.role == "control-plane" and not others:
+        raise UserError(
+            f"{name} is the cluster's only control plane: with it went etcd, the cluster's whole state, "
+            "so there is no cluster left for a new card to join",
+            "restore the control plane from an etcd snapshot, or build a new cluster",
+        )
+    try:
+        with connect(cluster.api_endpoint, secrets) as server:
+            item = api.get_node(server, name)
+            _check_dead(item, name, dead)
+            if node.role == "control-plane":
+                say(
+                    etcd.remove_member(
+                        secrets, name, [str(plane.address.ip) for plane in others], connect_etcd
+                    )
+                )
+            api.delete_node(server, name)
+    except api.Unreachable as why:
+        raise UserError(
+            f"cannot reach the API server: {why}", f"run it where https://{cluster.api_endpoint} is reachable"
+        ) from None
+    say(
+        f"deleted Node {name} from the cluster"
+        if item
+        else f"the cluster has no Node {name}; nothing to delete"
+    )
+
+
+def _check_dead(item: object, name: str, dead: bool) -> None:
+    if item is not None and status.node_ready(item) == "True" and not dead:
+        raise UserError(
+            f"Node {name} is Ready: its card is running, or died less than a minute ago; nothing was changed",
+            f"power the old {name} off and wait for it to become NotReady, or, if you know it is dead, "
+            f"add --dead: picluster replace {name} --dead",
+        )
