@@ -332,16 +332,6 @@ def api_standin(
             except OSError:  # ssl.SSLError among them
                 pass  # the client went away: flanneld stopped
 
-        def do_DELETE(self) -> None:
-            self._client()
-            url = urlsplit(self.path)
-            name = url.path.split("/")[-1]
-            if url.path.startswith(SECRETS_PATH + "/") and state.secrets.pop(name, None) is not None:
-                state.deleted.append(name)
-                self._answer(200, {"kind": "Status", "status": "Success"})
-            else:
-                self._answer(404, {"kind": "Status", "reason": "NotFound"})
-
         def do_PATCH(self) -> None:
             self._client()
             patch = self._body()
@@ -358,14 +348,20 @@ def api_standin(
                 self._answer(200, state.patch_status(parts[4], patch))
 
         def do_DELETE(self) -> None:
-            """kube-apiserver answers a deleted Node with the object as it was (200), a missing
-            one with 404 NotFound (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/delete.go)."""
+            """kube-apiserver answers a deleted Secret with a Status and a deleted Node with the
+            object as it was (200), a missing one with 404 NotFound
+            (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/delete.go)."""
             self._client()
-            name = urlsplit(self.path).path.removeprefix(NODES_PATH + "/")
-            if "/" in name or not state.named(name):
-                self._answer(404, {"kind": "Status", "reason": "NotFound"})
+            path = urlsplit(self.path).path
+            secret = path.removeprefix(SECRETS_PATH + "/")
+            node = path.removeprefix(NODES_PATH + "/")
+            if secret != path and "/" not in secret and state.secrets.pop(secret, None) is not None:
+                state.deleted.append(secret)
+                self._answer(200, {"kind": "Status", "status": "Success"})
+            elif node != path and "/" not in node and state.named(node):
+                self._answer(200, state.delete_node(node))
             else:
-                self._answer(200, state.delete_node(name))
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
 
         def do_POST(self) -> None:
             self._client()
