@@ -96,7 +96,8 @@ def test_worker_join_configuration(cluster: Cluster, secrets: ClusterSecrets) ->
 def test_second_control_plane_joins_as_control_plane(
     bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
 ) -> None:
-    bundled_data["nodes"][1]["role"] = "control-plane"
+    for node in bundled_data["nodes"]:
+        node.update(role="control-plane", model="pi4")
     bundled_data["cluster"]["control_plane_endpoint"] = "cluster-api.lan:6443"
     cluster = cluster_from(bundled_data, tmp_path)
     plan = plan_for(cluster, "w1", secrets)
