@@ -24,10 +24,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     missing = missing_requirements()
     if missing:
         pytest.skip("the virtual IP lab needs: " + "; ".join(missing) + " (make test installs the packages)")
-    folder = tmp_path / "lab"
-    folder.mkdir(mode=0o755)
-    tmp_path.chmod(0o755)
-    with virtual_ip_lab(folder) as started:
+    with virtual_ip_lab(tmp_path / "lab") as started:
         started.wait_for(
             "cp1, the first control plane, holds the virtual IP",
             lambda: started.holders() == ["cp1"],
@@ -54,3 +51,9 @@ def test_the_endpoint_moves_when_its_holder_dies_and_only_one_plane_holds_it(lab
     lab.kill("cp2", "keepalived", "haproxy", "apiserver")
     lab.wait_for("cp3 takes the virtual IP", lambda: lab.holders() == ["cp3"], SETTLE_S)
     lab.wait_for("the client gets /healthz through cp3", lambda: lab.request() == 200, SETTLE_S)
+
+
+def test_the_endpoint_moves_when_its_holder_loses_power(lab: Lab) -> None:
+    lab.power_off("cp1")
+    lab.wait_for("cp2 takes the virtual IP", lambda: "cp2" in lab.holders(), SETTLE_S)
+    lab.wait_for("the client gets /healthz through cp2", lambda: lab.request() == 200, SETTLE_S)

@@ -153,6 +153,12 @@ class Lab:
             process.send_signal(signal.SIGKILL)
             process.wait()
 
+    def power_off(self, name: str) -> None:
+        """A Pi losing power: every program gone at once, and its link silent. A killed keepalived's
+        VRRP child still drops the address and says goodbye; a dead Pi does neither."""
+        _run("ip", "-n", self.planes[name].netns, "link", "set", "eth0", "down")
+        self.kill(name, *self.planes[name].processes)
+
     def wait_for(self, what: str, done: Callable[[], bool], timeout_s: float) -> float:
         """Seconds until `done()`; a LabError naming `what` and the logs when it is not by then."""
         start = time.monotonic()
@@ -202,6 +208,7 @@ def virtual_ip_lab(folder: Path) -> Iterator[Lab]:
         for node in cluster.control_planes
     }
     lab = Lab(cluster, prefix, folder, planes, secrets.ca.public_pem)
+    folder.mkdir(mode=0o755)
     with ExitStack() as cleanup:
         lan = f"{prefix}-lan"
         for netns in (lan, f"{prefix}-client", *(plane.netns for plane in planes.values())):
