@@ -107,14 +107,18 @@ def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def make_server_cert(
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], address: ipaddress.IPv4Address = LOCALHOST
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    address: ipaddress.IPv4Address = LOCALHOST,
+    *more: ipaddress.IPv4Address,
 ) -> tuple[bytes, bytes]:
-    """A certificate for `address` signed by `ca`; returns (cert PEM, key PEM)."""
+    """A certificate for `address` (and `more`) signed by `ca`; returns (cert PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver stand-in")])
     cert = (
         _certificate(subject, ca[1].subject, key.public_key())
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in (address, *more)]), critical=False
+        )
         .sign(ca[0], hashes.SHA256())
     )
     key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())

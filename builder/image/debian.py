@@ -45,6 +45,9 @@ PACKAGES = (
     "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool",
     "socat",
 )  # fmt: skip
+VIRTUAL_IP_PACKAGES = ("keepalived", "haproxy")
+"""What serves a control_plane_endpoint in the nodes' LAN on the control planes, as system services
+kubeadm neither pulls nor resets (builder.render.node.VIRTUAL_IP_LAYER)."""
 KERNEL = "linux-image-arm64"
 QEMU_BINFMT = "qemu-aarch64"
 ARM64_MACHINES = ("aarch64", "arm64")
@@ -96,8 +99,14 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
 
 
 def packages(cluster: Cluster) -> list[str]:
-    extra = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
-    return sorted({*PACKAGES, KERNEL, *cluster.base.packages, *extra})
+    return sorted({*PACKAGES, KERNEL, *cluster_packages(cluster)})
+
+
+def cluster_packages(cluster: Cluster) -> set[str]:
+    """What a cluster's settings add to its base, whichever base it is."""
+    kubernetes = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
+    served = VIRTUAL_IP_PACKAGES if cluster.virtual_ip else ()
+    return {*cluster.base.packages, *kubernetes, *served}
 
 
 def apt_sources(suite: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from builder.download import fetch_file, unpack_image
 from builder.errors import UserError
-from builder.image import debian, kubernetes_apt
+from builder.image import debian
 from builder.image.context import BuildContext
 from builder.image.layout import Layout, tool_env
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
@@ -52,8 +52,7 @@ PACKAGES = (
 
 
 def packages(cluster: Cluster) -> list[str]:
-    extra = kubernetes_apt.PACKAGES if cluster.cluster.packages == "image" else ()
-    return sorted({*PACKAGES, *cluster.base.packages, *extra})
+    return sorted({*PACKAGES, *debian.cluster_packages(cluster)})
 
 
 def inputs(cluster: Cluster) -> dict[str, Any]:

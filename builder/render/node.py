@@ -9,6 +9,7 @@ link).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
 from builder.secrets.pki import ClusterSecrets
 from builder.secrets.tokens import Tokens, first_build
 from builder.spec.boards import boards
-from builder.spec.model import Cluster, Node
+from builder.spec.model import API_SERVER_PORT, Cluster, Node
 
 FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
 """Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
@@ -37,6 +38,13 @@ PAUSE_VERSION_LATEST = "3.10.1"
 """The pause image kubeadm pins per minor release (constants.PauseVersion); newer minors use
 the latest known. containerd's sandbox image is set to it; on a mismatch kubeadm only warns
 ("detected that the sandbox image ... is inconsistent"), and the cluster still works."""
+
+VIRTUAL_IP_LAYER = "virtual-ip"
+"""The overlay layer, after the role's name, of a cluster whose control_plane_endpoint is in the nodes'
+LAN: keepalived and haproxy serve it on the control planes and are turned off on the workers."""
+VRRP_BASE_PRIORITY = 100
+VRRP_PASSWORD_LENGTH = 8
+"""keepalived uses the first 8 characters of auth_pass (VRRPv2's authentication data)."""
 
 AGENT_CONFIG = PurePosixPath("etc/picluster/node.json")
 CLUSTER_CA = PurePosixPath("etc/picluster/cluster-ca.crt")
@@ -98,6 +106,8 @@ def overlay_layers(cluster: Cluster, node: Node) -> list[str]:
     layers = ["common", node.role, flavor]
     if cluster.network.wifi:
         layers.append(f"{flavor}-wifi")
+    if cluster.virtual_ip:
+        layers.append(f"{node.role}-{VIRTUAL_IP_LAYER}")
     return layers
 
 
@@ -118,6 +128,7 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "join_window_hours": int(cluster.join_window.total_seconds() // 3600),
         "ca_cert_hash": secrets.ca_cert_hash,
         "root_partuuid": f"{CARD_DISK_ID}-02",
+        "virtual_ip": _virtual_ip(cluster, node, secrets),
         "wifi": {
             "ssid_hex": wifi.ssid.encode().hex(),
             "ssid_bytes": list(wifi.ssid.encode()),
@@ -125,6 +136,31 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         }
         if wifi
         else None,
+    }
+
+
+def _virtual_ip(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str, Any] | None:
+    """What keepalived and haproxy need on a control plane to serve the endpoint's virtual IP."""
+    vip = cluster.virtual_ip
+    planes = cluster.control_planes
+    if vip is None or node not in planes:
+        return None
+    # VRRP's router id tells clusters on one LAN apart; the password keeps a stray keepalived out.
+    # Both are the same on every control plane and every build, and the password, derived from the
+    # CA's key, cannot be guessed from cluster.yaml.
+    router_id = int.from_bytes(hashlib.sha256(cluster.cluster.name.encode()).digest()[:4]) % 255 + 1
+    auth_pass = hmac.new(secrets.ca.key_pem, b"picluster keepalived auth_pass", "sha256").hexdigest()
+    return {
+        "address": str(vip),
+        "prefix": node.address.network.prefixlen,
+        "port": cluster.endpoint_port,
+        "api_port": API_SERVER_PORT,
+        "router_id": router_id,
+        "auth_pass": auth_pass[:VRRP_PASSWORD_LENGTH],
+        # a failed check (weight) drops a control plane below every healthy one
+        "priority": VRRP_BASE_PRIORITY + len(planes) - planes.index(node),
+        "weight": len(planes),
+        "backends": [(plane.name, str(plane.address.ip)) for plane in planes],
     }
 
 

@@ -37,7 +37,9 @@ FIXED = (
     Fixed(
         "cluster.control_plane_endpoint",
         lambda c: c.cluster.control_plane_endpoint or "(none)",
-        "it is in the API server's certificate and in every joined node's kubeconfig",
+        "it is in the API server's certificate and in every joined node's kubeconfig; a cluster "
+        "made without one keeps its one control plane: more need a new cluster with the endpoint "
+        "set from the start",
     ),
     Fixed(
         "the first control plane",

@@ -30,6 +30,9 @@ CONTROL_PLANE_MEMORY_MB = 1700
 """kubeadm's preflight refuses a control plane with less (ControlPlaneMem,
 cmd/kubeadm/app/preflight/checks.go)."""
 
+API_SERVER_PORT = 6443
+"""Where kubeadm's API server listens on every control plane (localAPIEndpoint.bindPort)."""
+
 FLANNEL_VERSION = "v0.10.0"
 NODE_CIDR_PREFIX = 24
 """flannel's kube-subnet-mgr uses the controller manager's default node mask: one /24 per node."""
@@ -306,8 +309,9 @@ class ClusterSettings(Strict):
     )
     control_plane_endpoint: Annotated[str, AfterValidator(_check_endpoint)] | None = Field(
         None,
-        description="host:port of a load balancer or virtual IP in front of the control planes; "
-        "required with more than one control-plane node",
+        description="host:port the control planes are reached at: a free address of the nodes' LAN "
+        "(a virtual IP the control planes serve, port 8443) or a load balancer you run; required "
+        "with more than one control plane, and set from the start if you may add control planes",
     )
 
 
@@ -444,7 +448,20 @@ class Cluster(Strict):
     def api_endpoint(self) -> str:
         if self.cluster.control_plane_endpoint:
             return self.cluster.control_plane_endpoint
-        return f"{self.init_node.address.ip}:6443"
+        return f"{self.init_node.address.ip}:{API_SERVER_PORT}"
+
+    @property
+    def virtual_ip(self) -> IPv4Address | None:
+        """The control_plane_endpoint's address when it is in the nodes' LAN: the control planes
+        then serve it (keepalived moves it between them, haproxy passes it on to their API servers).
+        A DNS name or an address elsewhere is a load balancer the user runs."""
+        endpoint = self.cluster.control_plane_endpoint
+        address = _address_of(endpoint.rpartition(":")[0]) if endpoint else None
+        return address if address and address in self.nodes[0].address.network else None
+
+    @property
+    def endpoint_port(self) -> int:
+        return int(self.api_endpoint.rpartition(":")[2])
 
     @property
     def join_window(self) -> timedelta:
@@ -491,6 +508,7 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_subnet_problems(cluster),
         *_role_problems(cluster),
         *_join_window_problems(cluster),
+        *_virtual_ip_problems(cluster),
         *_memory_problems(cluster),
         *_interface_problems(cluster),
         *_kernel_problems(cluster),
@@ -638,16 +656,57 @@ def _role_problems(cluster: Cluster) -> list[Problem]:
                 "make one node `role: control-plane`",
             )
         ]
+    found = []
+    if count % 2 == 0:
+        # etcd's FAQ: a quorum is a majority, (n/2)+1 members, so n and n-1 members tolerate the
+        # same number of failures, and an even cluster split in two halves has no majority side
+        found.append(
+            Problem(
+                "nodes",
+                f"{count} control-plane nodes: their etcd needs {count // 2 + 1} of them up, so it survives "
+                f"no more lost nodes than {count - 1} would, and a Pi more to fail",
+                f"make it {count - 1} or {count + 1} control planes (an odd number)",
+            )
+        )
     if count > 1 and cluster.cluster.control_plane_endpoint is None:
-        return [
+        lan = cluster.nodes[0].address.network
+        found.append(
             Problem(
                 "cluster.control_plane_endpoint",
                 f"{count} control-plane nodes but no control_plane_endpoint",
-                "set cluster.control_plane_endpoint to a load balancer or virtual IP "
-                "(host:6443), or keep one control plane",
+                f"set it to a free address of {lan} with port 8443, which the control planes then "
+                "share, or keep one control plane; a cluster already made without one cannot gain "
+                "control planes (kubeadm fixes the endpoint at init): that takes a new cluster",
             )
-        ]
-    return []
+        )
+    return found
+
+
+def _virtual_ip_problems(cluster: Cluster) -> list[Problem]:
+    """A virtual IP must be free for keepalived to claim, and its port free on every control plane."""
+    vip = cluster.virtual_ip
+    if vip is None:
+        return []
+    path = "cluster.control_plane_endpoint"
+    hint = f"use an address of {cluster.nodes[0].address.network} that nothing else has"
+    taken = [
+        *((node.address.ip, f"the address of {node.name}") for node in cluster.nodes),
+        (cluster.network.gateway, "the gateway's address"),
+        *((address, "a DNS server's address") for address in cluster.network.dns),
+    ]
+    found = [
+        Problem(path, f"{vip} is {what}; a virtual IP must be free", hint) for ip, what in taken if ip == vip
+    ]
+    if cluster.endpoint_port == API_SERVER_PORT:
+        found.append(
+            Problem(
+                path,
+                f"port {API_SERVER_PORT}: each control plane's API server listens there, so haproxy "
+                "cannot serve the virtual IP on it",
+                f"use another port, e.g. {vip}:8443",
+            )
+        )
+    return found
 
 
 def _memory_problems(cluster: Cluster) -> list[Problem]:

@@ -513,8 +513,8 @@ def set_in_cluster(**changes: str) -> Callable[[dict[str, Any]], object]:
 FIXED = [
     ("cluster.pod_subnet", set_in_cluster(pod_subnet="10.245.0.0/16"), "10.244.0.0/16", "10.245.0.0/16"),
     ("cluster.name", set_in_cluster(name="lab"), "homelab", "lab"),
-    ("cluster.control_plane_endpoint", set_in_cluster(control_plane_endpoint="192.168.50.9:6443"), "(none)",
-     "192.168.50.9:6443"),
+    ("cluster.control_plane_endpoint", set_in_cluster(control_plane_endpoint="192.168.50.9:8443"), "(none)",
+     "192.168.50.9:8443"),
     ("the first control plane", swap_roles, "cp1", "w1"),
 ]  # fmt: skip
 
@@ -544,6 +544,23 @@ def test_a_setting_a_running_cluster_cannot_change_is_refused_once_it_has_secret
             "fix: put it back", "new state folder")  # fmt: skip
     assert file_contents(tmp_path / "out") == before
     assert not (tmp_path / "images").exists()
+
+
+def three_control_planes_behind_an_endpoint(data: dict[str, Any]) -> None:
+    for node in data["nodes"]:
+        node.update(role="control-plane", model="pi4")
+    data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
+
+
+def test_a_cluster_made_with_one_control_plane_and_no_endpoint_is_told_it_needs_a_new_cluster_to_grow(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kubeadm join --control-plane refuses a cluster without a stable controlPlaneEndpoint, and
+    kubeadm cannot add one after init: putting the endpoint back to none cannot be the whole fix."""
+    edited(site, three_control_planes_behind_an_endpoint)
+    assert main(["validate", "-f", str(site / "cluster.yaml")]) == 2
+    refused(capsys, "cluster.control_plane_endpoint: was (none)",
+            "more need a new cluster with the endpoint set from the start")  # fmt: skip
 
 
 def test_a_state_folder_from_before_the_record_gets_one_and_says_so_once(

@@ -168,3 +168,26 @@ def test_a_missing_host_tool_is_named_with_its_package_before_the_build(
     assert "kmod" in raised.value.message and "apt-get install kmod" in raised.value.hint
     monkeypatch.setattr(debian.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     debian.require_host_tools()
+
+
+@pytest.mark.parametrize("flavor", ["debian", "raspios"])
+def test_a_virtual_ip_puts_keepalived_and_haproxy_in_the_base_of_that_cluster_only(
+    tmp_path: Path, flavor: str
+) -> None:
+    data = yaml.safe_load(BUNDLED.read_text())
+    if flavor == "raspios":
+        data["base"]["image"] = {"url": "http://127.0.0.1:1/raspios.img.xz", "sha256": "a" * 64}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
+    served = tmp_path / "served.yaml"
+    served.write_text(yaml.safe_dump(data))
+    data["cluster"]["control_plane_endpoint"] = "kube.lab:6443"
+    balancer = tmp_path / "balancer.yaml"
+    balancer.write_text(yaml.safe_dump(data))
+
+    def packages(path: Path) -> set[str]:
+        return set(base.manifest(load_cluster(path))["packages"])
+
+    assert packages(served) - packages(plain) == {"keepalived", "haproxy"}
+    assert packages(balancer) == packages(plain), "a load balancer the user runs needs nothing on the cards"

@@ -6,6 +6,7 @@ import configparser
 import hashlib
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,7 +16,7 @@ import yaml
 
 from builder.render.node import CARD_DISK_ID, firmware_flavor, render_cluster, render_node
 from builder.render.plan import FileEntry, NodePlan
-from builder.secrets.pki import ClusterSecrets
+from builder.secrets.pki import ClusterSecrets, make_secrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN
@@ -107,7 +108,8 @@ def test_worker_join_configuration(cluster: Cluster, secrets: ClusterSecrets) ->
 def test_second_control_plane_joins_as_control_plane(
     bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
 ) -> None:
-    bundled_data["nodes"][1]["role"] = "control-plane"
+    for node in bundled_data["nodes"]:
+        node.update(role="control-plane", model="pi4")
     bundled_data["cluster"]["control_plane_endpoint"] = "cluster-api.lan:6443"
     cluster = cluster_from(bundled_data, tmp_path)
     plan = plan_for(cluster, "w1", secrets)
@@ -584,3 +586,38 @@ def test_raspberry_pi_os_first_boot_needs_nobody_at_the_keyboard(
     entry(plan, "etc/cloud/cloud-init.disabled")
     assert "Banner" not in text(plan, "etc/ssh/sshd_config.d/rename_user.conf")
     assert "PasswordAuthentication no" in text(plan, "etc/ssh/sshd_config.d/picluster.conf").splitlines()
+
+
+# --- the control-plane endpoint's virtual IP --------------------------------------------------
+
+VIRTUAL_IP_CASE = Path(__file__).parent / "golden" / "ha-virtual-ip" / "cluster.yaml"
+
+
+def test_only_the_control_planes_serve_the_virtual_ip_and_the_workers_turn_it_off(
+    secrets: ClusterSecrets,
+) -> None:
+    plans = {plan.node: plan for plan in render_cluster(load_cluster(VIRTUAL_IP_CASE), secrets)}
+    for name in ("cp1", "cp2", "cp3"):
+        assert "192.168.50.9/24 dev eth0" in text(plans[name], "etc/keepalived/keepalived.conf")
+        assert entry(plans[name], "etc/keepalived/keepalived.conf").mode == 0o600
+        assert "    bind *:8443\n" in text(plans[name], "etc/haproxy/haproxy.cfg")
+    priorities = [text(plans[name], "etc/keepalived/keepalived.conf").split("priority ")[1].split()[0]
+                  for name in ("cp1", "cp2", "cp3")]  # fmt: skip
+    assert priorities == ["103", "102", "101"], "the first control plane is preferred"
+    worker = plans["w1"]
+    assert not any("keepalived" in str(item.path) and item.link != "/dev/null" for item in worker.files)
+    assert entry(worker, "etc/systemd/system/keepalived.service").link == "/dev/null"
+    assert entry(worker, "etc/systemd/system/haproxy.service").link == "/dev/null"
+
+
+def test_the_vrrp_password_comes_from_the_cas_key(secrets: ClusterSecrets) -> None:
+    cluster = load_cluster(VIRTUAL_IP_CASE)
+
+    def password(of: ClusterSecrets) -> str:
+        conf = text(plan_for(cluster, "cp2", of), "etc/keepalived/keepalived.conf")
+        return conf.split("auth_pass ")[1].split()[0]
+
+    other = make_secrets(datetime.now(UTC))
+    assert password(secrets) == password(secrets)
+    assert password(other) != password(secrets)
+    assert password(secrets) not in VIRTUAL_IP_CASE.read_text()

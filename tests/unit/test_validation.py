@@ -75,6 +75,16 @@ def _two_control_planes(data: dict[str, Any]) -> None:
     data["nodes"][1]["role"] = "control-plane"
 
 
+def _three_control_planes(data: dict[str, Any]) -> None:
+    for node in data["nodes"]:
+        node.update(role="control-plane", model="pi4")
+
+
+def _two_control_planes_with_endpoint(data: dict[str, Any]) -> None:
+    _two_control_planes(data)
+    data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
+
+
 CASES: list[tuple[str, Edit, str, str]] = [
     # (case, edit, field path reported, text the message must contain)
     ("typo in a key", _rename_key("cluster", "pod_subnet", "pod_subnt"), "cluster.pod_subnt", "unknown key"),
@@ -133,6 +143,30 @@ CASES: list[tuple[str, Edit, str, str]] = [
         _two_control_planes,
         "cluster.control_plane_endpoint",
         "2 control-plane nodes",
+    ),
+    (
+        "an even number of control planes",
+        _two_control_planes_with_endpoint,
+        "nodes",
+        "their etcd needs 2 of them up",
+    ),
+    (
+        "a virtual IP that is a node's address",
+        _set("cluster.control_plane_endpoint", "192.168.50.11:8443"),
+        "cluster.control_plane_endpoint",
+        "the address of w1",
+    ),
+    (
+        "a virtual IP that is the gateway's",
+        _set("cluster.control_plane_endpoint", "192.168.50.1:8443"),
+        "cluster.control_plane_endpoint",
+        "the gateway's address",
+    ),
+    (
+        "a virtual IP on the API server's port",
+        _set("cluster.control_plane_endpoint", "192.168.50.9:6443"),
+        "cluster.control_plane_endpoint",
+        "port 6443",
     ),
     ("flannel other than v0.10.0", _set("flannel.version", "v0.11.0"), "flannel.version", "pins v0.10.0"),
     (
@@ -793,11 +827,25 @@ def test_a_downloaded_base_must_be_arm64(bundled_data: dict[str, Any], tmp_path:
 
 
 def test_several_control_planes_with_endpoint_are_valid(bundled_data: dict[str, Any], tmp_path: Path) -> None:
-    _two_control_planes(bundled_data)
-    bundled_data["cluster"]["control_plane_endpoint"] = "192.168.50.9:6443"
+    _three_control_planes(bundled_data)
+    bundled_data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(bundled_data))
     cluster = load_cluster(path)
-    assert [n.name for n in cluster.control_planes] == ["cp1", "w1"]
+    assert [n.name for n in cluster.control_planes] == ["cp1", "w1", "w2"]
     assert cluster.init_node.name == "cp1"
-    assert cluster.api_endpoint == "192.168.50.9:6443"
+    assert cluster.api_endpoint == "192.168.50.9:8443"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "served"),
+    [("192.168.50.9:8443", True), ("kube.lab:6443", False), ("10.20.0.5:6443", False)],
+    ids=["an address of the LAN", "a DNS name", "an address elsewhere"],
+)
+def test_only_an_endpoint_in_the_lan_is_a_virtual_ip(
+    bundled_data: dict[str, Any], tmp_path: Path, endpoint: str, served: bool
+) -> None:
+    """A load balancer the user runs may listen on 6443; a virtual IP the control planes serve may not."""
+    bundled_data["cluster"]["control_plane_endpoint"] = endpoint
+    cluster = loaded(bundled_data, tmp_path)
+    assert (cluster.virtual_ip is not None) == served
