@@ -16,8 +16,9 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 # flannel lab, which runs the real flanneld v0.10.0 in network namespaces: golang-go and gcc
 # (build flanneld, the flannel CNI plugin and cnitool from shared/upstream; flanneld's amd64 build
 # uses cgo), containernetworking-plugins (the cards' bridge, host-local, portmap), iptables
-# (flanneld runs it), iputils-ping (pods ping across nodes), keepalived and haproxy (they serve
-# a virtual IP in tests/integration/test_virtual_ip.py).
+# (flanneld runs it), iputils-ping (pods ping across nodes); keepalived and haproxy (they serve
+# a virtual IP in tests/integration/test_virtual_ip.py); etcd-server and etcd-client (a real
+# etcd cluster that `picluster replace` removes a member from, tests/integration/test_replace.py).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
 	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping etcd-server etcd-client keepalived haproxy

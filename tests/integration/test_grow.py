@@ -362,7 +362,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_kubeconfig_on_a_full_disk_leaves_the_previous_file(
     tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file = project(tmp_path, "192.168.50.10:6443")
+    cluster_file = project(tmp_path, f"{BUILDER}:8443")
     out = small_disk / "admin.conf"
     command = ["kubeconfig", "-f", str(cluster_file), "-o", str(out)]
     assert main(command) == 0

@@ -257,7 +257,7 @@ def make_network(stack: ExitStack, prefix: str) -> None:
 def project(folder: Path) -> Path:
     """The bundled cluster.yaml with three control planes, its .picluster/ as picluster makes it."""
     data: dict[str, Any] = yaml.safe_load(BUNDLED.read_text())
-    data["cluster"]["control_plane_endpoint"] = f"{BUILDER}:6443"
+    data["cluster"]["control_plane_endpoint"] = f"{BUILDER}:8443"
     data["nodes"] = [{"name": n, "role": "control-plane", "model": "pi4", "address": f"{a}/24"}
                      for n, a in PLANES.items()]  # fmt: skip
     data["nodes"].append({"name": WORKER[0], "role": "worker", "model": "pi4", "address": f"{WORKER[1]}/24"})
@@ -286,7 +286,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.wait_healthy(list(PLANES))
         secrets = fixed_secrets()
         lab.api = stack.enter_context(
-            api_standin(secrets, tmp_path, ipaddress.IPv4Address(BUILDER), 6443, netns=lab.netns("builder"))
+            api_standin(secrets, tmp_path, ipaddress.IPv4Address(BUILDER), 8443, netns=lab.netns("builder"))
         )
         lab.api.nodes = [node_item(node, "True", address) for node, address in [*PLANES.items(), WORKER]]
         yield lab
