@@ -421,7 +421,7 @@ def _replace(args: argparse.Namespace) -> int:
     project = _project(args)
     secrets = project.existing_secrets("replace")
     replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
-    project.forget_token(secrets, args.node)
+    project.new_token(secrets, args.node)  # the dead card's token is deleted on the cluster
     print(
         f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "
         f"the new card: it joins as {args.node}"

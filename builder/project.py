@@ -8,7 +8,7 @@ cluster cannot change), and only `build`, `token` and `replace` may ask the runn
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,14 +115,6 @@ class Project:
             )
         issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
-
-    def forget_token(self, secrets: ClusterSecrets, name: str) -> None:
-        """`replace`: the node's card is to be built anew, so `build` gives it a token the running
-        cluster honours, as it does any node added later (the old one may long have expired)."""
-        loaded = tokens.load_tokens(self.state_dir, secrets)
-        if name in loaded.nodes:
-            kept = {node: token for node, token in loaded.nodes.items() if node != name}
-            tokens.save_tokens(self.state_dir, replace(loaded, nodes=kept))
 
     def tokens_note(self, secrets: ClusterSecrets) -> str | None:
         """What `render` says of nodes with no token recorded yet: `build` settles theirs."""

@@ -4,7 +4,8 @@ kubeadm refuses to join a node while a Node of its name is Ready (cmd/kubeadm/ap
 kubelet.go), and a NotReady one would hand the new kubelet its stale labels and taints; so the Node
 object goes. A control plane of an HA cluster is also an etcd member, which goes first
 (builder.cluster.etcd). Nothing is changed until every refusal has had its say: a Ready node
-without --dead, a single control plane (that is a restore from an etcd snapshot), an etcd member
+without --dead, a single control plane (that is a restore from an etcd snapshot), the first
+control plane (its card would run `kubeadm init` again), an etcd member
 that still answers or whose removal would cost etcd its quorum.
 """
 
@@ -39,6 +40,14 @@ def replace_node(
             f"{name} is the cluster's only control plane: with it went etcd, the cluster's whole state, "
             "so there is no cluster left for a new card to join",
             "restore the control plane from an etcd snapshot, or build a new cluster",
+        )
+    if name == cluster.init_node.name:
+        raise UserError(
+            f"{name} is the first control plane: its card runs `kubeadm init`, which on a running "
+            "cluster would start a second cluster with the same CA; a card that joins in its place "
+            "cannot be built yet",
+            f"leave {name} off: the cluster keeps running on the other control planes, whose etcd "
+            "members keep their quorum; nothing was changed",
         )
     try:
         with connect(cluster.api_endpoint, secrets) as server:

@@ -36,7 +36,7 @@ from builder.errors import UserError
 from builder.secrets import store
 from builder.secrets.pki import KeyPair
 from builder.secrets.store import TOKENS_FILE
-from tests.conftest import BUNDLED, FIXED_TOKEN, REPO, fixed_secrets
+from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.test_grow import node_item
 
@@ -263,8 +263,8 @@ def project(folder: Path) -> Path:
     data["nodes"].append({"name": WORKER[0], "role": "worker", "model": "pi4", "address": f"{WORKER[1]}/24"})
     (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
     store.save(folder / ".picluster", fixed_secrets())
-    record = {"current": FIXED_TOKEN, "issued_at": datetime.now(UTC).isoformat(),
-              "nodes": dict.fromkeys([*PLANES, WORKER[0]], FIXED_TOKEN)}  # fmt: skip
+    nodes = {name: f"{name:a<6}.0123456789abcdef" for name in [*PLANES, WORKER[0]]}
+    record = {"nodes": nodes, "at_init": [token for name, token in nodes.items() if name != "cp1"]}
     (folder / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
     return folder / "cluster.yaml"
 
@@ -335,8 +335,8 @@ def test_removal_that_would_lose_quorum_is_refused(lab: Lab) -> None:
 
 
 def test_a_worker_makes_way_only_once_its_node_is_not_ready(lab: Lab) -> None:
-    """A worker has no etcd member: only its Node goes, and its card's token is forgotten, so the
-    next build gives the new card one the cluster honours."""
+    """A worker has no etcd member: only its Node goes, and its card's token is replaced on the
+    cluster by a new one, which the next build puts on the new card."""
     assert lab.api is not None
     ready = lab.replace("w1")
     assert ready.returncode == 2
@@ -344,13 +344,18 @@ def test_a_worker_makes_way_only_once_its_node_is_not_ready(lab: Lab) -> None:
     assert lab.api.named("w1") is not None
 
     lab.api.node("w1")["status"]["conditions"][0]["status"] = "False"
+    tokens_file = lab.cluster_file.parent / ".picluster" / TOKENS_FILE
+    old_w1 = json.loads(tokens_file.read_text())["nodes"]["w1"]
+    lab.api.add_token(old_w1, "2099-01-01T00:00:00Z")
     done = lab.replace("w1")
     assert done.returncode == 0, done.stderr
     assert "deleted Node w1" in done.stdout and "picluster build" in done.stdout
     assert lab.api.named("w1") is None
     assert lab.member_names() == ["cp1", "cp2", "cp3"]  # no etcd member was touched
     recorded = json.loads((lab.cluster_file.parent / ".picluster" / TOKENS_FILE).read_text())
-    assert sorted(recorded["nodes"]) == ["cp1", "cp2", "cp3"]
+    made = [secret["stringData"]["token-id"] for secret in lab.api.created]
+    assert made == [recorded["nodes"]["w1"].split(".")[0]], "the new card gets a token of its own"
+    assert lab.api.deleted == [f"bootstrap-token-{old_w1.split('.')[0]}"], "the dead card's token is revoked"
 
 
 def test_a_ready_node_goes_when_the_user_says_it_is_dead(lab: Lab) -> None:
