@@ -194,8 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Delete the Node object NODE through the API server (refused while it is Ready, "
         "unless --dead) and, for a control plane of an HA cluster, first remove its etcd member through "
         "a surviving control plane's etcd (refused while that member answers, or when the members left "
-        "could not make a quorum); then `build` gives NODE's new card a token the cluster honours. A "
-        "cluster's only control plane cannot be replaced this way.",
+        "could not make a quorum); then make NODE a new bootstrap token, deleting the dead card's, which "
+        "`build` puts on the new card. A cluster's only control plane, and its first, cannot be "
+        "replaced this way.",
     )
     swap.add_argument("node", metavar="NODE", help="the node whose card is to be replaced")
     swap.add_argument(
