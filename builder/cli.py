@@ -421,6 +421,8 @@ def _token(args: argparse.Namespace) -> int:
 def _replace(args: argparse.Namespace) -> int:
     project = _project(args)
     secrets = project.existing_secrets("replace")
+    replace.check_replaceable(project.cluster, args.node)  # every refusal before anything changes
+    project.tokens_for_new(secrets, args.node)
     replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
     project.new_token(secrets, args.node)  # the dead card's token is deleted on the cluster
     print(
@@ -443,12 +445,18 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     if existing is not None and args.merge:
         merged = kubeconfig.merged_kubeconfig(existing, ours, str(out))
         before = out.stat()
-        write_atomic(out, merged.encode(), stat.S_IMODE(before.st_mode))
+        mode = stat.S_IMODE(before.st_mode) & 0o700  # it now holds an admin key, as kubectl's 0600
+        write_atomic(out, merged.encode(), mode)
         if os.geteuid() == 0:  # `sudo picluster kubeconfig --merge -o ~/.kube/config`: still the user's
             os.chown(out, before.st_uid, before.st_gid)
+        tightened = (
+            f"; its mode is now {mode:04o}, was {stat.S_IMODE(before.st_mode):04o}"
+            if mode != stat.S_IMODE(before.st_mode)
+            else ""
+        )
         print(
             f"merged cluster {name}'s entries into {out}, every other entry kept (an admin credential "
-            f"for one year: keep it private)\n  kubectl --context picluster-admin@{name} get nodes"
+            f"for one year: keep it private{tightened})\n  kubectl --context picluster-admin@{name} get nodes"
         )
         return 0
     if existing is not None and not kubeconfig.written_by_picluster(existing):

@@ -78,8 +78,9 @@ class Project:
                 "bring them back with picluster restore FILE, or make them with picluster render or build",
             )
         secrets = store.load(self.state_dir)
-        if current:
+        if current:  # a command that acts on the cluster, which the recorded settings describe
             store.check_current(self.state_dir, secrets, datetime.now(UTC))
+            self.check_settings()
         return secrets
 
     def recorded_tokens(self, secrets: ClusterSecrets) -> tokens.Tokens:
@@ -99,6 +100,13 @@ class Project:
 
     def new_token(self, secrets: ClusterSecrets, node: str) -> None:
         """`token NODE`: a new token for the node made on the cluster and recorded."""
+        loaded = self.tokens_for_new(secrets, node)
+        issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
+        tokens.save_tokens(self.state_dir, issued)
+
+    def tokens_for_new(self, secrets: ClusterSecrets, node: str) -> tokens.Tokens:
+        """The token record a new token for `node` goes into; refused before the cluster is asked
+        for a node that cannot have one, or a record that cannot be read."""
         if node not in {n.name for n in self.cluster.nodes}:
             names = ", ".join(n.name for n in self.cluster.nodes)
             raise UserError(f"{node} is not a node of {self.file}", f"choose from {names}")
@@ -113,8 +121,7 @@ class Project:
                 "node's token",
                 "run picluster build",
             )
-        issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
-        tokens.save_tokens(self.state_dir, issued)
+        return loaded
 
     def tokens_note(self, secrets: ClusterSecrets) -> str | None:
         """What `render` says of nodes with no token recorded yet: `build` settles theirs."""

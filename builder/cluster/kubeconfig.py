@@ -17,6 +17,8 @@ from builder.secrets.pki import ClusterSecrets, make_admin_client
 from builder.spec.model import Cluster
 
 LISTS = ("clusters", "users", "contexts")
+KEYS = {"apiVersion", "kind", "preferences", "current-context", "extensions", *LISTS}
+"""A kubeconfig's top-level keys (k8s.io/client-go/tools/clientcmd/api/v1 types.go, Config)."""
 
 
 def admin_kubeconfig(cluster: Cluster, secrets: ClusterSecrets, now: datetime) -> str:
@@ -65,7 +67,7 @@ def written_by_picluster(data: bytes) -> bool:
             user["user"]["client-certificate-data"],
             user["user"]["client-key-data"],
         )
-    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, RecursionError):
         return False
     return isinstance(rebuilt["clusters"][0]["name"], str) and _dump(rebuilt).encode() == data
 
@@ -112,12 +114,18 @@ def _kubeconfig(data: bytes, source: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise refuse("not YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+    except RecursionError:
+        raise refuse("nested deeper than any kubeconfig") from None
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise refuse("not a mapping")
-    if config.get("kind", "Config") != "Config":
-        raise refuse(f"its kind is {config['kind']!r}, not Config")
+    if "kind" in config and config["kind"] != "Config":
+        raise refuse("its kind is not Config")
+    if set(config) - KEYS:  # cluster.yaml, say, which kubectl would read as an empty kubeconfig
+        raise refuse("it has keys no kubeconfig has")
+    if not set(config) & {"kind", *LISTS}:
+        raise refuse("it has neither kind: Config nor clusters, users or contexts")
     for key in LISTS:
         entries = config.get(key) or []
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):

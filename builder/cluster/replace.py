@@ -16,7 +16,7 @@ from collections.abc import Callable
 from builder.cluster import api, etcd, status
 from builder.errors import UserError
 from builder.secrets.pki import ClusterSecrets
-from builder.spec.model import Cluster
+from builder.spec.model import Cluster, Node
 
 
 def replace_node(
@@ -28,6 +28,32 @@ def replace_node(
     connect_etcd: api.Connect = api.connect_etcd,
     say: Callable[[str], None] = lambda text: None,
 ) -> None:
+    node, others = check_replaceable(cluster, name)
+    try:
+        with connect(cluster.api_endpoint, secrets) as server:
+            item = api.get_node(server, name)
+            _check_dead(item, name, dead)
+            if node.role == "control-plane":
+                say(
+                    etcd.remove_member(
+                        secrets, name, [str(plane.address.ip) for plane in others], connect_etcd
+                    )
+                )
+            api.delete_node(server, name)
+    except api.Unreachable as why:
+        raise UserError(
+            f"cannot reach the API server: {why}", f"run it where https://{cluster.api_endpoint} is reachable"
+        ) from None
+    say(
+        f"deleted Node {name} from the cluster"
+        if item
+        else f"the cluster has no Node {name}; nothing to delete"
+    )
+
+
+def check_replaceable(cluster: Cluster, name: str) -> tuple[Node, list[Node]]:
+    """The refusals cluster.yaml alone settles, before anything is asked or changed: the node and
+    the other control planes."""
     node = next((node for node in cluster.nodes if node.name == name), None)
     if node is None:
         raise UserError(
@@ -49,26 +75,7 @@ def replace_node(
             f"leave {name} off: the cluster keeps running on the other control planes, whose etcd "
             "members keep their quorum; nothing was changed",
         )
-    try:
-        with connect(cluster.api_endpoint, secrets) as server:
-            item = api.get_node(server, name)
-            _check_dead(item, name, dead)
-            if node.role == "control-plane":
-                say(
-                    etcd.remove_member(
-                        secrets, name, [str(plane.address.ip) for plane in others], connect_etcd
-                    )
-                )
-            api.delete_node(server, name)
-    except api.Unreachable as why:
-        raise UserError(
-            f"cannot reach the API server: {why}", f"run it where https://{cluster.api_endpoint} is reachable"
-        ) from None
-    say(
-        f"deleted Node {name} from the cluster"
-        if item
-        else f"the cluster has no Node {name}; nothing to delete"
-    )
+    return node, others
 
 
 def _check_dead(item: object, name: str, dead: bool) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.files import write_atomic
+from builder.files import NotRegularFile, open_regular, write_atomic
 from builder.secrets.pki import TOKEN_ALPHABET, ClusterSecrets
 from builder.secrets.store import BOOTSTRAP_TOKEN, TOKENS_FILE
 from builder.spec.model import DNS_LABEL, Cluster
@@ -69,9 +69,16 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
     if not path.exists():
         return Tokens()
     try:
-        raw = json.loads(path.read_bytes())
+        with open_regular(path) as handle:  # a FIFO would block, a folder is no record
+            raw = json.loads(handle.read())
+    except NotRegularFile as error:
+        raise _damaged(path, str(error).removeprefix(f"{path} is ")) from None
     except json.JSONDecodeError as error:
         raise _damaged(path, f"not JSON (line {error.lineno}, column {error.colno})") from None
+    except OSError as error:
+        raise UserError(
+            f"cannot read {path}: {error.strerror}", "run picluster as the state folder's owner"
+        ) from None
     except (ValueError, RecursionError):  # not UTF-8; nested deeper than any record
         raise _damaged(path, "not JSON") from None
     if not isinstance(raw, dict):

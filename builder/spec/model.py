@@ -31,6 +31,20 @@ CONTROL_PLANE_MEMORY_MB = 1700
 cmd/kubeadm/app/preflight/checks.go)."""
 
 API_SERVER_PORT = 6443
+CONTROL_PLANE_PORTS = {
+    22: "SSH server",
+    API_SERVER_PORT: "API server",
+    2379: "etcd (clients)",
+    2380: "etcd (peers)",
+    10248: "kubelet (health, on 127.0.0.1)",
+    10249: "kube-proxy (metrics, on 127.0.0.1)",
+    10250: "kubelet",
+    10256: "kube-proxy (health)",
+    10257: "kube-controller-manager",
+    10259: "kube-scheduler",
+}
+"""What listens on every control plane (kubernetes.io "Ports and Protocols"; the kubelet's and
+kube-proxy's defaults): haproxy's `bind *:PORT` for the virtual IP would collide with any."""
 """Where kubeadm's API server listens on every control plane (localAPIEndpoint.bindPort)."""
 
 FLANNEL_VERSION = "v0.10.0"
@@ -697,12 +711,13 @@ def _virtual_ip_problems(cluster: Cluster) -> list[Problem]:
     found = [
         Problem(path, f"{vip} is {what}; a virtual IP must be free", hint) for ip, what in taken if ip == vip
     ]
-    if cluster.endpoint_port == API_SERVER_PORT:
+    taken_port = CONTROL_PLANE_PORTS.get(cluster.endpoint_port)
+    if taken_port:
         found.append(
             Problem(
                 path,
-                f"port {API_SERVER_PORT}: each control plane's API server listens there, so haproxy "
-                "cannot serve the virtual IP on it",
+                f"port {cluster.endpoint_port}: each control plane's {taken_port} listens there, so "
+                "haproxy cannot serve the virtual IP on it",
                 f"use another port, e.g. {vip}:8443",
             )
         )

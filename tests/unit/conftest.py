@@ -1,11 +1,15 @@
-"""Unit tests run no programs: an unexpected subprocess fails the test loudly.
+"""Unit tests run no programs: an unexpected subprocess fails the test loudly. Nor do they
+reach any address off this machine: the bundled cluster's addresses (192.168.50.x) belong to no
+host of the tests, so a connection there is refused at once, as from a cluster that is off.
 
 A test that means to run one (openssl, to cross-check a hash) asks for `allow_subprocess`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +34,25 @@ def _no_subprocess(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    connect = socket.socket.connect
+
+    def loopback_only(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            raise ConnectionRefusedError(f"unit tests reach no address off this machine: {address[0]}")
+        connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: resolving it would be a look-up off this machine already
+        return False
 
 
 @pytest.fixture

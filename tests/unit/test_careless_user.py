@@ -728,3 +728,68 @@ def test_status_reads_no_fifo_or_device_in_the_images_folder(
     assert main(["status", "-f", str(site / "cluster.yaml"), "-i", str(images), "--json"]) == 0
     statuses = {node["name"]: node for node in json.loads(capsys.readouterr().out)["nodes"]}
     assert statuses["cp1"]["image"] == "stale"
+
+
+def test_kubeconfig_merges_into_no_file_that_is_not_a_kubeconfig(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cluster.yaml is a YAML mapping too: merging would bury it under an admin key."""
+    deep = site / "deep.conf"
+    deep.write_text("[" * 50_000 + "]" * 50_000)
+    before = file_contents(site)
+    for target in (site / "cluster.yaml", deep):
+        assert main(["kubeconfig", "--merge", "-f", str(site / "cluster.yaml"), "-o", str(target)]) == 2
+        refused(capsys, f"{target} is not a kubeconfig")
+    assert file_contents(site) == before
+
+
+def test_a_kubeconfig_merged_into_is_made_private(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = site / "config"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    config.chmod(0o644)
+    assert main(["kubeconfig", "--merge", "-f", str(site / "cluster.yaml"), "-o", str(config)]) == 0
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600, "it holds an admin key now"
+    assert "its mode is now 0600, was 0644" in capsys.readouterr().out
+
+
+def _run_into(codes: list[int], argv: list[str]) -> None:
+    codes.append(main(argv))
+
+
+@pytest.mark.parametrize("record", ["tokens.json", "settings.json"])
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_state_record_that_is_no_file_is_refused_without_waiting(
+    site: Path, record: str, kind: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO blocks a reader until someone writes to it; a folder is no record."""
+    monkeypatch.chdir(site)
+    path = site / ".picluster" / record
+    path.unlink(missing_ok=True)
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    commands = [["render", "-o", "out2"], ["backup", "-o", "b.tgz"], ["token", "w1"], ["validate"]]
+    for argv in commands[:3] if record == "tokens.json" else commands:  # validate reads no tokens
+        codes: list[int] = []
+        waiting = threading.Thread(target=_run_into, args=(codes, [*argv, "-f", "cluster.yaml"]), daemon=True)
+        waiting.start()
+        waiting.join(30)
+        assert codes == [2], f"{argv}: {codes or 'still waiting'}"
+        refused(capsys, f"{path} is")
+
+
+def test_replace_reads_the_state_folder_before_it_asks_the_cluster(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record it cannot read, or a cluster.yaml the recorded settings refuse, stops replace
+    before it deletes anything on the cluster (the API server is not there: asking it first would
+    say so instead)."""
+    cluster_file = str(site / "cluster.yaml")
+    (site / ".picluster/tokens.json").write_text('{"nodes": [')
+    assert main(["replace", "w1", "-f", cluster_file]) == 2
+    refused(capsys, "tokens.json is damaged")
+    (site / ".picluster/tokens.json").unlink()
+    data = yaml.safe_load((site / "cluster.yaml").read_text())
+    data["cluster"]["pod_subnet"] = "10.200.0.0/16"
+    (site / "cluster.yaml").write_text(yaml.safe_dump(data))
+    for argv in (["replace", "w1"], ["token", "w1"], ["kubeconfig", "-o", str(site / "k.conf")]):
+        assert main([*argv, "-f", cluster_file]) == 2
+        refused(capsys, "cluster.pod_subnet", "a running cluster cannot change it")

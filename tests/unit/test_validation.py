@@ -168,6 +168,12 @@ CASES: list[tuple[str, Edit, str, str]] = [
         "cluster.control_plane_endpoint",
         "port 6443",
     ),
+    (
+        "a virtual IP on the kubelet's port",
+        _set("cluster.control_plane_endpoint", "192.168.50.9:10250"),
+        "cluster.control_plane_endpoint",
+        "each control plane's kubelet listens there",
+    ),
     ("flannel other than v0.10.0", _set("flannel.version", "v0.11.0"), "flannel.version", "pins v0.10.0"),
     (
         "Kubernetes too old",
