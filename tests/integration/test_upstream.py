@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.integration import upstream
 from tests.integration.upstream import BuildError, Source, fetch_source
 
@@ -128,3 +132,26 @@ def test_a_changed_local_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / f"{NAME}.tar.gz").write_bytes(repack(changed="libcni/api.go"))
     with pytest.raises(BuildError, match=f"not {SOURCE.tree_sha256}"):
         fetch_source(SOURCE, tmp_path, tmp_path / "cache")
+
+
+def test_the_flannel_lab_without_its_sources_fails_once_saying_why(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the flannel lab needs root (make test runs as root)")
+    refused = "http://127.0.0.1:1"  # every download goes to a proxy that is not there
+    env = {
+        **os.environ,
+        "PICLUSTER_UPSTREAM": str(tmp_path),
+        "PICLUSTER_CACHE": str(tmp_path / "cache"),
+        "HTTPS_PROXY": refused,
+        "HTTP_PROXY": refused,
+        "NO_PROXY": "",
+    }
+    pytest_run = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    done = subprocess.run(
+        [*pytest_run, "tests/integration/test_flannel_lab.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count("put flannel-v0.10.0.tar.xz (git archive of the tag)") == 1, done.stdout
+    assert done.stdout.count("the flannel lab did not start (the first error above says why)") == 8
+    assert "Traceback" not in done.stdout and "During handling" not in done.stdout

@@ -59,9 +59,9 @@ def fetch_source(source: Source, local: Path, cache: Path) -> Path:
     except UserError as error:
         raise BuildError(
             f"upstream source {source.name} is not in {local} and cannot be downloaded: {error.message}\n"
-            f"  it is {source.url}, tree sha256 {source.tree_sha256} ({MANIFEST.name})\n"
-            f"  fix: put {source.name}.tar.xz (git archive of the tag) or upstream's download in a "
-            f"folder and name it in {LOCAL}, or let this machine reach {source.url}"
+            f"  it is {source.url}, tree sha256 {source.tree_sha256} ({MANIFEST.relative_to(REPO)})\n"
+            f"  fix: put {source.name}.tar.xz (git archive of the tag) or upstream's tarball in a folder "
+            f"named by {LOCAL}, or give this machine network access"
         ) from None
 
 
