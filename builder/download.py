@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -65,6 +66,29 @@ def fetch_file(url: str, target: Path, sha256: str) -> Path:
             "check base.image.sha256 against the publisher's checksum; the download was discarded",
         )
     os.replace(partial, target)
+    return target
+
+
+def fetch_checked(url: str, target: Path, check: Callable[[Path], None]) -> Path:
+    """Download url whole to target, which it reaches only once check (which raises) accepts it.
+
+    For files known by what they hold rather than by their bytes, so a part cannot be checked
+    before it is complete: a broken or refused download leaves nothing behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with requests.get(url, stream=True, timeout=TIMEOUT) as response:
+            response.raise_for_status()
+            with partial.open("wb") as sink:
+                for chunk in response.iter_content(STREAM_CHUNK):
+                    sink.write(chunk)
+        check(partial)
+        os.replace(partial, target)
+    except requests.RequestException as error:
+        raise UserError(f"cannot download {url}: {error}", "check the network or the URL") from None
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 

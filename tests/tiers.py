@@ -6,6 +6,10 @@ network namespaces, mmdebstrap) and e2e (QEMU boots of built cards). A test that
 tier cannot run here (not root, a tool missing) calls pytest.skip with the reason; this plugin
 turns that skip into a failure that names the reason and the way out, `PICLUSTER_SKIP=e2e make
 test` (a comma-separated list of tiers). Tests of an opted-out tier are skipped, saying so.
+
+Each tier's line gives its wall time as the sum of its tests' setup, call and teardown durations
+(tests run one at a time, so this is the tier's share of the run, collection aside); a module's
+fixture counts once, in the test that set it up or tore it down.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def tier_of(item: pytest.Item) -> str | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_counts] = Counter()
+    config.stash[_seconds] = dict.fromkeys(TIERS, 0.0)
     config.stash[_reasons] = {}
     config.stash[_skipped_tiers] = opted_out()
 
@@ -64,6 +69,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     tier = tier_of(item)
     if tier is None:
         return
+    item.config.stash[_seconds][tier] += report.duration
     if report.skipped:
         reason = _skip_reason(report)
         if ON_REQUEST not in reason:
@@ -90,7 +96,7 @@ def _skip_reason(report: pytest.TestReport) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """One line per tier: what ran, passed, failed, skipped and why."""
+    """One line per tier: what ran, passed, failed, skipped, how long it took and why."""
     counts, reasons, skipped = config.stash[_counts], config.stash[_reasons], config.stash[_skipped_tiers]
     terminalreporter.section("tiers")
     for tier in TIERS:
@@ -101,14 +107,21 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         else:
             line = (
                 f"{counts[tier, 'collected']} tests: {counts[tier, 'passed']} passed, "
-                f"{counts[tier, 'failed']} failed, {counts[tier, 'skipped']} skipped"
+                f"{counts[tier, 'failed']} failed, {counts[tier, 'skipped']} skipped; "
+                f"{_took(config.stash[_seconds][tier])} (its tests' setup, call and teardown summed)"
             )
             if tier in reasons:
                 line += f"; cannot run here: {reasons[tier]}"
         terminalreporter.write_line(f"tier {tier}: {line}")
 
 
+def _took(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
 _counts = pytest.StashKey[Counter[tuple[str, str]]]()
 _reasons = pytest.StashKey[dict[str, str]]()
+_seconds = pytest.StashKey[dict[str, float]]()
 _skipped_tiers = pytest.StashKey[set[str]]()
 _counted = pytest.StashKey[list[bool]]()

@@ -19,6 +19,8 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
 
@@ -43,19 +45,45 @@ EARLIER_LEASE = "10.244.9.0/32"
 """flannel.1's address from a membership before `kubeadm reset`: a lease this node no longer has."""
 
 
+@dataclass
+class NotStarted:
+    reason: str
+    told: bool = False
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab | NotStarted]:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (make test runs as root)")
-    try:
-        with flannel_lab(tmp_path_factory.mktemp("flannel-lab"), default_cache()) as made:
-            yield made
-    except (LabError, BuildError) as error:
-        pytest.fail(str(error), pytrace=False)
+    with ExitStack() as stack:
+        try:
+            made: Lab | NotStarted = stack.enter_context(
+                flannel_lab(tmp_path_factory.mktemp("flannel-lab"), default_cache())
+            )
+        except (LabError, BuildError) as error:
+            made = NotStarted(str(error))
+        yield made
+
+
+@pytest.fixture
+def lab(started: Lab | NotStarted) -> Lab:
+    return running(started)
+
+
+def running(started: Lab | NotStarted) -> Lab:
+    """The lab; when it could not start, the first test says why in full and the others point to it."""
+    if isinstance(started, NotStarted):
+        told, started.told = started.told, True
+        pytest.fail(
+            "the flannel lab did not start (the first error above says why)" if told else started.reason,
+            pytrace=False,
+        )
+    return started
 
 
 @pytest.fixture(scope="module")
-def pods(lab: Lab) -> list[Pod]:
+def pods(started: Lab | NotStarted) -> list[Pod]:
+    lab = running(started)
     return [lab.add_pod(name) for name in lab.nodes]
 
 
