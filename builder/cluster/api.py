@@ -25,6 +25,7 @@ import requests
 
 from builder.errors import UserError
 from builder.secrets.pki import ClusterSecrets, KeyPair, make_admin_client, make_etcd_client
+from builder.secrets.tokens import token_id
 
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"
@@ -170,17 +171,17 @@ def _in_memory(name: str, data: bytes) -> Iterator[str]:
 
 def token_secret(token: str, node: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
     """A bootstrap token as kubeadm stores one: a bootstrap.kubernetes.io/token Secret."""
-    token_id, token_secret_part = token.split(".")
+    public, private = token.split(".")
     expiration = (now + ttl).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+        "metadata": {"name": f"bootstrap-token-{public}", "namespace": "kube-system"},
         "type": "bootstrap.kubernetes.io/token",
         "stringData": {
             "description": f"picluster: lets {node} join",
-            "token-id": token_id,
-            "token-secret": token_secret_part,
+            "token-id": public,
+            "token-secret": private,
             "expiration": expiration,
             "usage-bootstrap-authentication": "true",
             "usage-bootstrap-signing": "true",
@@ -191,7 +192,7 @@ def token_secret(token: str, node: str, ttl: timedelta, now: datetime) -> dict[s
 
 def token_expiry(api: ClusterAPI, token: str) -> datetime | None:
     """When the cluster will drop this token; None when it does not know it."""
-    path = f"{SECRETS}/bootstrap-token-{token.split('.')[0]}"
+    path = _token_path(token)
     secret = api.get(path)
     if secret is None:
         return None
@@ -211,9 +212,17 @@ def create_token(api: ClusterAPI, token: str, node: str, ttl: timedelta, now: da
 
 
 def delete_token(api: ClusterAPI, token: str) -> None:
-    """Revoke a token: the tokencleaner would delete its Secret once it expired; this is sooner.
-    One already gone is fine."""
-    response = api.request("DELETE", f"{SECRETS}/bootstrap-token-{token.split('.')[0]}")
+    """Revoke a token: the tokencleaner would delete its Secret once it expired; this is sooner."""
+    _delete(api, _token_path(token))
+
+
+def _token_path(token: str) -> str:
+    return f"{SECRETS}/bootstrap-token-{token_id(token)}"
+
+
+def _delete(api: ClusterAPI, path: str) -> None:
+    """Delete an object; one already gone (404) is as good."""
+    response = api.request("DELETE", path)
     if response.status_code != 404:
         _check(response)
 
@@ -237,7 +246,4 @@ def get_node(api: ClusterAPI, name: str) -> dict[str, Any] | None:
 
 
 def delete_node(api: ClusterAPI, name: str) -> None:
-    """Delete the Node object; one already gone is as good."""
-    response = api.request("DELETE", f"{NODES}/{name}")
-    if response.status_code != 404:
-        _check(response)
+    _delete(api, f"{NODES}/{name}")

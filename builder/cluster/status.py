@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.cluster import api
 from builder.image.build import (
     IMAGE_SUFFIXES,
     NodeOutputs,
@@ -56,8 +57,8 @@ def add_cluster_view(statuses: list[NodeStatus], nodes: list[Any]) -> tuple[list
     by_name = {status.name: status for status in statuses}
     unnamed = 0
     for item in nodes:
-        name = _field(item, "metadata", "name")
-        if not isinstance(name, str) or not name:
+        name = api.node_name(item)
+        if not name:
             unnamed += 1
             continue
         status = by_name.get(name) or NodeStatus(name, "not in cluster.yaml")
