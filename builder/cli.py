@@ -342,7 +342,7 @@ def _check_output_folder(out: Path) -> None:
     """Refuse an -o that cannot hold the nodes' folders before any secret is created for it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # write_tree stages each node in a temporary folder inside out; try that once here
+        # write_trees stages each node in a temporary folder inside out; try that once here
         Path(tempfile.mkdtemp(dir=out)).rmdir()
     except FileExistsError:
         raise UserError(f"-o {out} is a file, not a folder", _OUTPUT_HINT) from None

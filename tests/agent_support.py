@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from builder.render.node import render_node
-from builder.render.tree import write_tree
+from builder.render.tree import write_trees
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 
@@ -47,7 +47,7 @@ def node_root(tmp_path: Path, node: str = "cp1", source: Path = BUNDLED, **chang
     sections of its node.json."""
     cluster = load_cluster(source)
     chosen = next(n for n in cluster.nodes if n.name == node)
-    root = write_tree(render_node(cluster, chosen, fixed_secrets()), tmp_path / "card") / "root"
+    root = write_trees([render_node(cluster, chosen, fixed_secrets())], tmp_path / "card")[0] / "root"
     config = json.loads((root / "etc/picluster/node.json").read_text())
     config["agent"] = FAST
     for section, values in changes.items():

@@ -51,11 +51,6 @@ def write_trees(plans: Sequence[NodePlan], out_dir: Path, mtime: int | None = No
     return [out_dir / plan.node for plan in plans]
 
 
-def write_tree(plan: NodePlan, out_dir: Path, mtime: int | None = None) -> Path:
-    """Write one node's files under out_dir/<node>; return that folder."""
-    return write_trees([plan], out_dir, mtime)[0]
-
-
 def _fill(staging: Path, plan: NodePlan, mtime: int | None) -> None:
     for entry in plan.files:
         target = staging / entry.partition / entry.path

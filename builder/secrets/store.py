@@ -255,7 +255,8 @@ def _exposure(state_dir: Path, exposed: dict[str, str]) -> UserError:
     if names & {TOKEN_FILE, TOKENS_FILE}:
         advice.append(
             "whoever read a bootstrap token can join a machine of theirs: delete it on the cluster "
-            "(kubeadm token delete ID) and make a new one (picluster token)"
+            "(kubeadm token delete ID) and make a new one for each node whose card carried it "
+            "(picluster token NODE)"
         )
     advice.append(
         f"then make the folder private: chmod -R go= {state_dir} (picluster leaves modes as they are)"

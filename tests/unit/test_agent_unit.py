@@ -10,7 +10,7 @@ import pytest
 
 from builder.render.node import render_node
 from builder.render.plan import NodePlan
-from builder.render.tree import write_tree
+from builder.render.tree import write_trees
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
@@ -63,7 +63,7 @@ def test_the_unit_runs_the_agent_before_kubelet_once_the_network_and_clock_are_u
 def test_systemd_analyze_verifies_the_unit(plan: NodePlan, tmp_path: Path, allow_subprocess: None) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed on this machine")
-    root = write_tree(plan, tmp_path) / "root"
+    root = write_trees([plan], tmp_path)[0] / "root"
     # the units ours names (multi-user.target, network-online.target, ...) come from this
     # machine's systemd, as they would from the node's
     units = root / "usr/lib/systemd/system"

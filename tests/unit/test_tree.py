@@ -10,7 +10,7 @@ import pytest
 
 from builder.errors import UserError
 from builder.render.plan import FileEntry, NodePlan
-from builder.render.tree import write_tree
+from builder.render.tree import write_trees
 
 PLAN = NodePlan(
     "n1",
@@ -23,7 +23,7 @@ PLAN = NodePlan(
 
 
 def test_files_land_with_their_modes_and_links(tmp_path: Path) -> None:
-    folder = write_tree(PLAN, tmp_path, mtime=1_700_000_000)
+    folder = write_trees([PLAN], tmp_path, mtime=1_700_000_000)[0]
     assert (folder / "boot" / "cmdline.txt").read_bytes() == b"console=tty0\n"
     secret = folder / "root" / "etc/picluster/kubeadm.yaml"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -33,18 +33,18 @@ def test_files_land_with_their_modes_and_links(tmp_path: Path) -> None:
 
 
 def test_rewrite_replaces_the_whole_node_folder(tmp_path: Path) -> None:
-    write_tree(PLAN, tmp_path)
+    write_trees([PLAN], tmp_path)
     (tmp_path / "n1" / "root" / "stale").write_text("from an older render")
-    write_tree(PLAN, tmp_path)
+    write_trees([PLAN], tmp_path)
     assert not (tmp_path / "n1" / "root" / "stale").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n1"], "no temporary folders left behind"
 
 
 def test_a_failed_write_leaves_the_previous_tree(tmp_path: Path) -> None:
-    write_tree(PLAN, tmp_path)
+    write_trees([PLAN], tmp_path)
     broken = NodePlan("n1", (*PLAN.files, FileEntry("root", PurePosixPath("etc/picluster"), b"clash")))
     with pytest.raises(OSError):
-        write_tree(broken, tmp_path)
+        write_trees([broken], tmp_path)
     assert (tmp_path / "n1" / "root" / "etc/picluster/kubeadm.yaml").read_bytes() == b"token\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n1"]
 
@@ -62,7 +62,7 @@ def test_what_picluster_did_not_write_is_never_replaced(tmp_path: Path, kind: st
         (tmp_path / "elsewhere").mkdir()
         existing.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UserError, match="is not a folder picluster render wrote"):
-        write_tree(PLAN, tmp_path)
+        write_trees([PLAN], tmp_path)
     if kind == "folder":
         assert (existing / "keep/f").read_text() == "precious\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
