@@ -146,7 +146,8 @@ def test_the_flannel_lab_without_its_sources_fails_once_saying_why(tmp_path: Pat
         "HTTP_PROXY": refused,
         "NO_PROXY": "",
     }
-    pytest_run = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    # -rN: no short summary, which under CI=1 repeats each message whole
+    pytest_run = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN"]
     done = subprocess.run(
         [*pytest_run, "tests/integration/test_flannel_lab.py"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
