@@ -195,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
         "unless --dead) and, for a control plane of an HA cluster, first remove its etcd member through "
         "a surviving control plane's etcd (refused while that member answers, or when the members left "
         "could not make a quorum); then make NODE a new bootstrap token, deleting the dead card's, which "
-        "`build` puts on the new card. A cluster's only control plane, and its first, cannot be "
-        "replaced this way.",
+        "`build` puts on the new card. The first control plane's new card joins the running cluster "
+        "instead of running kubeadm init. A cluster's only control plane cannot be replaced this way.",
     )
     swap.add_argument("node", metavar="NODE", help="the node whose card is to be replaced")
     swap.add_argument(
@@ -422,9 +422,11 @@ def _replace(args: argparse.Namespace) -> int:
     project = _project(args)
     secrets = project.existing_secrets("replace")
     replace.check_replaceable(project.cluster, args.node)  # every refusal before anything changes
-    project.tokens_for_new(secrets, args.node)
+    project.tokens_for_new(secrets, args.node, replacing=True)
     replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
-    project.new_token(secrets, args.node)  # the dead card's token is deleted on the cluster
+    project.new_token(secrets, args.node, replacing=True)  # the dead card's token is deleted
+    if args.node == project.cluster.init_node.name:
+        print(f"{args.node}'s cards join the running cluster from now on, as the other control planes' do")
     print(
         f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "
         f"the new card: it joins as {args.node}"

@@ -8,7 +8,7 @@ cluster cannot change), and only `build`, `token` and `replace` may ask the runn
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,23 +98,26 @@ class Project:
             tokens.save_tokens(self.state_dir, assigned)
         return assigned
 
-    def new_token(self, secrets: ClusterSecrets, node: str) -> None:
-        """`token NODE`: a new token for the node made on the cluster and recorded."""
-        loaded = self.tokens_for_new(secrets, node)
+    def new_token(self, secrets: ClusterSecrets, node: str, replacing: bool = False) -> None:
+        """`token NODE`: a new token for the node made on the cluster and recorded. `replacing`:
+        the node's card is being replaced, so a first control plane's joins from now on."""
+        loaded = self.tokens_for_new(secrets, node, replacing)
+        if replacing and node == self.cluster.init_node.name:
+            loaded = replace(loaded, first_joins=True)
         issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
 
-    def tokens_for_new(self, secrets: ClusterSecrets, node: str) -> tokens.Tokens:
+    def tokens_for_new(self, secrets: ClusterSecrets, node: str, replacing: bool = False) -> tokens.Tokens:
         """The token record a new token for `node` goes into; refused before the cluster is asked
         for a node that cannot have one, or a record that cannot be read."""
         if node not in {n.name for n in self.cluster.nodes}:
             names = ", ".join(n.name for n in self.cluster.nodes)
             raise UserError(f"{node} is not a node of {self.file}", f"choose from {names}")
-        if node == self.cluster.init_node.name:
+        loaded = tokens.load_tokens(self.state_dir, secrets)
+        if node == loaded.runs_init(self.cluster) and not replacing:
             raise UserError(
                 f"{node} runs `kubeadm init`: it joins with no bootstrap token", "name another node"
             )
-        loaded = tokens.load_tokens(self.state_dir, secrets)
         if not loaded.nodes:
             raise UserError(
                 f"no card of {self.file} has been built yet: the first control plane's card makes every "

@@ -60,15 +60,15 @@ class Waiting:
 
 
 def waiting(server: api.ClusterAPI, cluster: Cluster, tokens: Tokens) -> list[Waiting]:
-    """The nodes with a recorded token that have not joined, but the first control plane (it
-    runs `kubeadm init`)."""
+    """The nodes with a recorded token that have not joined, but the first control plane while
+    its card runs `kubeadm init`."""
     joined = {api.node_name(item) for item in api.list_nodes(server)}
     return [
         Waiting(
             node.name, token_id(tokens.nodes[node.name]), api.token_expiry(server, tokens.nodes[node.name])
         )
         for node in cluster.nodes
-        if node.name in tokens.nodes and node.name != cluster.init_node.name and node.name not in joined
+        if node.name in tokens.nodes and node.name != tokens.runs_init(cluster) and node.name not in joined
     ]
 
 

@@ -4,9 +4,11 @@ kubeadm refuses to join a node while a Node of its name is Ready (cmd/kubeadm/ap
 kubelet.go), and a NotReady one would hand the new kubelet its stale labels and taints; so the Node
 object goes. A control plane of an HA cluster is also an etcd member, which goes first
 (builder.cluster.etcd). Nothing is changed until every refusal has had its say: a Ready node
-without --dead, a single control plane (that is a restore from an etcd snapshot), the first
-control plane (its card would run `kubeadm init` again), an etcd member
-that still answers or whose removal would cost etcd its quorum.
+without --dead, a single control plane (that is a restore from an etcd snapshot), an etcd member
+that still answers or whose removal would cost etcd its quorum. The first control plane of an HA
+cluster may be replaced too: from then on its card joins as the others do (`kubeadm init` again
+would start a second cluster with the same CA), which the token record keeps
+(builder.secrets.tokens.Tokens.first_joins).
 """
 
 from __future__ import annotations
@@ -66,14 +68,6 @@ def check_replaceable(cluster: Cluster, name: str) -> tuple[Node, list[Node]]:
             f"{name} is the cluster's only control plane: with it went etcd, the cluster's whole state, "
             "so there is no cluster left for a new card to join",
             "restore the control plane from an etcd snapshot, or build a new cluster",
-        )
-    if name == cluster.init_node.name:
-        raise UserError(
-            f"{name} is the first control plane: its card runs `kubeadm init`, which on a running "
-            "cluster would start a second cluster with the same CA; a card that joins in its place "
-            "cannot be built yet",
-            f"leave {name} off: the cluster keeps running on the other control planes, whose etcd "
-            "members keep their quorum; nothing was changed",
         )
     return node, others
 

@@ -77,22 +77,32 @@ def render_cluster(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | N
     carried = tokens or first_build(cluster, secrets)
     return [
         render_node(
-            cluster, node, replace(secrets, bootstrap_token=carried.nodes[node.name]), carried.at_init
+            cluster,
+            node,
+            replace(secrets, bootstrap_token=carried.nodes[node.name]),
+            carried.at_init,
+            carried.first_joins,
         )
         for node in cluster.nodes
     ]
 
 
 def render_node(
-    cluster: Cluster, node: Node, secrets: ClusterSecrets, at_init: Sequence[str] = ()
+    cluster: Cluster,
+    node: Node,
+    secrets: ClusterSecrets,
+    at_init: Sequence[str] = (),
+    first_joins: bool = False,
 ) -> NodePlan:
-    """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes."""
-    context = {**_context(cluster, node, secrets), "init_tokens": at_init}
+    """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes;
+    `first_joins`: its card was replaced, and joins the running cluster instead."""
+    runs_init = node.name == cluster.init_node.name and not first_joins
+    context = {**_context(cluster, node, secrets), "init_tokens": at_init, "runs_init": runs_init}
     files: dict[tuple[str, PurePosixPath], FileEntry] = {}
     for entry in [
         *_firmware_files(context),
         *_overlay_files(overlay_layers(cluster, node), context),
-        *_generated_files(cluster, node, secrets),
+        *_generated_files(cluster, node, secrets, runs_init),
     ]:
         files[entry.partition, entry.path] = entry
     return NodePlan(node.name, tuple(files[key] for key in sorted(files, key=str)))
@@ -209,8 +219,10 @@ def _walk(top: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
-def _generated_files(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> Iterator[FileEntry]:
-    yield FileEntry("root", AGENT_CONFIG, agent_config(cluster, node, secrets))
+def _generated_files(
+    cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool
+) -> Iterator[FileEntry]:
+    yield FileEntry("root", AGENT_CONFIG, agent_config(cluster, node, secrets, runs_init))
     yield FileEntry("root", CLUSTER_CA, secrets.ca.public_pem)
     yield FileEntry(
         "root",
@@ -227,11 +239,11 @@ def _generated_files(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> I
             yield FileEntry("root", PKI_SEED / name, data, mode)
 
 
-def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> bytes:
+def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool) -> bytes:
     """What the first-boot agent needs to know about its node and cluster, as JSON."""
     if node.role == "worker":
         action = "join"
-    elif node.name == cluster.init_node.name:
+    elif runs_init:
         action = "init"
     else:
         action = "join-control-plane"

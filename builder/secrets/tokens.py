@@ -29,6 +29,8 @@ from builder.secrets.pki import TOKEN_ALPHABET, ClusterSecrets
 from builder.secrets.store import BOOTSTRAP_TOKEN, TOKENS_FILE
 from builder.spec.model import DNS_LABEL, Cluster
 
+FIRST_JOINS = "first_control_plane_joins"
+
 
 @dataclass(frozen=True)
 class Tokens:
@@ -39,6 +41,14 @@ class Tokens:
     recheck_at: datetime | None = None
     """When the first token of a node not joined may lapse, as last known (datetime.max: every
     node has joined); `build` asks the cluster only from a day before. None: not known."""
+    first_joins: bool = False
+    """The first control plane's card joins the running cluster as another control plane would:
+    its first card was replaced (`picluster replace`), and `kubeadm init` again would start a
+    second cluster with the same CA."""
+
+    def runs_init(self, cluster: Cluster) -> str | None:
+        """The node whose card runs `kubeadm init`, if one still does."""
+        return None if self.first_joins else cluster.init_node.name
 
 
 def token_id(token: str) -> str:
@@ -100,10 +110,13 @@ def load_tokens(state_dir: Path, secrets: ClusterSecrets) -> Tokens:
     recheck_at = _utc_time(raw.get("recheck_at"))
     if "recheck_at" in raw and recheck_at is None:
         problems.append("recheck_at: not an ISO 8601 time with a time zone")
+    first_joins = raw.get(FIRST_JOINS, False)
+    if not isinstance(first_joins, bool):
+        problems.append(f"{FIRST_JOINS}: not true or false")
     if problems:
         raise _damaged(path, "; ".join(problems))
     assert isinstance(nodes, dict)  # else it would have been a problem
-    return Tokens(nodes, tuple(at_init), recheck_at)
+    return Tokens(nodes, tuple(at_init), recheck_at, first_joins)
 
 
 def _shared_token_problems(raw: dict[str, object]) -> list[str]:
@@ -134,9 +147,11 @@ def _damaged(path: Path, what: str) -> UserError:
 
 
 def save_tokens(state_dir: Path, tokens: Tokens) -> None:
-    record = {"nodes": tokens.nodes, "at_init": list(tokens.at_init)}
+    record: dict[str, object] = {"nodes": tokens.nodes, "at_init": list(tokens.at_init)}
     if tokens.recheck_at is not None:
         record["recheck_at"] = tokens.recheck_at.isoformat()
+    if tokens.first_joins:
+        record[FIRST_JOINS] = True
     text = json.dumps(record, indent=2, sort_keys=True)
     write_atomic(state_dir / TOKENS_FILE, text.encode() + b"\n", 0o600)
 

@@ -33,9 +33,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.cluster import api, etcd
 from builder.errors import UserError
-from builder.secrets import store
+from builder.render.node import render_cluster
+from builder.secrets import store, tokens
 from builder.secrets.pki import KeyPair
 from builder.secrets.store import TOKENS_FILE
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.test_grow import node_item
@@ -182,17 +184,19 @@ class Lab:
         reconfiguration check refuses a new member a while, and a learner behind the leader
         cannot be promoted."""
         peer = f"--peer-urls=https://{PLANES[node]}:2380"
-        added = self.retried("unhealthy cluster", "member", "add", node, peer, "--learner", "-w", "json")
+        voters = list(self.members)
+        added = self.retried(voters, "unhealthy cluster", "member", "add", node, peer, "--learner", "-w",
+                             "json")  # fmt: skip
         learner = json.loads(added)["member"]
         assert learner["isLearner"]
         self.start(node, PLANES, "existing")
-        self.retried("in sync with leader", "member", "promote", f"{learner['ID']:x}")
+        self.retried(voters, "in sync with leader", "member", "promote", f"{learner['ID']:x}")
 
-    def retried(self, transient: str, *arguments: str) -> str:
+    def retried(self, endpoints: list[str], transient: str, *arguments: str) -> str:
         """etcdctl's output, tried again for 30 s while it fails with `transient`."""
         deadline = time.monotonic() + 30
         while True:
-            done = self.etcdctl(*arguments, endpoints=["cp1", "cp3"], check=False)
+            done = self.etcdctl(*arguments, endpoints=endpoints, check=False)
             if done.returncode == 0:
                 return done.stdout
             if transient not in done.stderr or time.monotonic() > deadline:
@@ -201,7 +205,8 @@ class Lab:
 
     def member_names(self) -> list[str]:
         """The members' names, a learner's marked as one."""
-        listing = json.loads(self.etcdctl("member", "list", "-w", "json", endpoints=["cp1"]).stdout)
+        alive = next(iter(self.members))
+        listing = json.loads(self.etcdctl("member", "list", "-w", "json", endpoints=[alive]).stdout)
         return sorted(
             m.get("name", "") + (" (learner)" if m.get("isLearner") else "") for m in listing["members"]
         )
@@ -314,6 +319,36 @@ def test_a_dead_control_plane_makes_way_for_its_replacement(lab: Lab) -> None:
     assert "no member named cp2 (already removed)" in again.stdout and "no Node cp2" in again.stdout
 
     lab.join_member("cp2")  # the new card's kubeadm join --control-plane
+    lab.wait_healthy(list(PLANES))
+    assert lab.member_names() == ["cp1", "cp2", "cp3"]
+
+
+def test_the_first_control_plane_is_replaced_by_a_card_that_joins(lab: Lab) -> None:
+    """cp1's first card ran `kubeadm init`; its replacement joins the running cluster, as the
+    other control planes' cards do, with a token of its own made on the cluster."""
+    assert lab.api is not None
+    lab.kill("cp1")
+    done = lab.replace("cp1", "--dead")
+    assert done.returncode == 0, done.stderr
+    assert "removed cp1's etcd member" in done.stdout and "cp2, cp3 remain" in done.stdout
+    assert "cp1's cards join the running cluster from now on" in done.stdout
+    assert lab.member_names() == ["cp2", "cp3"] and lab.api.named("cp1") is None
+    state = lab.cluster_file.parent / ".picluster"
+    recorded = json.loads((state / TOKENS_FILE).read_text())
+    assert recorded["first_control_plane_joins"] is True
+    made = [secret["stringData"]["token-id"] for secret in lab.api.created]
+    assert made == [recorded["nodes"]["cp1"].split(".")[0]]
+
+    cluster = load_cluster(lab.cluster_file)
+    secrets = store.load(state)
+    carried = tokens.load_tokens(state, secrets)
+    plan = render_cluster(cluster, secrets, carried)[0]
+    kubeadm = {item.path.name: item.data for item in plan.files}["kubeadm.yaml"]
+    (join,) = yaml.safe_load_all(kubeadm)
+    assert join["kind"] == "JoinConfiguration" and "controlPlane" in join
+    assert join["discovery"]["bootstrapToken"]["token"] == recorded["nodes"]["cp1"]
+
+    lab.join_member("cp1")  # the new card's kubeadm join --control-plane
     lab.wait_healthy(list(PLANES))
     assert lab.member_names() == ["cp1", "cp2", "cp3"]
 

@@ -138,25 +138,6 @@ def test_replace_refuses_what_no_new_card_can_fix_before_asking_the_cluster(
     assert file_contents(site) == before
 
 
-def test_replace_refuses_the_first_control_plane_whose_card_would_init_again(
-    site: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A new cp1 card would run `kubeadm init` beside the running control planes: a second cluster
-    with the same CA at the same endpoint."""
-    data = yaml.safe_load((site / "cluster.yaml").read_text())
-    data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
-    for node in data["nodes"]:
-        node.update(role="control-plane", model="pi4")
-    (site / "cluster.yaml").write_text(yaml.safe_dump(data))
-    (site / ".picluster/settings.json").unlink()  # as a state folder made for this cluster.yaml
-    before = file_contents(site)
-    assert main(["replace", "cp1", "--dead", "-f", str(site / "cluster.yaml")]) == 2
-    refused(
-        capsys, "cp1 is the first control plane", "a second cluster with the same CA", "nothing was changed"
-    )
-    assert file_contents(site) == before
-
-
 @pytest.mark.parametrize("command", ["status", "token", "kubeconfig", "backup", "replace"])
 def test_commands_that_work_on_a_cluster_never_make_one(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]

@@ -17,6 +17,7 @@ import yaml
 from builder.render.node import CARD_DISK_ID, firmware_flavor, render_cluster, render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.secrets.pki import ClusterSecrets, make_secrets
+from builder.secrets.tokens import Tokens
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, FIXED_TOKEN
@@ -119,6 +120,32 @@ def test_second_control_plane_joins_as_control_plane(
     assert entry(plan, "etc/picluster/pki/sa.key").data == secrets.service_account.key_pem
     init = documents(plan_for(cluster, "cp1", secrets), "etc/picluster/kubeadm.yaml")
     assert init["ClusterConfiguration"]["controlPlaneEndpoint"] == "cluster-api.lan:6443"
+
+
+def test_a_replaced_first_control_plane_joins_with_its_own_token(
+    bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+) -> None:
+    """After `picluster replace cp1`: a second `kubeadm init` would start a second cluster with
+    the same CA, so cp1's new card joins as the other control planes' do."""
+    for node in bundled_data["nodes"]:
+        node.update(role="control-plane", model="pi4")
+    bundled_data["cluster"]["control_plane_endpoint"] = "cluster-api.lan:6443"
+    cluster = cluster_from(bundled_data, tmp_path)
+    made = {"cp1": "cpcpcp.0123456789abcdef", "w1": "wwwwww.0123456789abcdef", "w2": FIXED_TOKEN}
+    plans = {p.node: p for p in render_cluster(cluster, secrets, Tokens(made, (), first_joins=True))}
+    docs = documents(plans["cp1"], "etc/picluster/kubeadm.yaml")
+    assert set(docs) == {"JoinConfiguration"}
+    join = docs["JoinConfiguration"]
+    assert join["discovery"]["bootstrapToken"]["token"] == "cpcpcp.0123456789abcdef"
+    assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "cluster-api.lan:6443"
+    assert join["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == "192.168.50.10"
+    assert unknown_fields(join, FIELDS["JoinConfiguration"]) == []
+    config = json.loads(text(plans["cp1"], "etc/picluster/node.json"))
+    assert config["kubeadm"]["action"] == "join-control-plane"
+    assert config["manifests"] == [], "flannel is the running cluster's already"
+    assert entry(plans["cp1"], "etc/picluster/pki/ca.key").data == secrets.ca.key_pem
+    first = documents(render_cluster(cluster, secrets, Tokens(made, ()))[0], "etc/picluster/kubeadm.yaml")
+    assert "InitConfiguration" in first, "until then, cp1's card runs kubeadm init"
 
 
 @pytest.mark.parametrize("node", ["cp1", "w1"])

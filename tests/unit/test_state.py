@@ -261,3 +261,17 @@ def test_a_token_record_from_before_per_node_tokens_still_loads(tmp_path: Path) 
         "at_init": [secrets.bootstrap_token],
     }
     assert tokens.load_tokens(tmp_path / ".picluster", secrets) == loaded
+
+
+def test_a_replaced_first_control_plane_is_recorded_and_read_back(tmp_path: Path) -> None:
+    secrets = fixed_secrets()
+    store.save(tmp_path / ".picluster", secrets)
+    replaced = tokens.Tokens({"cp1": "cpcpcp.0123456789abcdef"}, (), first_joins=True)
+    tokens.save_tokens(tmp_path / ".picluster", replaced)
+    record = json.loads((tmp_path / ".picluster" / TOKENS_FILE).read_text())
+    assert record["first_control_plane_joins"] is True
+    assert tokens.load_tokens(tmp_path / ".picluster", secrets) == replaced
+    record["first_control_plane_joins"] = "yes"
+    (tmp_path / ".picluster" / TOKENS_FILE).write_text(json.dumps(record))
+    with pytest.raises(UserError, match="first_control_plane_joins: not true or false"):
+        tokens.load_tokens(tmp_path / ".picluster", secrets)
