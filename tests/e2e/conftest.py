@@ -1,6 +1,28 @@
-"""The e2e boots share the Raspberry Pi OS stand-in with the integration tests (built once per
-machine, served on 127.0.0.1)."""
+"""The cards the e2e tier boots, each built once per run, and the Raspberry Pi OS stand-in they
+share with the integration tests (built once per machine, served on 127.0.0.1)."""
 
-from tests.integration.conftest import raspios_standin_source
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from builder.spec.model import ImageSource
+from tests.e2e.machines import Card, make_card
+from tests.integration.conftest import raspios_standin_source, require_tools
 
 __all__ = ["raspios_standin_source"]
+
+
+@pytest.fixture(scope="session")
+def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian base needs root")
+    require_tools("mmdebstrap")
+    return make_card(tmp_path_factory.mktemp("e2e"), "pi4")
+
+
+@pytest.fixture(scope="session")
+def raspios_card(tmp_path_factory: pytest.TempPathFactory, raspios_standin_source: ImageSource) -> Card:
+    """A Pi 5's card on the Raspberry Pi OS stand-in (tests/integration/raspios_standin.py)."""
+    return make_card(tmp_path_factory.mktemp("e2e-raspios"), "pi5", raspios_standin_source)
