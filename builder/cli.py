@@ -24,6 +24,7 @@ from builder.image.build import build_images
 from builder.image.context import BuildContext
 from builder.progress import Reporter
 from builder.project import Project
+from builder.render.images import node_images
 from builder.render.node import render_cluster
 from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
@@ -78,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
         help="check cluster.yaml and report every problem",
         description="Check cluster.yaml; print every problem with its line and how to fix it.",
     )
+
+    images = command(
+        "images",
+        _images,
+        help="list the container images a node runs",
+        description="Print, one reference a line, every container image NODE's card pulls before "
+        "kubeadm runs: kubeadm's own list for the cluster's exact Kubernetes release (`kubeadm config "
+        "images list`), for the node's role (a worker runs kube-proxy, CoreDNS and pause, no control-plane "
+        "image), then flannel's. Reads cluster.yaml only.",
+    )
+    images.add_argument("node", metavar="NODE", help="a node of cluster.yaml")
 
     command(
         "schema",
@@ -310,6 +322,19 @@ def _validate(args: argparse.Namespace) -> int:
         f"{len(cluster.nodes)} nodes ({planes} control plane{'s' if planes != 1 else ''}, "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    cluster = _project(args).cluster
+    node = next((node for node in cluster.nodes if node.name == args.node), None)
+    if node is None:
+        names = ", ".join(node.name for node in cluster.nodes)
+        raise UserError(f"{args.node} is not a node of {args.file}", f"choose from {names}")
+    listed = node_images(cluster, node)
+    if listed.unknown:
+        _note(f"note: {listed.unknown}")
+    print("\n".join(listed.references))
     return 0
 
 

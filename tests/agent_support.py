@@ -57,9 +57,10 @@ def node_root(tmp_path: Path, node: str = "cp1", source: Path = BUNDLED, **chang
 
 
 def install_standins(folder: Path, *tools: str) -> Path:
-    """A launcher named after each tool that runs its STAND-IN in tests/standins.py."""
+    """A launcher named after each tool that runs its STAND-IN in tests/standins.py; crictl's
+    always (the packages bring it, and the agent pulls images with it before kubeadm)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for tool in tools:
+    for tool in {*tools, "crictl"}:
         path = folder / tool
         path.write_text(
             f"#!/bin/sh\n# STAND-IN for {tool}, not the real program\n"
@@ -78,6 +79,11 @@ def cas_seen(folder: Path) -> list[dict[str, Any]]:
 def calls(folder: Path) -> list[list[str]]:
     log = folder / "calls.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def kube_calls(folder: Path) -> list[list[str]]:
+    """The calls of kubeadm, kubelet and kubectl: every stand-in's but crictl's."""
+    return [call for call in calls(folder) if call[0] != "crictl"]
 
 
 def agent_env(standins: Path, root: Path) -> dict[str, str]:

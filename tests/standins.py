@@ -1,6 +1,6 @@
-"""STAND-INS for kubeadm, kubectl, kubelet, apt-get and apt-mark: the real programs cannot run on
-these machines (no cluster, no Pi). tests/agent_support.py puts a small launcher for each on PATH
-that runs this file.
+"""STAND-INS for kubeadm, kubectl, kubelet, crictl, apt-get and apt-mark: the real programs
+cannot run on these machines (no cluster, no Pi, no container runtime). tests/agent_support.py
+puts a small launcher for each on PATH that runs this file.
 
 Every call is recorded (one JSON line in calls.jsonl beside the launchers). kubeadm does to the
 node's files what the real kubeadm does, read from its source (kubernetes/kubernetes,
@@ -16,7 +16,9 @@ status Ready, one a line: a join under one of them is refused, as kubeadm refuse
 `etcd-learner` (another control plane's etcd learner is not promoted yet: a control-plane join
 cannot add its own). `cluster-tokens`, when present, lists the ids of the bootstrap
 tokens the cluster knows (one a line): a join with any other fails discovery, after the seconds
-in `discovery-timeout` (kubeadm's 5 minutes when absent).
+in `discovery-timeout` (kubeadm's 5 minutes when absent). crictl keeps the images its runtime
+has in `images` (one reference a line); `pull-fail-times` makes the next N pulls fail as a pull
+over a link that is down does.
 """
 
 from __future__ import annotations
@@ -75,12 +77,36 @@ def main(tool: str, folder: Path, argv: list[str]) -> int:
     try:
         if tool == "kubeadm":
             kubeadm(root, folder, argv)
+        elif tool == "crictl":
+            crictl(folder, argv)
         elif tool == "kubectl" and "get" in argv:
             print("False" if (folder / "not-ready").exists() else "True", end="")
     except Failed as error:
         print(error, file=sys.stderr)
         return 1
     return 0
+
+
+def crictl(folder: Path, argv: list[str]) -> None:
+    """`crictl --runtime-endpoint E inspecti -q IMAGE` and `crictl --runtime-endpoint E pull
+    IMAGE`, with the words of kubernetes-sigs/cri-tools cmd/crictl/image.go (inspecti: "no such
+    image %q present"; pull: "Image is up to date for %s") and of containerd's CRI pull failing
+    to reach a registry."""
+    verb, image = argv[2], argv[-1]
+    held = folder / "images"
+    present = held.read_text().split() if held.exists() else []
+    if verb == "inspecti" and image not in present:
+        raise Failed(f'E1203 00:00:00.000000 1 crictl.go] no such image "{image}" present')
+    if verb == "pull":
+        if _take_one(folder / "pull-fail-times"):
+            host = image.split("/")[0]
+            raise Failed(
+                f'E1203 00:00:00.000000 1 remote_image.go:180] "PullImage from image service failed" '
+                f'err="rpc error: code = Unknown desc = failed to pull and unpack image \\"{image}\\": '
+                f'failed to resolve reference: dial tcp: lookup {host}: Temporary failure in name resolution"'
+            )
+        held.write_text("".join(f"{line}\n" for line in [*present, image]))
+        print(f"Image is up to date for sha256:{hashlib.sha256(image.encode()).hexdigest()}")
 
 
 def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:

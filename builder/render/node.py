@@ -22,22 +22,13 @@ import jinja2
 import yaml
 
 from builder.errors import UserError
-from builder.render import kernel_needs
+from builder.render import images, kernel_needs
 from builder.render.plan import FileEntry, NodePlan
 from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
 from builder.secrets.pki import ClusterSecrets
 from builder.secrets.tokens import Tokens, first_build
 from builder.spec.boards import boards
 from builder.spec.model import API_SERVER_PORT, Cluster, Node
-
-FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
-"""Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
-
-PAUSE_VERSIONS = {31: "3.10", 32: "3.10", 33: "3.10"}
-PAUSE_VERSION_LATEST = "3.10.1"
-"""The pause image kubeadm pins per minor release (constants.PauseVersion); newer minors use
-the latest known. containerd's sandbox image is set to it; on a mismatch kubeadm only warns
-("detected that the sandbox image ... is inconsistent"), and the cluster still works."""
 
 VIRTUAL_IP_LAYER = "virtual-ip"
 """The overlay layer, after the role's name, of a cluster whose control_plane_endpoint is in the nodes'
@@ -132,8 +123,9 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "kernel_modules": kernel_needs.MODULES,
         "kernel_sysctls": kernel_needs.SYSCTLS,
         "kube_minor": f"1.{minor}",
-        "pause_image": f"registry.k8s.io/pause:{PAUSE_VERSIONS.get(minor, PAUSE_VERSION_LATEST)}",
-        "flannel_cni_plugin_image": FLANNEL_CNI_PLUGIN_IMAGE,
+        "pause_image": images.pause_image(cluster),
+        "flannel_image": images.FLANNEL_IMAGE.format(version=cluster.flannel.version),
+        "flannel_cni_plugin_image": images.FLANNEL_CNI_PLUGIN_IMAGE,
         "bootstrap_token": secrets.bootstrap_token,
         "join_window_hours": int(cluster.join_window.total_seconds() // 3600),
         "ca_cert_hash": secrets.ca_cert_hash,
@@ -277,6 +269,8 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_ini
             "version": cluster.cluster.kubernetes,
         },
         "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],
+        # pulled one by one before kubeadm, each retried, so a slow link never times kubeadm out
+        "images": list(images.node_images(cluster, node).references),
         # what the agent's preflight and the verify suite check, as the card's boot applies it
         "kernel_needs": {
             "modules": [name for group in kernel_needs.MODULES for name in group.names],

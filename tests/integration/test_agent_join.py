@@ -30,6 +30,7 @@ from tests.agent_support import (
     calls,
     cas_seen,
     install_standins,
+    kube_calls,
     make_ca,
     make_server_cert,
     node_root,
@@ -58,7 +59,7 @@ def test_init_applies_flannel_and_waits_for_ready(tmp_path: Path) -> None:
     standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
     done = run_agent(root, standins, "join")
     assert done.returncode == 0, done.stderr
-    assert calls(standins) == [
+    assert kube_calls(standins) == [
         ["kubeadm", "init", "--config", f"{root}/etc/picluster/kubeadm.yaml"],
         ["kubectl", "--kubeconfig", f"{root}/etc/kubernetes/admin.conf", "apply",
          "-f", f"{root}/etc/picluster/kube-flannel.yml"],
@@ -199,7 +200,7 @@ def test_the_agent_waits_for_a_clock_before_the_cas_start(tmp_path: Path) -> Non
     standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
     recorded = run_until_phase(root, standins, "waiting: clock", says="waiting: clock")
     assert "before the cluster's CA became valid" in recorded["last_error"]
-    assert calls(standins) == []
+    assert kube_calls(standins) == []
 
 
 def test_the_agent_goes_on_once_the_clock_passes_the_cas_start(tmp_path: Path) -> None:
@@ -265,7 +266,7 @@ def test_a_worker_waits_for_the_api_server_pinned_to_the_cluster_ca(tmp_path: Pa
     with worker_and_api_server(tmp_path) as (root, standins):
         done = run_agent(root, standins, "join")
     assert done.returncode == 0, done.stderr
-    assert [call[:2] for call in calls(standins)] == [["kubeadm", "join"], ["kubectl", "--kubeconfig"]]
+    assert [call[:2] for call in kube_calls(standins)] == [["kubeadm", "join"], ["kubectl", "--kubeconfig"]]
     assert state(root)["phase"] == "joined"
 
 
@@ -274,7 +275,7 @@ def test_a_worker_records_why_it_waits_for_the_api_server(tmp_path: Path) -> Non
     standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
     recorded = run_until_phase(root, standins, "waiting: api-server", says="waiting for the API server")
     assert "https://127.0.0.1:9/readyz" in recorded["last_error"]
-    assert calls(standins) == []
+    assert kube_calls(standins) == []
 
 
 def test_a_replacement_card_records_why_kubeadm_refuses_and_the_fix(tmp_path: Path) -> None:
@@ -341,7 +342,9 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     done = run_agent(root, standins, "--dry-run", "join")
     assert done.returncode == 0, done.stderr
     assert f"would run kubeadm init --config {root}/etc/picluster/kubeadm.yaml" in done.stdout
-    assert calls(standins) == []
+    assert "would run crictl --runtime-endpoint unix:///var/run/containerd/containerd.sock pull " \
+        "registry.k8s.io/kube-apiserver:v1.34.2" in done.stdout  # fmt: skip
+    assert {call[3] for call in calls(standins)} == {"inspecti"}, "it only looked"
     assert not (root / "var/lib/picluster/state.json").exists()
 
 
@@ -407,3 +410,40 @@ def test_a_card_whose_token_the_cluster_does_not_know_says_so_and_keeps_trying(t
     assert "picluster build" in recorded["last_error"] and "picluster token w1" in recorded["last_error"]
     assert token not in recorded["last_error"] + output
     assert state(root)["phase"] == "joined"
+
+
+def test_every_image_is_pulled_one_at_a_time_before_kubeadm_runs(tmp_path: Path) -> None:
+    """kubeadm then finds them all present, and a slow link never uses up its 30 minutes."""
+    root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
+    listed = json.loads((root / "etc/picluster/node.json").read_text())["images"]
+    assert len(listed) == 9 and "registry.k8s.io/etcd:3.6.5-0" in listed
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stderr
+    endpoint = ["--runtime-endpoint", "unix:///var/run/containerd/containerd.sock"]
+    pulls = [[verb, image] for image in listed for verb in ("inspecti", "pull")]
+    everything = [[call[0], *call[3:]] if call[0] == "crictl" else call[:2] for call in calls(standins)]
+    expected = [
+        ["crictl", "inspecti", "-q", i] if v == "inspecti" else ["crictl", "pull", i] for v, i in pulls
+    ]
+    assert everything[: len(pulls)] == expected
+    assert everything[len(pulls)] == ["kubeadm", "init"]
+    assert all(call[1:3] == endpoint for call in calls(standins) if call[0] == "crictl")
+    assert state(root)["images"] == [{"image": image, "status": "pulled"} for image in listed]
+    assert "images:      0 present, 9 pulled" in run_agent(root, standins, "status").stdout
+
+
+def test_a_failed_pull_is_recorded_and_retried_from_the_image_it_failed_on(tmp_path: Path) -> None:
+    root = node_root(tmp_path, "w1", **IMAGE_PACKAGES)
+    listed = json.loads((root / "etc/picluster/node.json").read_text())["images"]
+    assert listed[0] == "registry.k8s.io/kube-proxy:v1.34.2"
+    assert not [image for image in listed if "apiserver" in image or "etcd" in image], "a worker's"
+    standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
+    (standins / "images").write_text(f"{listed[0]}\n{listed[1]}\n")  # as after an earlier boot
+    (standins / "pull-fail-times").write_text("100")
+    recorded = run_until_phase(root, standins, "waiting: images", says="waiting: images")
+    assert recorded["last_error"].startswith(f"pulling {listed[2]}: ")
+    assert "Temporary failure in name resolution" in recorded["last_error"]
+    assert kube_calls(standins) == [], "kubeadm waits for the images"
+    pulled = [call[-1] for call in calls(standins) if call[0] == "crictl" and call[3] == "pull"]
+    assert set(pulled) == {listed[2]}, "each retry goes on from the image that failed"

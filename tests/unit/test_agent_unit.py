@@ -42,7 +42,18 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 def test_every_node_carries_the_agent_and_enables_its_unit(plan: NodePlan) -> None:
     carried = files(plan)
     assert carried["usr/sbin/picluster-agent"] == (0o755, None)
-    for module in ("cli", "config", "host", "state", "preflight", "links", "packages", "api", "join"):
+    for module in (
+        "cli",
+        "config",
+        "host",
+        "state",
+        "preflight",
+        "links",
+        "packages",
+        "images",
+        "api",
+        "join",
+    ):
         assert carried[f"usr/lib/picluster/agent/{module}.py"] == (0o644, None)
     wants = "etc/systemd/system/multi-user.target.wants/picluster-agent.service"
     assert carried[wants] == (0o777, f"/{UNIT}")

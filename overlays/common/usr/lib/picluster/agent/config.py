@@ -53,6 +53,9 @@ class NodeConfig:
     packages_install: str  # image | firstboot
     apt_repository: str
     manifests: tuple[str, ...]
+    images: tuple[str, ...]
+    """What the node runs, pulled before kubeadm; empty in a node.json from a picluster that did
+    not list them."""
     kernel_needs: KernelNeeds | None
     """None in a node.json from a picluster that did not list them."""
     timing: Timing
@@ -77,6 +80,7 @@ def load_config(path: Path) -> NodeConfig:
         packages_install=packages["install"],
         apt_repository=packages["apt_repository"],
         manifests=tuple(raw["manifests"]),
+        images=tuple(raw.get("images", ())),
         kernel_needs=_kernel_needs(raw.get("kernel_needs")),
         timing=Timing(**{key: float(value) for key, value in raw.get("agent", {}).items()}),
     )

@@ -14,6 +14,7 @@ import time
 from agent import api, packages
 from agent.config import NodeConfig
 from agent.host import Backoff, CommandFailed, Host, say, utc
+from agent.images import ensure_images
 from agent.links import KUBELET_CONF, clean_links, is_member
 from agent.state import JOINED, JOINING, TOKEN_UNKNOWN, WAITING_READY, State, now
 
@@ -49,6 +50,7 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
     while True:
         _wait_for_clock(host, config, state)  # before the API: TLS fails before the CA's start
+        ensure_images(host, config, state)  # crictl comes with the packages; after a reset, all present
         if config.action != "init":
             _wait_for_api(host, config, state)
         state.attempts += 1

@@ -36,6 +36,8 @@ class State:
     joined_at: str | None = None
     preflight: list[dict[str, str]] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
+    images: list[dict[str, str]] = field(default_factory=list)
+    """Each image found present or pulled before kubeadm, in order."""
 
     @classmethod
     def load(cls, host: Host) -> State:
@@ -82,4 +84,7 @@ def describe(state: State, node: str) -> str:
         lines += [f"  failed {check['name']}: {check['detail']}" for check in failed]
     if state.links:
         lines.append("clean-links: " + "; ".join(f"{a['target']} {a['action']}" for a in state.links))
+    if state.images:
+        counts = {word: sum(i["status"] == word for i in state.images) for word in ("present", "pulled")}
+        lines.append(f"images:      {counts['present']} present, {counts['pulled']} pulled")
     return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""The container images a node's card needs: kubeadm's own list for the cluster's exact release,
+for the node's role, and flannel's. Pure.
+
+kubeadm lists, in this order (cmd/kubeadm/app/images/images.go GetControlPlaneImages, v1beta4):
+kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy at the release's tag, then
+coredns/coredns, pause (constants.PauseVersion) and etcd (constants.SupportedEtcdVersion; local
+etcd only), all from registry.k8s.io. The last three tags change between minors, and etcd's
+within one (1.33.4 and 1.33.6 differ): the tables below are what each released kubeadm's
+`kubeadm config images list` prints, as minikube records it by running them
+(kubernetes/minikube pkg/minikube/constants/constants_kubeadm_images.go; ../shared/reference
+day2-facts.md §E and §F).
+
+A worker runs kube-proxy (a DaemonSet) in pods whose sandbox is pause, and may run CoreDNS (a
+Deployment the scheduler puts anywhere); every node runs flannel's DaemonSet, whose init
+container brings the flannel CNI plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from builder.spec.model import Cluster, Node
+
+REGISTRY = "registry.k8s.io"
+FLANNEL_IMAGE = "quay.io/coreos/flannel:{version}-arm64"
+"""flannel's own arm64 image of the pinned release, as upstream published it."""
+FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+"""Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
+
+COREDNS = {
+    31: "v1.11.3",
+    32: "v1.11.3",
+    33: "v1.12.0",
+    34: "v1.12.1",
+    35: "v1.13.1",
+    36: "v1.14.2",
+    37: "v1.14.6",
+}
+COREDNS_BY_RELEASE = {(31, 0): "v1.11.1"}
+PAUSE = {31: "3.10", 32: "3.10", 33: "3.10", 34: "3.10.1", 35: "3.10.1", 36: "3.10.2", 37: "3.10.2"}
+ETCD = {
+    31: ((0, "3.5.15-0"), (14, "3.5.24-0")),
+    32: ((0, "3.5.16-0"), (10, "3.5.24-0")),
+    33: ((0, "3.5.21-0"), (6, "3.5.24-0")),
+    34: ((0, "3.6.4-0"), (2, "3.6.5-0")),
+    35: ((0, "3.6.6-0"),),
+    36: ((0, "3.6.8-0"),),
+    37: ((0, "3.7.0-0"),),
+}
+"""Per minor: from which patch on kubeadm pins which etcd tag."""
+KNOWN_TO = {36: 3, 37: -1}
+"""The last patch of a minor whose tags are known; for later ones (1.36.4 on, any 1.37: only its
+release candidate was read) the last known tags are listed, and `unknown` says so."""
+
+
+@dataclass(frozen=True)
+class NodeImages:
+    references: tuple[str, ...]
+    unknown: str | None
+    """Why the list may differ from kubeadm's for this release; None when it is kubeadm's."""
+
+
+def node_images(cluster: Cluster, node: Node) -> NodeImages:
+    """Every image the node runs, in kubeadm's order, then flannel's."""
+    version = cluster.cluster.kubernetes
+    minor, patch = (int(part) for part in version.split(".")[1:])
+    kube = [f"{REGISTRY}/{name}:v{version}" for name in
+            ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")]  # fmt: skip
+    coredns = f"{REGISTRY}/coredns/coredns:{COREDNS_BY_RELEASE.get((minor, patch), COREDNS[minor])}"
+    etcd = f"{REGISTRY}/etcd:{next(tag for first, tag in reversed(ETCD[minor]) if patch >= first)}"
+    if node.role == "control-plane":
+        kubeadm = [*kube, coredns, pause_image(cluster), etcd]
+    else:
+        kubeadm = [kube[3], coredns, pause_image(cluster)]
+    flannel = [FLANNEL_CNI_PLUGIN_IMAGE, FLANNEL_IMAGE.format(version=cluster.flannel.version)]
+    known = KNOWN_TO.get(minor)
+    unknown = None
+    if known is not None and patch > known:
+        last = f"1.{minor}.{known}" if known >= 0 else f"1.{minor}'s release candidate"
+        unknown = (
+            f"kubeadm's images for Kubernetes {version} are not known to picluster (known to {last}): "
+            f"the coredns, pause and etcd tags listed are {last}'s; kubeadm pulls what its release needs "
+            f"where they differ (`kubeadm config images list --kubernetes-version v{version}` shows them)"
+        )
+    return NodeImages((*kubeadm, *flannel), unknown)
+
+
+def pause_image(cluster: Cluster) -> str:
+    """kubeadm's pause for the release, which containerd's sandbox_image must match (else kubeadm
+    warns: "detected that the sandbox image ... is inconsistent", preflight/checks.go)."""
+    return f"{REGISTRY}/pause:{PAUSE[cluster.kubernetes_minor]}"
