@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.epoch import source_date_epoch
+from builder.errors import UserError
 from builder.files import exclusive, open_regular, write_atomic
 from builder.image.base import ensure_base
 from builder.image.bmap import digest_image
@@ -74,6 +75,18 @@ class NodeOutputs:
     def all_images(self) -> list[Path]:
         return [self.folder / f"{self.node}.img{suffix}" for suffix in IMAGE_SUFFIXES]
 
+    def check_writable(self) -> None:
+        """Refuse, before anything is built, a name the build would replace that holds no file:
+        a folder, a FIFO or a device there is the user's, and no image."""
+        for path in [*self.all_images(), self.checksum, self.bmap, self.record]:
+            if path.exists() and not path.is_file():
+                kind = "a folder" if path.is_dir() else "not a regular file"
+                what = "image" if path in self.all_images() else "record of its image"
+                raise UserError(
+                    f"{path} is {kind}; the build writes {self.node}'s {what} there, and nothing was built",
+                    "move it away, or build into another folder (-o DIR)",
+                )
+
 
 def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens,
                  context: BuildContext) -> list[str]:  # fmt: skip
@@ -97,6 +110,8 @@ def _build_stale(plans: list[NodePlan], base: BaseImage, context: BuildContext, 
     reporter.say(f"==> node images in {images}")
     stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
     done = 0
+    for plan in plans:
+        NodeOutputs(images, plan.node, context.compress).check_writable()
     for plan in plans:
         outputs = NodeOutputs(images, plan.node, context.compress)
         record = build_record(plan, base.key, epoch, context.compress)

@@ -282,3 +282,28 @@ def test_a_node_card_on_the_real_base(real_base: BaseImage, tmp_path: Path) -> N
         ["e2fsck", "-fn", card.layout.root_target(card.image)], capture_output=True, text=True
     )
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_a_folder_or_fifo_where_an_output_goes_stops_the_build_before_any_card(
+    real_base: BaseImage, tmp_path: Path
+) -> None:
+    """A user's folder named w1.img is no image to replace: one message, no traceback, no card."""
+    from builder.errors import UserError
+    from builder.image.build import build_images
+    from builder.progress import silent
+    from tests.conftest import fixed_secrets
+
+    images = tmp_path / "images"
+    (images / "w1.img").mkdir(parents=True)
+    (images / "w1.img" / "photo.jpg").write_bytes(b"kept")
+    context = BuildContext(images, default_cache(), silent(), Runner())
+    with pytest.raises(UserError) as refused:
+        build_images(load_cluster(BUNDLED), fixed_secrets(), {}, context)
+    assert f"{images}/w1.img is a folder; the build writes w1's image there" in refused.value.message
+    assert sorted(p.name for p in images.iterdir()) == [".picluster.lock", "w1.img"], "no card was written"
+    assert (images / "w1.img" / "photo.jpg").read_bytes() == b"kept"
+    (images / "w1.img" / "photo.jpg").unlink()
+    (images / "w1.img").rmdir()
+    os.mkfifo(images / "w2.img.json")
+    with pytest.raises(UserError, match=r"w2\.img\.json is not a regular file; the build writes w2's record"):
+        build_images(load_cluster(BUNDLED), fixed_secrets(), {}, context)
