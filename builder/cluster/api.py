@@ -9,8 +9,11 @@ an anonymous file in this process's memory, which goes with the process however 
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import shutil
+import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -35,6 +38,14 @@ DEADLINE_S = 15.0
 sends a byte now and then, never trips requests' own timeout, which counts each wait apart."""
 WAIT_S = 5.0
 """requests' timeout: connecting, and each wait for the next bytes."""
+CONNECT_FAILURES = {
+    errno.ECONNREFUSED: "nothing listens there (connection refused)",
+    errno.EHOSTUNREACH: "no route to that address (is the machine on its network?)",
+    errno.ENETUNREACH: "no route to that network (is the machine on its network?)",
+    errno.ETIMEDOUT: "no answer to the connection (timed out)",
+    errno.ECONNRESET: "the connection was reset",
+}
+"""Why a connection failed, in words, by the errno beneath requests' and urllib3's wrappers."""
 OLD_KEY_FILES = {"ca.crt", "admin.crt", "admin.key"}
 OLD_KEY_FOLDER_AGE_S = 3600
 CERTIFICATE_VALIDITY = timedelta(minutes=10)
@@ -80,10 +91,8 @@ class ClusterAPI:
             return requests.request(
                 method, url, json=body, verify=self.ca, cert=self.certificate, timeout=WAIT_S
             )
-        except requests.exceptions.SSLError as error:
-            raise Unreachable(f"{url}: TLS failed (not this cluster's?): {error}") from None
         except requests.exceptions.RequestException as error:
-            raise Unreachable(f"{url}: {type(error).__name__}") from None
+            raise Unreachable(f"{url}: {why_failed(error)}") from None
 
     def get(self, path: str) -> dict[str, Any] | None:
         """The object at `path`, or None when there is none."""
@@ -100,6 +109,32 @@ class ClusterAPI:
         if not isinstance(result, dict):
             raise Unreachable(f"{response.url}: the answer is not a Kubernetes object")
         return result
+
+
+def why_failed(error: BaseException) -> str:
+    """A failed request's cause in words: the first cause beneath the wrappers that has a
+    meaning of its own, else the wrapper's name."""
+    seen: list[BaseException] = []
+    cause: object = error
+    while isinstance(cause, BaseException) and cause not in seen:
+        seen.append(cause)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS failed: the server's certificate is not this cluster's ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed (not this cluster's API server?): {cause.reason or cause}"
+        if isinstance(cause, socket.gaierror):
+            return "its name does not resolve"
+        if isinstance(cause, requests.exceptions.Timeout | TimeoutError):
+            return CONNECT_FAILURES[errno.ETIMEDOUT]
+        if isinstance(cause, OSError) and cause.errno in CONNECT_FAILURES:
+            return CONNECT_FAILURES[cause.errno]
+        cause = (
+            getattr(cause, "reason", None)
+            or cause.__cause__
+            or cause.__context__
+            or (cause.args[0] if cause.args else None)
+        )
+    return type(error).__name__
 
 
 def _check(response: requests.Response) -> None:

@@ -21,6 +21,7 @@ from cryptography import x509
 
 from builder.cli import main
 from builder.cluster import api
+from builder.secrets.pki import make_secrets
 from tests.conftest import REPO, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
 from tests.integration.test_grow import node_item, project
@@ -168,3 +169,28 @@ def test_node_objects_of_the_wrong_shape_show_as_unknown(
     }
     said = f"cluster: https://{server.endpoint} answered; 2 node objects without a name were left out"
     assert report["cluster"] == said
+
+
+def test_an_api_server_of_another_cluster_is_named_as_such(
+    tmp_path: Path, lan: ipaddress.IPv4Address, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another cluster's CA signed its certificate: said in words, not as urllib3's chain."""
+    (tmp_path / "other").mkdir()
+    with api_standin(make_secrets(datetime.now(UTC)), tmp_path / "other", lan) as other:
+        cluster_file = project(tmp_path, other.endpoint)
+        assert main(["status", "-f", str(cluster_file)]) == 0
+    out = capsys.readouterr().out
+    # every kubeadm CA is named "kubernetes": OpenSSL takes the other's for the issuer, and its
+    # signature fails
+    said = "TLS failed: the server's certificate is not this cluster's (certificate signature failure)"
+    assert f"cluster: not reachable (https://{other.endpoint}/api/v1/nodes: {said})" in out
+    assert "HTTPSConnectionPool" not in out and "Max retries" not in out
+
+
+def test_an_endpoint_where_nothing_listens_is_said_in_words(
+    tmp_path: Path, lan: ipaddress.IPv4Address, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, f"{lan}:8443")
+    assert main(["token", "-f", str(cluster_file), "w1"]) == 2
+    err = capsys.readouterr().err
+    assert f"https://{lan}:8443/api/v1/" in err and "nothing listens there (connection refused)" in err
