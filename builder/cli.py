@@ -304,7 +304,10 @@ def _common_options(file_default: object, flag_default: object) -> argparse.Argu
 
 
 def _project(args: argparse.Namespace) -> Project:
-    return Project.open(args.file)
+    project = Project.open(args.file)
+    for deprecated in project.cluster.deprecations():
+        _note(f"note: {deprecated}")
+    return project
 
 
 def _note(text: str) -> None:

@@ -484,6 +484,17 @@ class Cluster(Strict):
         hours = self.cluster.token_ttl_hours
         return timedelta(hours=hours) if hours is not None else timedelta(days=self.cluster.join_window_days)
 
+    def deprecations(self) -> list[str]:
+        """What cluster.yaml still says the old way, each with the new way to say it."""
+        hours = self.cluster.token_ttl_hours
+        if hours is None:
+            return []
+        days = -(-hours // 24)
+        exact = "" if hours % 24 == 0 else f" ({hours} h rounded up to whole days)"
+        return [
+            f"cluster.token_ttl_hours is deprecated: write cluster.join_window_days: {days} instead{exact}"
+        ]
+
     @property
     def kubernetes_minor(self) -> int:
         return int(self.cluster.kubernetes.split(".")[1])

@@ -14,6 +14,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from builder.cli import main
 from builder.errors import ConfigError, Problem
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
@@ -855,3 +856,19 @@ def test_only_an_endpoint_in_the_lan_is_a_virtual_ip(
     bundled_data["cluster"]["control_plane_endpoint"] = endpoint
     cluster = loaded(bundled_data, tmp_path)
     assert (cluster.virtual_ip is not None) == served
+
+
+@pytest.mark.parametrize(
+    ("hours", "written"),
+    [(48, "join_window_days: 2 instead"), (30, "join_window_days: 2 instead (30 h rounded up")],
+)
+def test_the_deprecated_token_lifetime_still_works_and_validate_says_how_to_write_it(
+    bundled_data: dict[str, Any], tmp_path: Path, hours: int, written: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundled_data["cluster"]["token_ttl_hours"] = hours
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(bundled_data))
+    assert main(["validate", "-f", str(tmp_path / "cluster.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert ": ok: cluster homelab" in out
+    assert f"note: cluster.token_ttl_hours is deprecated: write cluster.{written}" in err
+    assert load_cluster(tmp_path / "cluster.yaml").join_window.total_seconds() == hours * 3600
