@@ -7,8 +7,9 @@ coredns/coredns, pause (constants.PauseVersion) and etcd (constants.SupportedEtc
 etcd only), all from registry.k8s.io. The last three tags change between minors, and etcd's
 within one (1.33.4 and 1.33.6 differ): the tables below are what each released kubeadm's
 `kubeadm config images list` prints, as minikube records it by running them
-(kubernetes/minikube pkg/minikube/constants/constants_kubeadm_images.go; ../shared/reference
-day2-facts.md §E and §F).
+(kubernetes/minikube pkg/minikube/constants/constants_kubeadm_images.go at eb25dbc, through
+1.36.3, and its update branch minikube-bot/minikube at 9736e2f8, through 1.37.1; ../shared/reference
+day2-facts.md §E and §F), checked against kubeadm's constants.go where a copy could be read.
 
 A worker runs kube-proxy (a DaemonSet) in pods whose sandbox is pause, and may run CoreDNS (a
 Deployment the scheduler puts anywhere); every node runs flannel's DaemonSet, whose init
@@ -48,9 +49,9 @@ ETCD = {
     37: ((0, "3.7.0-0"),),
 }
 """Per minor: from which patch on kubeadm pins which etcd tag."""
-KNOWN_TO = {36: 3, 37: -1}
-"""The last patch of a minor whose tags are known; for later ones (1.36.4 on, any 1.37: only its
-release candidate was read) the last known tags are listed, and `unknown` says so."""
+KNOWN_TO = {31: 14, 32: 13, 33: 13, 34: 12, 35: 9, 36: 5, 37: 1}
+"""The last patch of each minor whose tags were read; for a later one the last known tags are
+listed, and `unknown` says so (etcd's has changed within 1.31, 1.32, 1.33 and 1.34)."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,10 @@ def node_images(cluster: Cluster, node: Node) -> NodeImages:
     else:
         kubeadm = [kube[3], coredns, pause_image(cluster)]
     flannel = [FLANNEL_CNI_PLUGIN_IMAGE, FLANNEL_IMAGE.format(version=cluster.flannel.version)]
-    known = KNOWN_TO.get(minor)
+    known = KNOWN_TO[minor]
     unknown = None
-    if known is not None and patch > known:
-        last = f"1.{minor}.{known}" if known >= 0 else f"1.{minor}'s release candidate"
+    if patch > known:
+        last = f"1.{minor}.{known}"
         unknown = (
             f"kubeadm's images for Kubernetes {version} are not known to picluster (known to {last}): "
             f"the coredns, pause and etcd tags listed are {last}'s; kubeadm pulls what its release needs "

@@ -68,7 +68,8 @@ def test_a_worker_gets_no_control_plane_image(bundled_data: dict[str, Any], tmp_
         ("1.33.6", "v1.12.0", "3.10", "3.5.24-0"),
         ("1.34.1", "v1.12.1", "3.10.1", "3.6.4-0"),
         ("1.35.0", "v1.13.1", "3.10.1", "3.6.6-0"),
-        ("1.36.3", "v1.14.2", "3.10.2", "3.6.8-0"),
+        ("1.36.5", "v1.14.2", "3.10.2", "3.6.8-0"),
+        ("1.37.1", "v1.14.6", "3.10.2", "3.7.0-0"),
     ],
 )
 def test_coredns_pause_and_etcd_follow_the_exact_release(
@@ -89,12 +90,12 @@ def test_coredns_pause_and_etcd_follow_the_exact_release(
 def test_the_cli_lists_one_reference_a_line_and_says_when_a_release_is_not_known(
     bundled_data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_at("1.36.5", bundled_data, tmp_path)
+    cluster_at("1.36.6", bundled_data, tmp_path)
     assert main(["images", "-f", str(tmp_path / "cluster.yaml"), "w1"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[0] == "registry.k8s.io/kube-proxy:v1.36.5" and len(out.splitlines()) == 5
-    assert "Kubernetes 1.36.5 are not known to picluster (known to 1.36.3)" in err
-    assert "kubeadm config images list --kubernetes-version v1.36.5" in err
+    assert out.splitlines()[0] == "registry.k8s.io/kube-proxy:v1.36.6" and len(out.splitlines()) == 5
+    assert "Kubernetes 1.36.6 are not known to picluster (known to 1.36.5)" in err
+    assert "kubeadm config images list --kubernetes-version v1.36.6" in err
     assert main(["images", "-f", str(tmp_path / "cluster.yaml"), "w9"]) == 2
     assert "w9 is not a node of" in capsys.readouterr().err
 
