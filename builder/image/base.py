@@ -26,11 +26,13 @@ from builder.image.stamp import assemble, list_tree
 from builder.run import Runner
 from builder.spec.model import Cluster
 
+FLAVOURS = {"debian": debian, "raspios": raspios}
+"""Each base flavour's module: its cache inputs and how its root tree is made."""
+
 
 def manifest(cluster: Cluster) -> dict[str, Any]:
     """Every input that changes the base image's bytes."""
-    flavour = raspios.inputs(cluster) if cluster.base.image is not None else debian.inputs(cluster)
-    return {"builder": __version__, **flavour}
+    return {"builder": __version__, **FLAVOURS[cluster.flavour].inputs(cluster)}
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
@@ -81,10 +83,7 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, context: 
     remove_tree(work)
     work.mkdir(parents=True)
     epoch = source_date_epoch() or int(time.time())
-    if cluster.base.image is not None:
-        root = raspios.build_root(cluster, work, context)
-    else:
-        root = debian.build_root(cluster, work, context)
+    root = FLAVOURS[cluster.flavour].build_root(cluster, work, context)
     with context.reporter.step("partitions and filesystems"):
         publish_base(root, inputs, folder, epoch, context.runner)
     remove_tree(work)

@@ -1,6 +1,6 @@
 """cluster.yaml's model + the cluster's secrets -> one NodePlan per node. Pure: reads templates only.
 
-A node's files come from overlay layers (common, its role, its base's flavor, and that flavor's
+A node's files come from overlay layers (common, its role, its base's flavour, and that flavour's
 Wi-Fi layer when Wi-Fi is configured; a later layer wins on the same path), the firmware templates
 for its boot partition, and a few generated files (the PKI, the agent's config, the time zone
 link).
@@ -100,13 +100,13 @@ def render_node(
 
 
 def overlay_layers(cluster: Cluster, node: Node) -> list[str]:
-    """The node's overlay layers, in order. The flavor's layers hold what the base's network stack
+    """The node's overlay layers, in order. The flavour's layers hold what the base's network stack
     and conventions need: systemd-networkd and wpa_supplicant on Debian, NetworkManager keyfiles
     and Raspberry Pi OS's first-boot services turned off on Raspberry Pi OS."""
-    flavor = firmware_flavor(cluster)
-    layers = ["common", node.role, flavor]
+    flavour = cluster.flavour
+    layers = ["common", node.role, flavour]
     if cluster.network.wifi:
-        layers.append(f"{flavor}-wifi")
+        layers.append(f"{flavour}-wifi")
     if cluster.virtual_ip:
         layers.append(f"{node.role}-{VIRTUAL_IP_LAYER}")
     return layers
@@ -173,16 +173,10 @@ def _wpa_psk(ssid: str, passphrase: str) -> str:
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
-def firmware_flavor(cluster: Cluster) -> str:
-    """Which boot conventions the card follows: Debian's raspi-firmware layout (the base picluster
-    builds) or Raspberry Pi OS's (a downloaded base.image)."""
-    return "raspios" if cluster.base.image else "debian"
-
-
 def _firmware_files(context: dict[str, Any]) -> Iterator[FileEntry]:
-    flavor = firmware_flavor(context["cluster"])
+    flavour = context["cluster"].flavour
     for name in ("config.txt", "cmdline.txt"):
-        text = _render_template(FIRMWARE_DIR / flavor / f"{name}.j2", context)
+        text = _render_template(FIRMWARE_DIR / flavour / f"{name}.j2", context)
         yield FileEntry("boot", PurePosixPath(name), text.encode())
 
 

@@ -22,6 +22,7 @@ from builder.spec.boards import boards
 from builder.spec.names import TIME_ZONES, WIFI_COUNTRIES, time_zones, wifi_countries
 from builder.spec.ssh_key import check_authorized_key
 
+Flavour = Literal["debian", "raspios"]
 SUPPORTED_KUBERNETES = (31, 37)
 """Minor versions of Kubernetes 1.x whose kubeadm reads the v1beta4 config this tool renders
 (from 1.31) and whose kubelet still runs on trixie's containerd 1.7 (to 1.37): 1.7 lacks the CRI
@@ -450,6 +451,13 @@ class Cluster(Strict):
     nodes: list[Node] = Field(min_length=1, description="the Raspberry Pis, at least one")
 
     @property
+    def flavour(self) -> Flavour:
+        """Which base every card starts from, and so whose conventions it follows: Debian, built
+        here (the default), or Raspberry Pi OS, downloaded (base.image). Named the same as its
+        overlays/<flavour>/ and firmware/<flavour>/ folders and its builder.image module."""
+        return "raspios" if self.base.image is not None else "debian"
+
+    @property
     def control_planes(self) -> list[Node]:
         return [node for node in self.nodes if node.role == "control-plane"]
 
@@ -766,7 +774,7 @@ def _interface_problems(cluster: Cluster) -> list[Problem]:
 
 def _kernel_problems(cluster: Cluster) -> list[Problem]:
     """A board Debian's kernel cannot run needs the kernel of a downloaded Raspberry Pi OS base."""
-    if cluster.base.image is not None:
+    if cluster.flavour == "raspios":
         return []
     return [
         Problem(

@@ -54,9 +54,8 @@ BOOT_TIMEOUT = 600
 AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
 CARD_SIZE = 3 * 2**30
 """The plain boot's disk: larger than the image, as every SD card is, so the root must grow."""
-DEBIAN_KERNEL = ("vmlinuz", "initrd.img")
-RASPIOS_KERNEL = ("kernel8.img", "initramfs8")
-"""Where each kind of card keeps its kernel and initramfs on the boot partition."""
+KERNELS = {"debian": ("vmlinuz", "initrd.img"), "raspios": ("kernel8.img", "initramfs8")}
+"""Where each flavour of card keeps its kernel and initramfs on the boot partition."""
 VIRT_CONSOLE = "console=ttyAMA0"
 """QEMU virt's serial port; the card's own console= arguments name the Pi's."""
 PR_SET_PDEATHSIG = 1
@@ -189,7 +188,7 @@ def vm(argv: list[str], output: Path | None) -> Iterator[subprocess.Popen[bytes]
 
 @contextmanager
 def boot(card: Card, image: Path, name: str, extra_qemu: list[str] | None = None) -> Iterator[Booted]:
-    kernel, initrd = RASPIOS_KERNEL if load_cluster(card.cluster_file).base.image else DEBIAN_KERNEL
+    kernel, initrd = KERNELS[load_cluster(card.cluster_file).flavour]
     files = boot_files(card, image, kernel, initrd, "cmdline.txt")
     port = free_port()
     console = card.work / f"console-{name}.log"

@@ -170,12 +170,12 @@ def test_a_missing_host_tool_is_named_with_its_package_before_the_build(
     debian.require_host_tools()
 
 
-@pytest.mark.parametrize("flavor", ["debian", "raspios"])
+@pytest.mark.parametrize("flavour", ["debian", "raspios"])
 def test_a_virtual_ip_puts_keepalived_and_haproxy_in_the_base_of_that_cluster_only(
-    tmp_path: Path, flavor: str
+    tmp_path: Path, flavour: str
 ) -> None:
     data = yaml.safe_load(BUNDLED.read_text())
-    if flavor == "raspios":
+    if flavour == "raspios":
         data["base"]["image"] = {"url": "http://127.0.0.1:1/raspios.img.xz", "sha256": "a" * 64}
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(data))

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from builder.render.node import CARD_DISK_ID, firmware_flavor, render_cluster, render_node
+from builder.render.node import CARD_DISK_ID, render_cluster, render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.secrets.pki import ClusterSecrets, make_secrets
 from builder.secrets.tokens import Tokens
@@ -361,16 +361,16 @@ def card_entries(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith(("#", ";"))]
 
 
-@pytest.mark.parametrize("flavor", ["debian", "raspios"])
+@pytest.mark.parametrize("flavour", ["debian", "raspios"])
 def test_node_json_lists_what_the_card_applies_at_boot(
-    flavor: str, bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
+    flavour: str, bundled_data: dict[str, Any], tmp_path: Path, secrets: ClusterSecrets
 ) -> None:
     """The agent's preflight and the verify suite check node.json's kernel_needs, while the node
     boots with modules-load.d, sysctl.d and cmdline.txt: they must list the same."""
-    if flavor == "raspios":
+    if flavour == "raspios":
         bundled_data["base"]["image"] = {"url": "https://example.org/raspios.img.xz", "sha256": "a" * 64}
     cluster = cluster_from(bundled_data, tmp_path)
-    assert firmware_flavor(cluster) == flavor
+    assert cluster.flavour == flavour
     plan = plan_for(cluster, "w2", secrets)
     needs = json.loads(text(plan, "etc/picluster/node.json"))["kernel_needs"]
     assert card_entries(text(plan, "etc/modules-load.d/kubernetes.conf")) == needs["modules"]

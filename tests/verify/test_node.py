@@ -38,8 +38,8 @@ def test_hostname(host: Any, node: Node) -> None:
 
 
 ADDRESS_FILES = {
-    False: "/etc/systemd/network/10-cluster.network, then sudo networkctl reload",
-    True: "/etc/NetworkManager/system-connections/picluster-cluster.nmconnection, then sudo nmcli "
+    "debian": "/etc/systemd/network/10-cluster.network, then sudo networkctl reload",
+    "raspios": "/etc/NetworkManager/system-connections/picluster-cluster.nmconnection, then sudo nmcli "
     "connection reload",
 }
 """Where a card keeps its address: networkd's file on the Debian base, NetworkManager's keyfile on a
@@ -53,7 +53,7 @@ def test_address(host: Any, node: Node, cluster: Cluster) -> None:
     held = ipv4(link)
     assert node.address in held, (
         f"{iface} holds {', '.join(map(str, held)) or 'no address'}, not {node.address}; "
-        f"fix: check {ADDRESS_FILES[cluster.base.image is not None]}"
+        f"fix: check {ADDRESS_FILES[cluster.flavour]}"
     )
 
 
