@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.cli import default_cache
+from builder.image.context import default_cache
 from tests.integration.flannel_lab import flannel_lab
 
 

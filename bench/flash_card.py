@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.card.bmap_reader import BlockMap
 from builder.card.flash import CHUNK, check_image, load_bmap, load_checksum, read_back, write_image
-from builder.cli import default_cache
 from builder.image.build import build_images
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.progress import Reporter
 from builder.run import Runner
 from builder.secrets import store

@@ -33,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from builder.cli import default_cache
 from builder.image.base import ensure_base, load_base
 from builder.image.bmap import digest_image
 from builder.image.build import build_images
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.image.layout import BaseImage
 from builder.image.stamp import stamp
 from builder.progress import Reporter

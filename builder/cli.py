@@ -21,7 +21,7 @@ from builder.errors import UserError
 from builder.files import check_output, inside, write_atomic
 from builder.image import base
 from builder.image.build import build_images
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.progress import Reporter
 from builder.project import Project
 from builder.render.images import node_images
@@ -587,10 +587,3 @@ def _status(args: argparse.Namespace) -> int:
     show = status.as_json if args.json else status.format_status
     print(show(statuses, note, fixes))
     return 0
-
-
-def default_cache() -> Path:
-    configured = os.environ.get("PICLUSTER_CACHE")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster"

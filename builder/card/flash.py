@@ -25,7 +25,7 @@ from typing import IO, BinaryIO, TextIO
 from builder.card.bmap_reader import SHA256, BlockMap, Span, parse_bmap
 from builder.errors import UserError
 from builder.files import NotRegularFile, open_regular
-from builder.image.build import IMAGE_SUFFIXES
+from builder.image.outputs import IMAGE_SUFFIXES
 from builder.run import Runner
 
 CHUNK = 4 * 1024 * 1024

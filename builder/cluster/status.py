@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cluster import api
-from builder.image.build import (
+from builder.image.outputs import (
     IMAGE_SUFFIXES,
     NodeOutputs,
     build_record,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,15 @@ from builder.progress import Reporter
 from builder.run import Runner
 
 Compression = Literal["zst", "xz"]
+
+
+def default_cache() -> Path:
+    """Where picluster caches what is costly to make or fetch (base images, downloads, stand-ins):
+    PICLUSTER_CACHE, else the XDG cache folder's picluster/."""
+    configured = os.environ.get("PICLUSTER_CACHE")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster"
 
 
 @dataclass(frozen=True)

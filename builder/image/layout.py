@@ -12,8 +12,7 @@ from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from builder.render.node import CARD_DISK_ID
-from builder.render.plan import FileEntry
+from builder.render.plan import CARD_DISK_ID, FileEntry
 
 MIB = 1024 * 1024
 SECTOR = 512

@@ -23,7 +23,7 @@ import yaml
 
 from builder.errors import UserError
 from builder.render import images, kernel_needs
-from builder.render.plan import FileEntry, NodePlan
+from builder.render.plan import CARD_DISK_ID, FileEntry, NodePlan
 from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
 from builder.secrets.pki import ClusterSecrets
 from builder.secrets.tokens import Tokens, first_build
@@ -46,17 +46,6 @@ resets after every failed attempt, so a retried `kubeadm init` would make a new 
 worker card pins. The agent copies the seed into /etc/kubernetes/pki before each init or
 control-plane join."""
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
-CARD_DISK_ID = "5049434c"  # "PICL"
-"""The MBR disk id of every card, so a partition's PARTUUID is known before any image exists.
-
-picluster's own layout is written with it (builder.image.layout), and adopting a downloaded
-Raspberry Pi OS base pins the image's disk id to it (builder.image.raspios.adopt). Raspberry Pi OS
-names its root partition on the kernel command line as `root=PARTUUID=<disk id>-02`, which the
-kernel resolves without an initramfs; with the id pinned, render writes that line as it will be
-on the card, and the golden cases and `picluster render` show the real bytes. The alternative, a
-placeholder that stamping replaces with the id read from each base, would make the rendered
-cmdline.txt differ from the card's, and the node's digest blind to it. Nothing else on the card
-names the old id: picluster's fstab mounts by label."""
 TEMPLATES = OVERLAYS_DIR.parent
 """The folder holding both overlays/ and firmware/ (the package, or the checkout's top): template
 names, as errors show them, are relative to it."""

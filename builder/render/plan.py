@@ -12,6 +12,17 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 Partition = Literal["boot", "root"]
+CARD_DISK_ID = "5049434c"  # "PICL"
+"""The MBR disk id of every card, so a partition's PARTUUID is known before any image exists.
+
+picluster's own layout is written with it (builder.image.layout), and adopting a downloaded
+Raspberry Pi OS base pins the image's disk id to it (builder.image.raspios.adopt). Raspberry Pi OS
+names its root partition on the kernel command line as `root=PARTUUID=<disk id>-02`, which the
+kernel resolves without an initramfs; with the id pinned, render writes that line as it will be
+on the card, and the golden cases and `picluster render` show the real bytes. The alternative, a
+placeholder that stamping replaces with the id read from each base, would make the rendered
+cmdline.txt differ from the card's, and the node's digest blind to it. Nothing else on the card
+names the old id: picluster's fstab mounts by label."""
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,9 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.cli import default_cache
 from builder.image.base import ensure_base
 from builder.image.build import build_images, clock_epoch
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.image.stamp import stamp
 from builder.progress import Reporter, silent
 from builder.render.node import render_node

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from builder.cli import default_cache
 from builder.image import base
+from builder.image.context import default_cache
 from builder.progress import Reporter
 from builder.run import Runner
 from builder.spec.load import load_cluster

@@ -15,9 +15,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from builder.cli import default_cache
 from builder.image.base import ensure_base
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.image.layout import ROOT_OFFSET, BaseImage
 from builder.progress import Reporter
 from builder.resources import OVERLAYS_DIR

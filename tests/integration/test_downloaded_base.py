@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.cli import default_cache
 from builder.errors import UserError
 from builder.image.base import ensure_base
 from builder.image.build import build_images
-from builder.image.context import BuildContext
+from builder.image.context import BuildContext, default_cache
 from builder.image.layout import DISK_ID, tool_env
 from builder.image.raspios import read_layout
 from builder.progress import Reporter, silent

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import default_cache
+from builder.image.context import default_cache
 from tests.agent_support import agent_command
 from tests.conftest import file_contents, fixed_secrets
 from tests.integration.api_standin import api_standin

@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from builder.render.node import CARD_DISK_ID, render_cluster, render_node
-from builder.render.plan import FileEntry, NodePlan
+from builder.render.node import render_cluster, render_node
+from builder.render.plan import CARD_DISK_ID, FileEntry, NodePlan
 from builder.secrets.pki import ClusterSecrets, make_secrets
 from builder.secrets.tokens import Tokens
 from builder.spec.load import load_cluster
