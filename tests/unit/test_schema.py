@@ -1,21 +1,27 @@
-"""cluster.yaml's JSON Schema: the copy editors read is current, and it fits the bundled file."""
+"""cluster.yaml's JSON Schema: the copy editors read is current, and it fits the bundled file; the
+key reference made from it is current and names every key."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema  # comes with kubernetes-validate, a dev dependency
 import pytest
 import yaml
 
 from builder.cli import main
-from builder.spec.model import json_schema
+from builder.spec import reference
+from builder.spec.model import Cluster, json_schema
+from builder.spec.reference import REGENERATE, key_reference
 from tests.conftest import BUNDLED, REPO
 from tests.unit.test_validation import Edit, _set, problems_for
 
 SCHEMA_FILE = REPO / "builder" / "spec" / "cluster.schema.json"
 MODELINE = "# yaml-language-server: $schema=builder/spec/cluster.schema.json"
+REFERENCE_FILE = REPO / "docs" / "cluster-yaml.md"
 GOLDEN_CLUSTERS = sorted((REPO / "tests" / "unit" / "golden").glob("*/cluster.yaml"))
 
 
@@ -71,3 +77,54 @@ def test_the_schema_refuses_what_validate_refuses(edit: Edit, where: str, tmp_pa
     assert problems_for(data, tmp_path)
     errors = list(_validator().iter_errors(data))
     assert [".".join(map(str, error.absolute_path)) for error in errors] == [where]
+
+
+def test_the_kept_key_reference_is_current() -> None:
+    assert REFERENCE_FILE.read_text() == key_reference(Cluster.model_json_schema()), (
+        "docs/cluster-yaml.md differs from the model in builder/spec/model.py; "
+        f"refresh it with `{REGENERATE}`"
+    )
+
+
+def test_the_module_prints_the_key_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    reference.main()
+    assert capsys.readouterr().out == key_reference(Cluster.model_json_schema())
+
+
+def _rows() -> dict[str, list[str]]:
+    """The reference's table rows by key path: type, default, description."""
+    found = {}
+    for line in key_reference(Cluster.model_json_schema()).splitlines():
+        if match := re.fullmatch(r"\| `([^`]+)` \| (.*) \| (.*) \| (.*) \|", line):
+            found[match[1]] = [match[2], match[3], match[4]]
+    return found
+
+
+def test_the_key_reference_says_type_default_and_whether_required() -> None:
+    rows = _rows()
+    assert rows["cluster.join_window_days"][:2] == ["whole number, 1 to 365", "`90`"]
+    assert rows["nodes"][:2] == ["list of sections (keys below), at least 1", "**required**"]
+    assert rows["nodes[].address"] == [
+        "IPv4 address with prefix",
+        "**required**",
+        "the static address with prefix, e.g. 192.168.50.10/24",
+    ]
+    assert rows["network.wifi"][:2] == ["section (keys below)", "none"]
+    assert rows["network.wifi.ssid"][:2] == ["text, not empty", "**required**"]
+    assert rows["flannel.backend"][:2] == ["`vxlan` or `host-gw`", "`vxlan`"]
+    assert "v1.&lt;minor>" in rows["cluster.kubernetes_repository"][2]
+
+
+def _paths(value: Any, path: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {
+            found for key, item in value.items() for found in {f"{path}{key}", *_paths(item, f"{path}{key}.")}
+        }
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return {found for item in value for found in _paths(item, f"{path.removesuffix('.')}[].")}
+    return set()
+
+
+@pytest.mark.parametrize("path", [BUNDLED, *GOLDEN_CLUSTERS], ids=lambda p: p.relative_to(REPO).as_posix())
+def test_the_key_reference_names_every_key_written(path: Path) -> None:
+    assert _paths(yaml.safe_load(path.read_text())) - set(_rows()) == set()
