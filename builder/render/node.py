@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
@@ -24,11 +23,17 @@ import yaml
 from builder.errors import UserError
 from builder.render import images, kernel_needs
 from builder.render.plan import CARD_DISK_ID, FileEntry, NodePlan
-from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR
+from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR, agent_module
 from builder.secrets.pki import ClusterSecrets
 from builder.secrets.tokens import Tokens, first_build
 from builder.spec.boards import boards
 from builder.spec.model import API_SERVER_PORT, Cluster, Node
+
+# node.json's keys are declared once, in the agent that reads them (its docstring says why)
+if TYPE_CHECKING:
+    from agent import config as contract
+else:
+    contract = agent_module("config")
 
 VIRTUAL_IP_LAYER = "virtual-ip"
 """The overlay layer, after the role's name, of a cluster whose control_plane_endpoint is in the nodes'
@@ -222,46 +227,33 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_ini
         action = "init"
     else:
         action = "join-control-plane"
-    config = {
-        "node": {
-            "name": node.name,
-            "role": node.role,
-            "address": str(node.address),
-            "iface": cluster.flannel.iface,
-            "gateway": str(cluster.network.gateway),
-        },
-        "cluster": {
-            "name": cluster.cluster.name,
-            "kubernetes_version": cluster.cluster.kubernetes,
-            "pod_subnet": str(cluster.cluster.pod_subnet),
-            "service_subnet": str(cluster.cluster.service_subnet),
-            "api_endpoint": cluster.api_endpoint,
-            "ca_cert": f"/{CLUSTER_CA}",
-            "ca_cert_hash": secrets.ca_cert_hash,
-            # kubeadm must not run before the CA is valid: TLS would fail as if the network did
-            "ca_not_before": int(secrets.ca_not_before.timestamp()),
-        },
-        "kubeadm": {
-            "action": action,
-            "config": "/etc/picluster/kubeadm.yaml",
-            "pki_seed": f"/{PKI_SEED}" if node.role == "control-plane" else None,
-        },
-        "packages": {
-            "install": cluster.cluster.packages,
-            "apt_repository": cluster.kubernetes_repository,
-            "version": cluster.cluster.kubernetes,
-        },
-        "manifests": ["/etc/picluster/kube-flannel.yml"] if action == "init" else [],
+    config = contract.NodeConfig(
+        name=node.name,
+        role=node.role,
+        address=node.address,
+        iface=cluster.flannel.iface,
+        pod_subnet=cluster.cluster.pod_subnet,
+        kubernetes_version=cluster.cluster.kubernetes,
+        api_endpoint=cluster.api_endpoint,
+        ca_cert=f"/{CLUSTER_CA}",
+        ca_not_before=int(secrets.ca_not_before.timestamp()),
+        action=action,
+        kubeadm_config="/etc/picluster/kubeadm.yaml",
+        pki_seed=f"/{PKI_SEED}" if node.role == "control-plane" else None,
+        packages_install=cluster.cluster.packages,
+        apt_repository=cluster.kubernetes_repository,
+        manifests=("/etc/picluster/kube-flannel.yml",) if action == "init" else (),
         # pulled one by one before kubeadm, each retried, so a slow link never times kubeadm out
-        "images": list(images.node_images(cluster, node).references),
+        images=images.node_images(cluster, node).references,
         # what the agent's preflight and the verify suite check, as the card's boot applies it
-        "kernel_needs": {
-            "modules": [name for group in kernel_needs.MODULES for name in group.names],
-            "sysctls": {key: value for group in kernel_needs.SYSCTLS for key, value in group.values.items()},
-            "args": list(kernel_needs.KERNEL_ARGS),
-        },
-    }
-    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        kernel_needs=contract.KernelNeeds(
+            modules=tuple(name for group in kernel_needs.MODULES for name in group.names),
+            sysctls={key: value for group in kernel_needs.SYSCTLS for key, value in group.values.items()},
+            args=tuple(kernel_needs.KERNEL_ARGS),
+        ),
+        timing=contract.Timing(),
+    )
+    return contract.node_json(config)
 
 
 @cache

@@ -108,8 +108,8 @@ def test_a_failed_first_init_keeps_the_clusters_ca(tmp_path: Path) -> None:
     assert '[certs] Generating "ca"' not in done.stdout
     # what the cluster now runs with is the CA a worker card pins
     in_use = (root / "etc/kubernetes/pki/ca.crt").read_bytes()
-    worker = json.loads((node_root(tmp_path / "w1", "w1") / "etc/picluster/node.json").read_text())
-    assert ca_cert_hash(in_use) == worker["cluster"]["ca_cert_hash"] == secrets.ca_cert_hash
+    worker = yaml.safe_load((node_root(tmp_path / "w1", "w1") / "etc/picluster/kubeadm.yaml").read_text())
+    assert worker["discovery"]["bootstrapToken"]["caCertHashes"] == [ca_cert_hash(in_use)]
     assert (root / "etc/kubernetes/pki/ca.key").stat().st_mode & 0o777 == 0o600
 
 

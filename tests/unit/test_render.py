@@ -401,10 +401,8 @@ def test_agent_config(cluster: Cluster, secrets: ClusterSecrets) -> None:
         "role": "control-plane",
         "address": "192.168.50.10/24",
         "iface": "eth0",
-        "gateway": "192.168.50.1",
     }
     assert config["cluster"]["pod_subnet"] == "10.244.0.0/16"
-    assert config["cluster"]["ca_cert_hash"] == secrets.ca_cert_hash
     assert config["packages"]["apt_repository"] == "https://pkgs.k8s.io/core:/stable:/v1.34/deb/"
     assert config["manifests"] == ["/etc/picluster/kube-flannel.yml"]
     worker = json.loads(text(plan_for(cluster, "w1", secrets), "etc/picluster/node.json"))

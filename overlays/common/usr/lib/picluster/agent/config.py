@@ -1,10 +1,19 @@
-"""The node's view of the cluster: /etc/picluster/node.json, which picluster render writes."""
+"""The node's view of the cluster: /etc/picluster/node.json, and the one declaration of its keys.
+
+picluster's builder writes node.json with `node_json` from a NodeConfig it fills in, and this
+agent reads it back with `load_config`, so the keys are declared here once, beside their only
+reader, rather than in a builder dict and an agent parser that can drift apart. The builder
+loads this file by its path in the overlay (builder/resources.py), in a checkout and in an
+installed wheel alike, because on the node the agent is the top-level package `agent`, not a
+part of the builder; hence this module imports nothing but the standard library, not even the
+rest of the agent.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +54,7 @@ class NodeConfig:
     api_endpoint: str
     ca_cert: str
     ca_not_before: float
-    """When the cluster's newest CA became valid (Unix seconds)."""
+    """When the cluster's newest CA became valid (Unix seconds; whole ones from the builder)."""
     action: str  # init | join-control-plane | join
     kubeadm_config: str
     pki_seed: str | None
@@ -61,8 +70,49 @@ class NodeConfig:
     timing: Timing
 
 
+def node_json(config: NodeConfig) -> bytes:
+    """node.json's bytes, which load_config reads back to `config`; sorted, so every build of a
+    card writes the same bytes. The "agent" section is left out while the timings are the
+    defaults."""
+    raw: dict[str, Any] = {
+        "node": {
+            "name": config.name,
+            "role": config.role,
+            "address": str(config.address),
+            "iface": config.iface,
+        },
+        "cluster": {
+            "kubernetes_version": config.kubernetes_version,
+            "pod_subnet": str(config.pod_subnet),
+            "api_endpoint": config.api_endpoint,
+            "ca_cert": config.ca_cert,
+            # kubeadm must not run before the CA is valid: TLS would fail as if the network did
+            "ca_not_before": config.ca_not_before,
+        },
+        "kubeadm": {
+            "action": config.action,
+            "config": config.kubeadm_config,
+            "pki_seed": config.pki_seed,
+        },
+        "packages": {
+            "install": config.packages_install,
+            "apt_repository": config.apt_repository,
+        },
+        "manifests": config.manifests,
+        "images": config.images,
+    }
+    if config.kernel_needs is not None:
+        raw["kernel_needs"] = asdict(config.kernel_needs)
+    if config.timing != Timing():
+        raw["agent"] = asdict(config.timing)
+    return (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode()
+
+
 def load_config(path: Path) -> NodeConfig:
-    raw: dict[str, Any] = json.loads(path.read_text())
+    return parse_config(json.loads(path.read_text()))
+
+
+def parse_config(raw: dict[str, Any]) -> NodeConfig:
     node, cluster, packages = raw["node"], raw["cluster"], raw["packages"]
     return NodeConfig(
         name=node["name"],
@@ -73,7 +123,7 @@ def load_config(path: Path) -> NodeConfig:
         kubernetes_version=cluster["kubernetes_version"],
         api_endpoint=cluster["api_endpoint"],
         ca_cert=cluster["ca_cert"],
-        ca_not_before=float(cluster["ca_not_before"]),
+        ca_not_before=cluster["ca_not_before"],
         action=raw["kubeadm"]["action"],
         kubeadm_config=raw["kubeadm"]["config"],
         pki_seed=raw["kubeadm"]["pki_seed"],
