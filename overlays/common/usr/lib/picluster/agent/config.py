@@ -2,11 +2,11 @@
 
 picluster's builder writes node.json with `node_json` from a NodeConfig it fills in, and this
 agent reads it back with `load_config`, so the keys are declared here once, beside their only
-reader, rather than in a builder dict and an agent parser that can drift apart. The builder
-loads this file by its path in the overlay (builder/resources.py), in a checkout and in an
-installed wheel alike, because on the node the agent is the top-level package `agent`, not a
-part of the builder; hence this module imports nothing but the standard library, not even the
-rest of the agent.
+reader, rather than in a builder dict and an agent parser that can drift apart (or in a JSON
+Schema, a third copy both would have to be tested against). The builder loads this file by its
+path in the overlay (builder/resources.py), in a checkout and in an installed wheel alike,
+because on the node the agent is the top-level package `agent`, not a part of the builder;
+hence this module imports nothing but the standard library, not even the rest of the agent.
 """
 
 from __future__ import annotations
