@@ -7,6 +7,7 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 PICLUSTER  := $(BIN)/picluster
 IMAGES     ?= images
+SETUP_LOG  := setup.log
 PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluster-agent
 # Debian packages the builder and its tests use on the build machine: mmdebstrap and qemu-user
 # for the arm base, kmod (the base's module index is made natively), the filesystem tools that
@@ -56,19 +57,32 @@ lint: setup
 
 setup: host-packages $(VENV)/.installed
 
+# apt's and pip's own output goes to SETUP_LOG; the terminal gets a line per step with its time,
+# and the log's last lines when a step fails.
 host-packages:
 	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:" $$missing; \
+		start=$$(date +%s); \
+		echo "==> Debian packages: installing $$(echo $$missing | wc -w) (apt's output in $(SETUP_LOG))"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		if ! { $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } >$(SETUP_LOG).step 2>&1; then \
+			cat $(SETUP_LOG).step >>$(SETUP_LOG); echo "make: installing Debian packages failed; apt said:" >&2; \
+			tail -n 20 $(SETUP_LOG).step >&2; rm -f $(SETUP_LOG).step; exit 1; \
+		fi; \
+		cat $(SETUP_LOG).step >>$(SETUP_LOG); rm -f $(SETUP_LOG).step; \
+		echo "    [$$(( $$(date +%s) - start ))s] installed:" $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+	@start=$$(date +%s); \
+	echo "==> Python environment: picluster and its packages into $(VENV) (pip's output in $(SETUP_LOG))"; \
+	if ! { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } >$(SETUP_LOG).step 2>&1; then \
+		cat $(SETUP_LOG).step >>$(SETUP_LOG); echo "make: setting up $(VENV) failed; its last words:" >&2; \
+		tail -n 20 $(SETUP_LOG).step >&2; rm -f $(SETUP_LOG).step; exit 1; \
+	fi; \
+	cat $(SETUP_LOG).step >>$(SETUP_LOG); rm -f $(SETUP_LOG).step; \
+	touch $@; \
+	echo "    [$$(( $$(date +%s) - start ))s] $(VENV) ready"
 
 clean:
-	rm -rf out $(IMAGES) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out $(IMAGES) .pytest_cache .mypy_cache .ruff_cache $(SETUP_LOG)
