@@ -58,8 +58,10 @@ def test_a_killed_status_leaves_no_admin_key_anywhere(
     }
     before = private_keys(tmp_path)  # the cluster's own (.picluster/) and the stand-in's
     server.slow = "silent"
+    # as from a terminal: under nohup (as make test may run) SIGHUP is ignored, and would be here
     status = subprocess.Popen([sys.executable, "-m", "builder", "status", "-f", str(cluster_file)],
-                              cwd=cluster_file.parent, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+                              cwd=cluster_file.parent, env=env, stdout=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # fmt: skip
     try:
         for _ in range(200):
             if server.clients or status.poll() is not None:
