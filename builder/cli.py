@@ -451,9 +451,11 @@ def _replace(args: argparse.Namespace) -> int:
     secrets = project.existing_secrets("replace")
     replace.check_replaceable(project.cluster, args.node)  # every refusal before anything changes
     project.tokens_for_new(secrets, args.node, replacing=True)
-    replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print)
-    project.new_token(secrets, args.node, replacing=True)  # the dead card's token is deleted
-    if args.node == project.cluster.init_node.name:
+    first = args.node == project.cluster.init_node.name
+    answered = (lambda: project.first_joins(secrets)) if first else (lambda: None)
+    replace.replace_node(project.cluster, secrets, args.node, args.dead, say=print, answered=answered)
+    project.new_token(secrets, args.node)  # the dead card's token is deleted
+    if first:
         print(f"{args.node}'s cards join the running cluster from now on, as the other control planes' do")
     print(
         f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "

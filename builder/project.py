@@ -98,14 +98,17 @@ class Project:
             tokens.save_tokens(self.state_dir, assigned)
         return assigned
 
-    def new_token(self, secrets: ClusterSecrets, node: str, replacing: bool = False) -> None:
-        """`token NODE`: a new token for the node made on the cluster and recorded. `replacing`:
-        the node's card is being replaced, so a first control plane's joins from now on."""
-        loaded = self.tokens_for_new(secrets, node, replacing)
-        if replacing and node == self.cluster.init_node.name:
-            loaded = replace(loaded, first_joins=True)
+    def new_token(self, secrets: ClusterSecrets, node: str) -> None:
+        """`token NODE`: a new token for the node made on the cluster and recorded."""
+        loaded = self.tokens_for_new(secrets, node)
         issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
+
+    def first_joins(self, secrets: ClusterSecrets) -> None:
+        """Record that the first control plane's cards join the running cluster from now on."""
+        loaded = tokens.load_tokens(self.state_dir, secrets)
+        if not loaded.first_joins:
+            tokens.save_tokens(self.state_dir, replace(loaded, first_joins=True))
 
     def tokens_for_new(self, secrets: ClusterSecrets, node: str, replacing: bool = False) -> tokens.Tokens:
         """The token record a new token for `node` goes into; refused before the cluster is asked

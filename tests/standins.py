@@ -89,9 +89,10 @@ def main(tool: str, folder: Path, argv: list[str]) -> int:
 
 def crictl(folder: Path, argv: list[str]) -> None:
     """`crictl --runtime-endpoint E inspecti -q IMAGE` and `crictl --runtime-endpoint E pull
-    IMAGE`, with the words of kubernetes-sigs/cri-tools cmd/crictl/image.go (inspecti: "no such
-    image %q present"; pull: "Image is up to date for %s") and of containerd's CRI pull failing
-    to reach a registry."""
+    IMAGE`. inspecti fails for an image the runtime lacks, with the words of kubernetes-sigs/
+    cri-tools cmd/crictl/image.go ("no such image %q present"). What pull prints, on success and
+    when the registry cannot be reached, is modelled on crictl's and containerd's messages but was
+    not read from their source: the agent reads only the exit status and records the text."""
     verb, image = argv[2], argv[-1]
     held = folder / "images"
     present = held.read_text().split() if held.exists() else []

@@ -29,11 +29,16 @@ def replace_node(
     connect: api.Connect = api.connect,
     connect_etcd: api.Connect = api.connect_etcd,
     say: Callable[[str], None] = lambda text: None,
+    answered: Callable[[], None] = lambda: None,
 ) -> None:
+    """`answered`: called once the API server has answered, before anything is changed: the
+    cluster exists, so a first control plane's card must never run `kubeadm init` again, even if
+    this run is killed between removing its etcd member and recording its new token."""
     node, others = check_replaceable(cluster, name)
     try:
         with connect(cluster.api_endpoint, secrets) as server:
             item = api.get_node(server, name)
+            answered()
             _check_dead(item, name, dead)
             if node.role == "control-plane":
                 say(

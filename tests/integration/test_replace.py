@@ -327,13 +327,19 @@ def test_the_first_control_plane_is_replaced_by_a_card_that_joins(lab: Lab) -> N
     """cp1's first card ran `kubeadm init`; its replacement joins the running cluster, as the
     other control planes' cards do, with a token of its own made on the cluster."""
     assert lab.api is not None
+    state = lab.cluster_file.parent / ".picluster"
+    alive = lab.replace("cp1", "--dead")  # the old card still runs: refused, yet the cluster answered
+    assert alive.returncode == 2 and "cp1's etcd member still answers" in alive.stderr
+    assert lab.member_names() == ["cp1", "cp2", "cp3"]
+    assert json.loads((state / TOKENS_FILE).read_text())["first_control_plane_joins"] is True, (
+        "recorded before anything is removed: a run killed after the removal must not leave a card that inits"
+    )
     lab.kill("cp1")
     done = lab.replace("cp1", "--dead")
     assert done.returncode == 0, done.stderr
     assert "removed cp1's etcd member" in done.stdout and "cp2, cp3 remain" in done.stdout
     assert "cp1's cards join the running cluster from now on" in done.stdout
     assert lab.member_names() == ["cp2", "cp3"] and lab.api.named("cp1") is None
-    state = lab.cluster_file.parent / ".picluster"
     recorded = json.loads((state / TOKENS_FILE).read_text())
     assert recorded["first_control_plane_joins"] is True
     made = [secret["stringData"]["token-id"] for secret in lab.api.created]

@@ -30,8 +30,9 @@ import yaml
 
 from builder.cli import main
 from builder.image.bmap import digest_image
-from builder.secrets import store
+from builder.secrets import store, tokens
 from builder.secrets.pki import make_secrets
+from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, file_contents
 from tests.unit.test_kubeconfig import multi_cluster
 
@@ -135,6 +136,25 @@ def test_replace_refuses_what_no_new_card_can_fix_before_asking_the_cluster(
     before = file_contents(site)
     assert main(["replace", node, "-f", str(site / "cluster.yaml")]) == 2  # the API server is not there
     refused(capsys, *words)
+    assert file_contents(site) == before
+
+
+def test_replacing_the_first_control_plane_of_a_cluster_that_does_not_answer_records_nothing(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its cards may join only once a running cluster has answered: before that, joining would
+    leave a cluster nobody initialises."""
+    data = yaml.safe_load((site / "cluster.yaml").read_text())
+    data["cluster"]["control_plane_endpoint"] = "192.168.50.9:8443"
+    for node in data["nodes"]:
+        node.update(role="control-plane", model="pi4")
+    (site / "cluster.yaml").write_text(yaml.safe_dump(data))
+    (site / ".picluster/settings.json").unlink()  # as a state folder made for this cluster.yaml
+    built = tokens.first_build(load_cluster(site / "cluster.yaml"), store.load(site / ".picluster"))
+    tokens.save_tokens(site / ".picluster", built)  # as after the first build
+    before = file_contents(site)
+    assert main(["replace", "cp1", "--dead", "-f", str(site / "cluster.yaml")]) == 2  # nothing listens
+    refused(capsys, "cannot reach the API server")
     assert file_contents(site) == before
 
 
