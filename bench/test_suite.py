@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from builder.files import write_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_suffix(".json")
 TIER = re.compile(r"^tier (\w+): (\d+) tests: .*; (.+?) \(its tests'", re.MULTILINE)
@@ -68,7 +72,7 @@ def main(folder: Path) -> None:
         print(f"{label:26} {minutes(now['wall_s']):>24} {minutes(before.get('wall_s')):>24}")
         for tier, line in now["tiers"].items():
             print(f"{'  ' + tier:26} {line:>24} {before.get('tiers', {}).get(tier, '-'):>24}")
-    RESULTS.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    write_atomic(RESULTS, (json.dumps(figures, indent=2, sort_keys=True) + "\n").encode())
     if any(isinstance(run, dict) and run["failed"] for run in figures.values()):
         raise SystemExit(1)
 

@@ -25,7 +25,7 @@ from builder.render import images, kernel_needs
 from builder.render.plan import CARD_DISK_ID, FileEntry, NodePlan
 from builder.resources import FIRMWARE_DIR, OVERLAYS_DIR, agent_module
 from builder.secrets.pki import ClusterSecrets
-from builder.secrets.tokens import Tokens, first_build
+from builder.secrets.tokens import Tokens, first_build, init_node_name
 from builder.spec.boards import boards
 from builder.spec.model import API_SERVER_PORT, Cluster, Node
 
@@ -81,7 +81,7 @@ def render_node(
 ) -> NodePlan:
     """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes;
     `first_joins`: its card was replaced, and joins the running cluster instead."""
-    runs_init = node.name == cluster.init_node.name and not first_joins
+    runs_init = node.name == init_node_name(cluster, first_joins)
     context = {**_context(cluster, node, secrets), "init_tokens": at_init, "runs_init": runs_init}
     files: dict[tuple[str, PurePosixPath], FileEntry] = {}
     for entry in [

@@ -47,8 +47,13 @@ class Tokens:
     second cluster with the same CA."""
 
     def runs_init(self, cluster: Cluster) -> str | None:
-        """The node whose card runs `kubeadm init`, if one still does."""
-        return None if self.first_joins else cluster.init_node.name
+        return init_node_name(cluster, self.first_joins)
+
+
+def init_node_name(cluster: Cluster, first_joins: bool) -> str | None:
+    """The node whose card runs `kubeadm init`, if one still does: none once the first control
+    plane's cards join (Tokens.first_joins)."""
+    return None if first_joins else cluster.init_node.name
 
 
 def token_id(token: str) -> str:
