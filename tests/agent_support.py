@@ -11,8 +11,10 @@ import ipaddress
 import json
 import os
 import ssl
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -171,3 +173,34 @@ def api_server_standin(cert_pem: bytes, key_pem: bytes, folder: Path, port: int 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def run_agent(root: Path, standins: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        agent_command(root, *args), env=agent_env(standins, root), capture_output=True, text=True, timeout=60
+    )
+
+
+def run_until_phase(root: Path, standins: Path, phase: str | None, says: str, retries: int = 3) -> dict:
+    """Start the agent, wait until it has said `says` `retries` times and is still running (it
+    retries; it does not exit and crash-loop), stop it, and return the state it recorded (in
+    `phase`, unless None: between retries it may be stopped in any)."""
+    agent = subprocess.Popen(
+        agent_command(root, "join"), env=agent_env(standins, root), stdout=subprocess.PIPE, text=True
+    )
+    assert agent.stdout is not None
+    seen = 0
+    deadline = time.monotonic() + 30
+    try:
+        for line in agent.stdout:
+            seen += line.startswith(says)
+            if seen >= retries:
+                break
+            assert time.monotonic() < deadline, f"no {says!r} within 30 s"
+        assert agent.poll() is None, "the agent exited instead of waiting"
+    finally:
+        agent.kill()
+        agent.wait()
+    recorded = state(root)
+    assert phase is None or recorded["phase"] == phase
+    return recorded

@@ -19,7 +19,7 @@ from builder import __version__
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
 from builder.files import exclusive, remove_tree, write_atomic
-from builder.image import debian, raspios
+from builder.image import container_images, debian, raspios
 from builder.image.context import BuildContext
 from builder.image.layout import BaseImage, Layout
 from builder.image.stamp import assemble, list_tree
@@ -32,7 +32,8 @@ FLAVOURS = {"debian": debian, "raspios": raspios}
 
 def manifest(cluster: Cluster) -> dict[str, Any]:
     """Every input that changes the base image's bytes."""
-    return {"builder": __version__, **FLAVOURS[cluster.flavour].inputs(cluster)}
+    room = {"room_for_images_mib": container_images.ROOM_MIB} if cluster.cluster.images == "card" else {}
+    return {"builder": __version__, **FLAVOURS[cluster.flavour].inputs(cluster), **room}
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
@@ -85,12 +86,16 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, context: 
     epoch = source_date_epoch() or int(time.time())
     root = FLAVOURS[cluster.flavour].build_root(cluster, work, context)
     with context.reporter.step("partitions and filesystems"):
-        publish_base(root, inputs, folder, epoch, context.runner)
+        publish_base(
+            root, inputs, folder, epoch, context.runner, inputs.get("room_for_images_mib", 0) * 2**20
+        )
     remove_tree(work)
 
 
-def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int, runner: Runner) -> None:
-    """Turn a root tree (boot partition files under boot/firmware) into the cached base image.
+def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int, runner: Runner,
+                 room: int) -> None:  # fmt: skip
+    """Turn a root tree (boot partition files under boot/firmware) into the cached base image, its
+    root filesystem with `room` bytes free besides the usual headroom.
 
     The image is made beside the cache entry and renamed into place whole.
     """
@@ -98,7 +103,7 @@ def publish_base(root: Path, inputs: dict[str, Any], folder: Path, epoch: int, r
     boot = staging / "boot"
     (root / "boot" / "firmware").rename(boot)
     (root / "boot" / "firmware").mkdir()
-    layout = assemble(root, boot, staging / "base.img", epoch, runner)
+    layout = assemble(root, boot, staging / "base.img", epoch, runner, room)
     dirs, others = list_tree(root)
     remove_tree(boot)
     _publish(staging, folder, inputs, epoch, layout, dirs, others)

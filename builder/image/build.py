@@ -23,10 +23,12 @@ from builder.epoch import source_date_epoch
 from builder.files import exclusive, write_atomic
 from builder.image.base import ensure_base
 from builder.image.bmap import digest_image
+from builder.image.container_images import card_files, fetch_images
 from builder.image.context import BuildContext
 from builder.image.layout import BaseImage
 from builder.image.outputs import IMAGE_SUFFIXES, NodeOutputs, build_record, is_current
 from builder.image.stamp import stamp
+from builder.render.images import node_images
 from builder.render.node import CLOCK_FILE, render_cluster
 from builder.render.plan import NodePlan
 from builder.run import Runner
@@ -48,11 +50,26 @@ def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens,
     """Build every node whose card changed; return the names of the nodes built. `tokens`: the
     bootstrap token each node's card carries (builder.secrets.tokens)."""
     plans = render_cluster(cluster, secrets, tokens)
+    if cluster.cluster.images == "card":
+        plans = _with_container_images(cluster, plans, context)
     base = ensure_base(cluster, context)
     images = context.images
     with exclusive(images / LOCK, f"images into {images}", context.reporter.say):
         epoch = clock_epoch(base)
         return _build_stale(plans, base, context, epoch, clock_seed(epoch, secrets))
+
+
+def _with_container_images(cluster: Cluster, plans: list[NodePlan], context: BuildContext) -> list[NodePlan]:
+    """Each plan with the container images its node runs, fetched first."""
+    wanted = {node.name: node_images(cluster, node).references for node in cluster.nodes}
+    fetched = fetch_images(
+        (reference for references in wanted.values() for reference in references),
+        cluster.cluster.image_mirror,
+        context,
+    )
+    return [
+        plan.with_files(card_files(fetched[reference] for reference in wanted[plan.node])) for plan in plans
+    ]
 
 
 def _build_stale(plans: list[NodePlan], base: BaseImage, context: BuildContext, epoch: int,

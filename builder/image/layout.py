@@ -64,9 +64,10 @@ class BaseImage:
     others: frozenset[str]
 
 
-def layout_for(root_content_bytes: int) -> Layout:
-    """picluster's own layout, with a root partition that holds the content plus headroom."""
-    wanted = int(root_content_bytes * 1.15) + ROOT_HEADROOM
+def layout_for(root_content_bytes: int, room: int = 0) -> Layout:
+    """picluster's own layout, with a root partition that holds the content plus headroom, and
+    `room` bytes more for what every card adds (container images)."""
+    wanted = int(root_content_bytes * 1.15) + ROOT_HEADROOM + room
     root_size = -(-wanted // (4 * MIB)) * 4 * MIB
     return Layout(BOOT_OFFSET, ROOT_OFFSET, ROOT_OFFSET + root_size)
 

@@ -31,9 +31,10 @@ from builder.render.plan import FileEntry, NodePlan
 from builder.run import Runner
 
 
-def assemble(root_dir: Path, boot_dir: Path, image: Path, epoch: int, runner: Runner) -> Layout:
-    """Make a partitioned image from a root tree and a separate boot tree (already moved out)."""
-    layout = layout_for(tree_size(root_dir))
+def assemble(root_dir: Path, boot_dir: Path, image: Path, epoch: int, runner: Runner, room: int) -> Layout:
+    """Make a partitioned image from a root tree and a separate boot tree (already moved out),
+    its root filesystem with `room` bytes free besides the usual headroom."""
+    layout = layout_for(tree_size(root_dir), room)
     env = tool_env(epoch)
     pin_mtimes(boot_dir, epoch)
     pin_mtimes(root_dir, epoch)
@@ -120,6 +121,9 @@ def stage_files(entries: Iterable[FileEntry], folder: Path, epoch: int) -> dict[
     staged = {}
     for index, entry in enumerate(entries):
         if entry.link is not None:
+            continue
+        if entry.source is not None:
+            staged[entry] = entry.source
             continue
         name = entry.path.name if entry.partition == "boot" else str(index)
         path = folder / entry.partition / name

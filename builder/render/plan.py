@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 Partition = Literal["boot", "root"]
@@ -34,6 +34,9 @@ class FileEntry:
     mode: int = 0o644
     link: str | None = None
     """A symlink's target; data and mode are then unused."""
+    source: Path | None = None
+    """A file whose bytes the card carries as they are, never read into memory (a container image
+    archive, named by its digest); data is then unused."""
     mtime: int | None = None
     """Its modification time when that time means something (the clock seed); None: the
     build's time stamp, like every other file."""
@@ -47,6 +50,9 @@ class FileEntry:
 class NodePlan:
     node: str
     files: tuple[FileEntry, ...]
+
+    def with_files(self, extra: tuple[FileEntry, ...]) -> NodePlan:
+        return replace(self, files=self.files + extra)
 
     def with_mtime(self, path: PurePosixPath, mtime: int) -> NodePlan:
         """The same plan with one root file's modification time set."""
@@ -63,14 +69,16 @@ class NodePlan:
         hasher = hashlib.sha256()
         for entry in self.files:
             hasher.update(f"{entry.partition}\0{entry.path}\0{entry.mode:o}\0{entry.link}\0".encode())
-            hasher.update(hashlib.sha256(entry.data).digest())
+            hasher.update(
+                hashlib.sha256(entry.data).digest() if entry.source is None else entry.source.name.encode()
+            )
         return hasher.hexdigest()
 
     def file_digests(self) -> dict[str, str]:
         """Each file's own short hash, so a changed card can say which files changed."""
         return {
             f"{entry.partition}/{entry.path}": hashlib.sha256(
-                f"{entry.mode:o}\0{entry.link}\0".encode() + entry.data
+                f"{entry.mode:o}\0{entry.link}\0{entry.source and entry.source.name}\0".encode() + entry.data
             ).hexdigest()[:16]
             for entry in self.files
         }

@@ -300,6 +300,22 @@ class ClusterSettings(Strict):
         description="firstboot (the node installs kubeadm, kubelet and kubectl) or image "
         "(they are baked into the image)",
     )
+    images: Literal["pull", "card"] = Field(
+        "pull",
+        description="pull (each node pulls its container images on first boot, before kubeadm) or card "
+        "(picluster build fetches them for arm64 and writes them onto each card: with packages: image "
+        "too, a first boot needs nothing from outside the LAN)",
+    )
+    image_mirror: (
+        Annotated[
+            str, _matches(re.compile(r"https?://[!-~]+"), "an http(s) URL such as http://192.168.50.2:5000")
+        ]
+        | None
+    ) = Field(
+        None,
+        description="with images: card, a registry picluster build fetches every image from instead of "
+        "registry.k8s.io and ghcr.io, the same paths under it (http:// for one without TLS)",
+    )
     kubernetes_repository: (
         Annotated[str, _matches(re.compile(r"https?://[!-~]+/"), "an http(s) URL ending in /")] | None
     ) = Field(
@@ -541,6 +557,7 @@ def cross_field_problems(cluster: Cluster) -> list[Problem]:
         *_subnet_problems(cluster),
         *_role_problems(cluster),
         *_join_window_problems(cluster),
+        *_image_problems(cluster),
         *_virtual_ip_problems(cluster),
         *_memory_problems(cluster),
         *_interface_problems(cluster),
@@ -675,6 +692,20 @@ def _join_window_problems(cluster: Cluster) -> list[Problem]:
             "cluster.token_ttl_hours",
             "is set beside cluster.join_window_days, which replaces it",
             "remove cluster.token_ttl_hours and keep cluster.join_window_days",
+        )
+    ]
+
+
+def _image_problems(cluster: Cluster) -> list[Problem]:
+    settings = cluster.cluster
+    if settings.image_mirror is None or settings.images == "card":
+        return []
+    return [
+        Problem(
+            "cluster.image_mirror",
+            "is where picluster build fetches the images it writes onto the cards, and with "
+            "images: pull the nodes pull from the registries themselves",
+            "set cluster.images: card, or remove cluster.image_mirror",
         )
     ]
 

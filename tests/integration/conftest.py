@@ -80,7 +80,7 @@ def publish_tiny_base(cluster: Cluster, cache: Path) -> Path:
     (root / "boot/firmware/config.txt").write_text("# from the raspi-firmware package\n")
     inputs = base.manifest(cluster)
     folder = cache / "base" / base.cache_key(inputs)[:16]
-    base.publish_base(root, inputs, folder, TINY_EPOCH, Runner())
+    base.publish_base(root, inputs, folder, TINY_EPOCH, Runner(), 0)
     shutil.rmtree(root)
     return folder
 

@@ -34,6 +34,8 @@ from tests.agent_support import (
     make_ca,
     make_server_cert,
     node_root,
+    run_agent,
+    run_until_phase,
     state,
 )
 from tests.conftest import fixed_secrets
@@ -42,12 +44,6 @@ from tests.integration.conftest import serve_folder
 pytestmark = pytest.mark.integration
 
 IMAGE_PACKAGES = {"packages": {"install": "image"}}
-
-
-def run_agent(root: Path, standins: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        agent_command(root, *args), env=agent_env(standins, root), capture_output=True, text=True, timeout=60
-    )
 
 
 def kubeadm_verbs(standins: Path) -> list[str]:
@@ -311,31 +307,6 @@ def wait_for_state(root: Path, done: Callable[[dict[str, Any]], bool], what: str
         time.sleep(0.05)
 
 
-def run_until_phase(root: Path, standins: Path, phase: str | None, says: str, retries: int = 3) -> dict:
-    """Start the agent, wait until it has said `says` `retries` times and is still running (it
-    retries; it does not exit and crash-loop), stop it, and return the state it recorded (in
-    `phase`, unless None: between retries it may be stopped in any)."""
-    agent = subprocess.Popen(
-        agent_command(root, "join"), env=agent_env(standins, root), stdout=subprocess.PIPE, text=True
-    )
-    assert agent.stdout is not None
-    seen = 0
-    deadline = time.monotonic() + 30
-    try:
-        for line in agent.stdout:
-            seen += line.startswith(says)
-            if seen >= retries:
-                break
-            assert time.monotonic() < deadline, f"no {says!r} within 30 s"
-        assert agent.poll() is None, "the agent exited instead of waiting"
-    finally:
-        agent.kill()
-        agent.wait()
-    recorded = state(root)
-    assert phase is None or recorded["phase"] == phase
-    return recorded
-
-
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     root = node_root(tmp_path, "cp1", **IMAGE_PACKAGES)
     standins = install_standins(tmp_path / "bin", "kubeadm", "kubelet", "kubectl")
@@ -430,7 +401,7 @@ def test_every_image_is_pulled_one_at_a_time_before_kubeadm_runs(tmp_path: Path)
     assert everything[len(pulls)] == ["kubeadm", "init"]
     assert all(call[1:3] == endpoint for call in calls(standins) if call[0] == "crictl")
     assert state(root)["images"] == [{"image": image, "status": "pulled"} for image in listed]
-    assert "images:      0 present, 9 pulled" in run_agent(root, standins, "status").stdout
+    assert "images:      0 present, 0 imported, 9 pulled" in run_agent(root, standins, "status").stdout
 
 
 def test_a_failed_pull_is_recorded_and_retried_from_the_image_it_failed_on(tmp_path: Path) -> None:

@@ -18,6 +18,35 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path("/etc/picluster/node.json")
+CARD_IMAGES = Path("/var/lib/picluster/images")
+"""On a card built with `images: card`: one OCI archive per container image, and index.json
+naming them. picluster build writes both (they depend on what the registry served, which
+node.json, rendered before anything is fetched, cannot know); the agent imports them."""
+CARD_IMAGES_INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class CardImage:
+    reference: str
+    """The name the node knows it by, as kubeadm and the manifests name it."""
+    digest: str
+    """Its image manifest's digest, which containerd lists once it is imported."""
+    archive: str
+    """The OCI archive's file name under CARD_IMAGES."""
+
+
+def card_images_json(images: tuple[CardImage, ...]) -> bytes:
+    """index.json's bytes, which load_card_images reads back."""
+    raw = {"images": [asdict(image) for image in images]}
+    return (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode()
+
+
+def load_card_images(folder: Path) -> tuple[CardImage, ...]:
+    """The images the card carries; none on a card built with `images: pull`."""
+    index = folder / CARD_IMAGES_INDEX
+    if not index.exists():
+        return ()
+    return tuple(CardImage(**entry) for entry in json.loads(index.read_text())["images"])
 
 
 @dataclass(frozen=True)

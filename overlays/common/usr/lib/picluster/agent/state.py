@@ -18,6 +18,7 @@ JOINING = "joining"
 """kubeadm init/join is running; found on start, it means the agent was killed mid-attempt."""
 WAITING_READY = "waiting: node ready"
 TOKEN_UNKNOWN = "token-unknown"
+IMAGE_STATUSES = ("present", "imported", "pulled")
 """kubeadm's discovery found no signature for the card's bootstrap token: the cluster does not
 know it. The agent keeps trying (the token may yet be made), but only a fresh card or token helps."""
 
@@ -85,6 +86,6 @@ def describe(state: State, node: str) -> str:
     if state.links:
         lines.append("clean-links: " + "; ".join(f"{a['target']} {a['action']}" for a in state.links))
     if state.images:
-        counts = {word: sum(i["status"] == word for i in state.images) for word in ("present", "pulled")}
-        lines.append(f"images:      {counts['present']} present, {counts['pulled']} pulled")
+        counts = {word: sum(i["status"] == word for i in state.images) for word in IMAGE_STATUSES}
+        lines.append("images:      " + ", ".join(f"{counts[word]} {word}" for word in IMAGE_STATUSES))
     return "\n".join(lines)
