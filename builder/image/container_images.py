@@ -33,9 +33,10 @@ from builder.run import CommandError
 ARCH = "arm64"
 OS = "linux"
 CACHE_FOLDER = "container-images"
-ROOM_MIB = 1024
-"""Free space a base built for `images: card` keeps on its root filesystem for the archives: a
-control plane's seven kubeadm images and flannel's come to about 250 MB for arm64."""
+ROOM_MIB = 512
+"""Free space a base built for `images: card` keeps on its root filesystem for the archives,
+besides its usual headroom (the build says what each card carries). Each MiB of it costs every
+build the time to hash it, as zeros, in each node's image."""
 
 
 @dataclass(frozen=True)

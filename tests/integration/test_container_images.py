@@ -183,9 +183,11 @@ def test_a_blob_that_does_not_match_its_digest_fails_the_build_naming_the_image(
     assert not list((tmp_path / "cache/container-images").glob("*.tar")), "nothing half-fetched is kept"
 
 
-def card_with_images(tmp_path: Path, node: str, mirror: Registry) -> tuple[Path, list[str]]:
+def card_with_images(
+    tmp_path: Path, node: str, mirror: Registry, packages: dict[str, str] | None = None
+) -> tuple[Path, list[str]]:
     """A node root whose card carries its images, fetched from the registry as build does."""
-    root = node_root(tmp_path, node, packages={"install": "image"})
+    root = node_root(tmp_path, node, packages=packages or {"install": "image"})
     listed = json.loads((root / "etc/picluster/node.json").read_text())["images"]
     context = BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner())
     fetched = container_images.fetch_images(listed, mirror.url, context)
@@ -238,3 +240,17 @@ def test_an_archive_that_is_not_what_the_card_recorded_is_not_run_and_the_agent_
         in recorded["last_error"]
     )
     assert kube_calls(standins) == [], "kubeadm waits for the images"
+
+
+def test_the_images_are_imported_before_the_packages_so_a_node_offline_has_them(
+    tmp_path: Path, served: tuple[Registry, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror, digests = served
+    unreachable = {"install": "firstboot", "apt_repository": "https://127.0.0.1:9/"}
+    root, listed = card_with_images(tmp_path, "cp1", mirror, unreachable)
+    standins = install_standins(tmp_path / "bin")  # no kubeadm, kubelet or kubectl: not installed
+    with containerd() as runtime:
+        monkeypatch.setenv("CONTAINERD_ADDRESS", str(runtime.socket))
+        recorded = run_until_phase(root, standins, "waiting: packages", says="waiting: packages")
+        assert runtime.images() == {reference: digests[reference] for reference in listed}
+    assert [entry["status"] for entry in recorded["images"]] == ["imported"] * len(listed)

@@ -10,13 +10,16 @@ and kubeadm finds every image present (its pull policy, IfNotPresent, then pulls
 worker's kubelet would pull its images only after the join; pulled here, it is Ready sooner.
 node.json lists the images (picluster's `images` command prints the same list).
 
-A card built with `images: card` carries them as OCI archives (config.CARD_IMAGES): each is
-imported with containerd's own `ctr images import` into the k8s.io namespace, which the CRI
-plugin serves to the kubelet and crictl, and checked against the digest the build recorded, so
-such a node pulls nothing.
+A card built with `images: card` carries them as OCI archives (config.CARD_IMAGES). They are
+imported first, before the packages are installed, since that needs nothing but containerd,
+which every base carries: with containerd's own `ctr images import` into the k8s.io namespace,
+which the CRI plugin serves to the kubelet and crictl, each checked against the digest the build
+recorded. Such a node pulls nothing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from agent.config import CARD_IMAGES, CardImage, NodeConfig, load_card_images
 from agent.host import Backoff, CommandFailed, Host, say
@@ -31,59 +34,73 @@ PULL_TIMEOUT_S = 1800
 WAITING_IMAGES = "waiting: images"
 
 
-def ensure_images(host: Host, config: NodeConfig, state: State) -> None:
-    """Returns once every listed image is present; until then, retries with backoff, recording
-    which image failed and why."""
+def import_card_images(host: Host, config: NodeConfig, state: State) -> None:
+    """Returns once every image the card carries is in containerd with the recorded digest;
+    until then, retries with backoff, recording which image failed and why."""
     card = {image.reference: image for image in load_card_images(host.path(CARD_IMAGES))}
+    carried = [image for image in config.images if image in card]  # in the order kubeadm lists them
+    _until_done(host, config, state, "importing", carried, lambda image: _import(host, card[image]))
+
+
+def ensure_images(host: Host, config: NodeConfig, state: State) -> None:
+    """Returns once every listed image the card does not carry is present; until then,
+    retries with backoff, recording which image failed and why."""
+    carried = {image.reference for image in load_card_images(host.path(CARD_IMAGES))}
+    wanted = [image for image in config.images if image not in carried]
+    _until_done(host, config, state, "pulling", wanted, lambda image: _pull(host, image))
+
+
+def _until_done(host: Host, config: NodeConfig, state: State, verb: str, images: list[str],
+                fetch: Callable[[str], dict[str, str]]) -> None:  # fmt: skip
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
+    done = [entry for entry in state.images if entry["image"] not in images]  # the other step's
     while True:
-        try:
-            _ensure_each(host, config, card, state)
-            return
-        except CommandFailed as error:
-            failed = len(state.images)
-            reason = f"{_verb(config.images[failed], card)} {config.images[failed]}: {error.summary}"
-            state.enter(host, WAITING_IMAGES, reason)
-            say(f"{WAITING_IMAGES} ({failed}/{len(config.images)} present; {reason})")
-            host.sleep(backoff.next())
-
-
-def _ensure_each(host: Host, config: NodeConfig, card: dict[str, CardImage], state: State) -> None:
-    state.images = []
-    for index, image in enumerate(config.images, 1):
-        if _present(host, image):
-            state.images.append({"image": image, "status": "present"})
-            continue
-        verb = _verb(image, card)
-        state.enter(host, f"{verb}: images ({index}/{len(config.images)})", state.last_error)
-        if image in card:
-            _import(host, card[image])
-            state.images.append({"image": image, "status": "imported", "digest": card[image].digest})
+        state.images = list(done)
+        for index, image in enumerate(images, 1):
+            try:
+                state.enter(host, f"{verb}: images ({index}/{len(images)})", state.last_error)
+                state.images.append({"image": image, **fetch(image)})
+            except CommandFailed as error:
+                reason = f"{verb} {image}: {error.summary}"
+                state.enter(host, WAITING_IMAGES, reason)
+                delay = backoff.next()
+                say(f"{WAITING_IMAGES} ({reason}); retrying in {delay:.0f} s")
+                host.sleep(delay)
+                break
         else:
-            host.run(_crictl("pull", image), timeout=PULL_TIMEOUT_S)
-            state.images.append({"image": image, "status": "pulled"})
-    state.save(host)
+            state.save(host)
+            return
 
 
-def _verb(image: str, card: dict[str, CardImage]) -> str:
-    return "importing" if image in card else "pulling"
+def _pull(host: Host, image: str) -> dict[str, str]:
+    if _present(host, image):
+        return {"status": "present"}
+    host.run(_crictl("pull", image), timeout=PULL_TIMEOUT_S)
+    return {"status": "pulled"}
 
 
-def _import(host: Host, image: CardImage) -> None:
-    """Import the card's archive, then check that containerd holds the digest the build
-    recorded: a card damaged since is not run from."""
+def _import(host: Host, image: CardImage) -> dict[str, str]:
+    """Import the card's archive unless containerd holds it already, then check that containerd
+    holds the digest the build recorded: a card damaged since is not run from."""
+    if _held_digests(host, image.reference) == [image.digest]:
+        return {"status": "present", "digest": image.digest}
     archive = str(host.path(CARD_IMAGES / image.archive))
     host.run([*_ctr("import", "--platform", PLATFORM), archive], timeout=PULL_TIMEOUT_S)
-    listed = host.run([*_ctr("ls"), f"name=={image.reference}"], changes=False, timeout=60)
-    digests = [row.split()[2] for row in listed.splitlines()[1:] if row.split()[:1] == [image.reference]]
-    if digests != [image.digest]:
-        found = digests[0] if digests else "nothing"
+    held = _held_digests(host, image.reference)
+    if held != [image.digest]:
         raise CommandFailed(
             ["ctr", "images", "import", archive],
             1,
-            f"containerd holds {found} for {image.reference}, the card's index says {image.digest}: "
-            "the card is damaged; build the node's image again (picluster build) and flash it",
+            f"containerd holds {held[0] if held else 'nothing'} for {image.reference}, the card's index "
+            f"says {image.digest}: the card is damaged; build the node's image again (picluster build) "
+            "and flash it",
         )
+    return {"status": "imported", "digest": image.digest}
+
+
+def _held_digests(host: Host, reference: str) -> list[str]:
+    listed = host.run([*_ctr("ls"), f"name=={reference}"], changes=False, timeout=60)
+    return [row.split()[2] for row in listed.splitlines()[1:] if row.split()[:1] == [reference]]
 
 
 def _present(host: Host, image: str) -> bool:

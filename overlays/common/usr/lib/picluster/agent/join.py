@@ -14,7 +14,7 @@ import time
 from agent import api, packages
 from agent.config import NodeConfig
 from agent.host import Backoff, CommandFailed, Host, say, utc
-from agent.images import ensure_images
+from agent.images import ensure_images, import_card_images
 from agent.links import KUBELET_CONF, clean_links, is_member
 from agent.state import JOINED, JOINING, TOKEN_UNKNOWN, WAITING_READY, State, now
 
@@ -46,6 +46,7 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
     if state.phase == WAITING_READY and is_member(host):
         _finish(host, config, state)
         return
+    import_card_images(host, config, state)  # needs only containerd, and no network
     _ensure_packages(host, config, state)
     backoff = Backoff(config.timing.retry_initial, config.timing.retry_max)
     while True:
