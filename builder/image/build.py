@@ -67,6 +67,9 @@ def _with_container_images(cluster: Cluster, plans: list[NodePlan], context: Bui
         cluster.cluster.image_mirror,
         context,
     )
+    for node, references in wanted.items():
+        size = sum(fetched[reference].archive.stat().st_size for reference in references) / 2**20
+        context.reporter.say(f"    {node} carries {len(references)} images, {size:.1f} MiB")
     return [
         plan.with_files(card_files(fetched[reference] for reference in wanted[plan.node])) for plan in plans
     ]
