@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,14 @@ class Registry:
             capture_output=True, check=True,
         ).stdout  # fmt: skip
         return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+    def push_stand_ins(self, references: Iterable[str], work: Path) -> dict[str, str]:
+        """A small image standing in for each reference, pushed under its path without the
+        registry's host; each one's digest."""
+        return {
+            reference: self.push_image(reference.split("/", 1)[1], f"stands in for {reference}\n", work)
+            for reference in sorted(set(references))
+        }
 
     def push_image(self, path: str, content: str, work: Path) -> str:
         """Make a one-file arm64 OCI image holding `content` and push it as `path`; its digest."""

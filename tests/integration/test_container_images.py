@@ -48,11 +48,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry,
     folder = tmp_path_factory.mktemp("registry")
     with registry(folder) as served:
         cluster = card_cluster(served)
-        references = {reference for node in cluster.nodes for reference in wanted(cluster, node.name)}
-        digests = {
-            reference: served.push_image(reference.split("/", 1)[1], f"stands in for {reference}\n", folder)
-            for reference in sorted(references)
-        }
+        digests = served.push_stand_ins(
+            (ref for node in cluster.nodes for ref in wanted(cluster, node.name)), folder
+        )
         yield served, digests
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from builder.errors import UserError
-from builder.image import base, debian
+from builder.image import base, container_images, debian
 from builder.image.bmap import bmap_text
 from builder.image.layout import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
-from builder.render.plan import FileEntry
+from builder.render.plan import FileEntry, NodePlan
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
 
@@ -191,3 +191,42 @@ def test_a_virtual_ip_puts_keepalived_and_haproxy_in_the_base_of_that_cluster_on
 
     assert packages(served) - packages(plain) == {"keepalived", "haproxy"}
     assert packages(balancer) == packages(plain), "a load balancer the user runs needs nothing on the cards"
+
+
+def test_a_base_for_cards_carrying_images_has_room_for_them_and_a_key_of_its_own(tmp_path: Path) -> None:
+    """The pull-mode base stays as it was (cached bases are reused); one for images: card keeps
+    container_images.ROOM_MIB more free on its root."""
+    pulling = base.manifest(load_cluster(BUNDLED))
+    edited = tmp_path / "cluster.yaml"
+    edited.write_text(
+        BUNDLED.read_text().replace("  packages: firstboot", "  images: card\n  packages: firstboot")
+    )
+    carrying = base.manifest(load_cluster(edited))
+    assert "room_for_images_mib" not in pulling
+    assert carrying == {**pulling, "room_for_images_mib": container_images.ROOM_MIB}
+    assert layout_for(700 * MIB, 512 * MIB).image_size - layout_for(700 * MIB).image_size == 512 * MIB
+
+
+@pytest.mark.parametrize(
+    ("mirror", "expected"),
+    [
+        (None, ("registry.k8s.io/coredns/coredns:v1.12.1", True)),
+        ("http://192.168.50.2:5000", ("192.168.50.2:5000/coredns/coredns:v1.12.1", False)),
+        ("https://mirror.lan/", ("mirror.lan/coredns/coredns:v1.12.1", True)),
+    ],
+)
+def test_a_mirror_holds_each_image_under_the_same_path(
+    mirror: str | None, expected: tuple[str, bool]
+) -> None:
+    assert container_images.source("registry.k8s.io/coredns/coredns:v1.12.1", mirror) == expected
+
+
+def test_a_carried_archive_is_known_by_its_name_and_never_read_for_the_digest(tmp_path: Path) -> None:
+    archive = tmp_path / "sha256-aa.tar"  # never created: reading it would fail
+    plan = NodePlan(
+        "cp1", (FileEntry("root", PurePosixPath("var/lib/picluster/images/a.tar"), source=archive),)
+    )
+    renamed = NodePlan("cp1", (FileEntry("root", PurePosixPath("var/lib/picluster/images/a.tar"),
+                                         source=tmp_path / "sha256-bb.tar"),))  # fmt: skip
+    assert plan.digest() != renamed.digest()
+    assert plan.file_digests() != renamed.file_digests()
