@@ -19,10 +19,14 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 # uses cgo), containernetworking-plugins (the cards' bridge, host-local, portmap), iptables
 # (flanneld runs it), iputils-ping (pods ping across nodes); keepalived and haproxy (they serve
 # a virtual IP in tests/integration/test_virtual_ip.py); etcd-server and etcd-client (a real
-# etcd cluster that `picluster replace` removes a member from, tests/integration/test_replace.py).
+# etcd cluster that `picluster replace` removes a member from, tests/integration/test_replace.py);
+# umoci and skopeo (make and read flannel's OCI image) and containerd (imports it in a test).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
-	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping etcd-server etcd-client keepalived haproxy
+	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping etcd-server etcd-client keepalived haproxy umoci skopeo containerd
+# The upstream source archives from a copy of shared/ beside the clone, when there is one
+# (builder/upstream.py), instead of downloading them.
+export PICLUSTER_UPSTREAM ?= $(if $(wildcard ../shared/upstream),$(abspath ../shared/upstream))
 
 .PHONY: images render validate verify test test-fast lint setup host-packages clean
 
