@@ -5,7 +5,8 @@ The published quay.io/coreos/flannel:v0.10.0-arm64 is a Docker schema 1 manifest
 Dockerfile.arm64 at v0.10.0 lays it out:
 
 - its root holds iproute2, net-tools, ca-certificates and iptables (Dockerfile.arm64's `apk add`),
-  from Debian arm64 packages instead of Alpine's, plus the essential set, which brings `cp` for the
+  from Debian arm64 packages instead of Alpine's, on Debian's essential set: their maintainer
+  scripts need its shell, dpkg and perl-base (debconf) in any case, and it brings `cp` for the
   DaemonSet's init container that copies the CNI config onto the node;
 - /opt/bin/flanneld, built as flannel's Makefile builds dist/flanneld-arm64: CGO_ENABLED=0,
   GOARCH=arm64, `-ldflags "-s -w -X github.com/coreos/flannel/version.Version=v0.10.0"`, and
@@ -23,8 +24,9 @@ second, and leaves a reference holding `/`, `:` or `@` as it is (core/images/arc
 refTranslator), so `ctr images import` names it exactly REFERENCE.
 
 The image is deterministic (fixed time stamps, owners and order), and cached by the hash of its
-inputs. Debian's packages are not pinned: the key holds the suite and the package list, so it
-cannot see a Debian update, and `rebuild` (picluster build --rebuild-base) makes it again.
+inputs, this machine's Go among them. Debian's packages are not pinned: the key holds the suite and
+the package list, so it cannot see a Debian update, and `rebuild` (picluster build --rebuild-base)
+makes it again.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from builder import __version__
 from builder.errors import UserError
 from builder.files import exclusive, remove_tree, write_atomic
 from builder.image import debian
-from builder.image.base import cache_key
+from builder.image.base import cache_key, why_rebuild
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.progress import Reporter, silent
 from builder.run import Runner
@@ -90,12 +92,13 @@ class FlannelImage:
     """The image manifest's sha256:..."""
 
 
-def inputs() -> dict[str, Any]:
+def inputs(runner: Runner) -> dict[str, Any]:
     """Every input that changes the image's bytes."""
+    go = runner.run(["go", "env", "GOVERSION"]).strip()
     return {
         "builder": __version__,
         "source": sources()[SOURCE].tree_sha256,
-        "build": {"args": list(FLANNELD.build_args), "env": CROSS_BUILD},
+        "build": {"go": go, "args": list(FLANNELD.build_args), "env": CROSS_BUILD},
         "suite": SUITE,
         "sources": debian.apt_sources(SUITE),
         "packages": list(PACKAGES),
@@ -111,15 +114,19 @@ def build_flannel_image(
 ) -> FlannelImage:
     """The cached flannel image, built first if it is missing or a rebuild was asked for."""
     reporter = reporter or silent()
-    key = cache_key(inputs())
-    folder = cache / "flannel-image" / key[:16]
+    manifest = inputs(runner)
+    folder = cache / "flannel-image" / cache_key(manifest)[:16]
     if (folder / "image.json").exists() and not rebuild:
+        reporter.say(f"==> flannel image: cached ({folder})")
         return load_image(folder)
+    # one build of an image at a time; whoever waited finds it built
     with exclusive(folder.with_name(f"{folder.name}.lock"), f"the flannel image {folder}", reporter.say):
         if (folder / "image.json").exists() and not rebuild:
+            reporter.say(f"==> flannel image: cached ({folder}), built while this build waited")
             return load_image(folder)
-        with reporter.step(f"flannel {VERSION} image for arm64: building"):
-            _build(folder, cache, runner, reporter)
+        why = why_rebuild(folder.parent.glob("*/image.json"), manifest, rebuild)
+        with reporter.step(f"flannel {VERSION} image for arm64: building ({why})"):
+            _build(folder, manifest, cache, runner, reporter)
     return load_image(folder)
 
 
@@ -135,7 +142,7 @@ def load_image(folder: Path) -> FlannelImage:
         ) from None
 
 
-def _build(folder: Path, cache: Path, runner: Runner, reporter: Reporter) -> None:
+def _build(folder: Path, manifest: dict[str, Any], cache: Path, runner: Runner, reporter: Reporter) -> None:
     """Make the image in a scratch folder beside the cache entry, then rename it into place."""
     work = folder.with_name(f".{folder.name}.building")
     remove_tree(work)
@@ -159,7 +166,7 @@ def _build(folder: Path, cache: Path, runner: Runner, reporter: Reporter) -> Non
     staging = work / "entry"
     staging.mkdir()
     (work / "flannel.tar").rename(staging / "flannel.tar")
-    meta = {"key": cache_key(inputs()), "inputs": inputs(), "reference": REFERENCE, "digest": digest}
+    meta = {"key": cache_key(manifest), "inputs": manifest, "reference": REFERENCE, "digest": digest}
     write_atomic(staging / "image.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     remove_tree(folder)
     staging.rename(folder)
