@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def ensure_base(cluster: Cluster, context: BuildContext) -> BaseImage:
         if (folder / "base.json").exists() and not context.rebuild_base:
             say(f"==> base image: cached ({folder}), built while this build waited")
             return load_base(folder)
-        say(f"==> base image: building ({_why_rebuild(context.cache, inputs, context.rebuild_base)})")
+        records = (context.cache / "base").glob("*/base.json")
+        say(f"==> base image: building ({why_rebuild(records, inputs, context.rebuild_base)})")
         build_base(cluster, inputs, folder, context)
     return load_base(folder)
 
@@ -126,16 +128,17 @@ def _publish(staging: Path, folder: Path, inputs: dict[str, Any], epoch: int, la
     staging.rename(folder)
 
 
-def _why_rebuild(cache_dir: Path, inputs: dict[str, Any], rebuild: bool) -> str:
-    """Which input differs from the newest cached base, so a cache miss is never a mystery."""
+def why_rebuild(records: Iterable[Path], inputs: dict[str, Any], rebuild: bool) -> str:
+    """Which input differs from the newest cached build's (records: their JSON records, each with
+    its "inputs"), so a cache miss is never a mystery."""
     if rebuild:
         return "--rebuild-base"
-    cached = sorted((cache_dir / "base").glob("*/base.json"), key=lambda p: p.stat().st_mtime)
+    cached = sorted(records, key=lambda p: p.stat().st_mtime)
     if not cached:
-        return "no cached base yet"
+        return "nothing cached yet"
     try:
         previous = json.loads(cached[-1].read_bytes())["inputs"]
     except (ValueError, KeyError, TypeError):
-        return f"no readable cached base ({cached[-1]} is damaged)"
+        return f"no readable cached build ({cached[-1]} is damaged)"
     changed = sorted(key for key in inputs.keys() | previous.keys() if inputs.get(key) != previous.get(key))
-    return "changed since the last base: " + ", ".join(changed)
+    return "changed since the last build: " + ", ".join(changed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from builder import upstream
 from builder.image import base
 from builder.image.context import default_cache
 from builder.progress import Reporter
@@ -25,6 +26,11 @@ from builder.spec.model import Cluster, ImageSource
 from tests.conftest import BUNDLED
 from tests.integration import raspios_standin
 from tests.integration.api_standin import on_a_lan_of_its_own
+from tests.integration.upstream import SHARED
+
+if SHARED.is_dir():
+    # the upstream archives picluster builds from, here and in CI beside the clone
+    os.environ.setdefault(upstream.LOCAL, str(SHARED))
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs", "e2fsck")
 TINY_EPOCH = 1_795_467_600

@@ -323,10 +323,7 @@ def flannel_lab(folder: Path, cache: Path) -> Iterator[Lab]:
     missing = missing_requirements()
     if missing:
         raise LabError("the flannel lab needs: " + "; ".join(missing))
-    binaries = {
-        program.binary: upstream.ensure_built(program, cache)
-        for program in (upstream.FLANNELD, upstream.FLANNEL_CNI, upstream.CNITOOL)
-    }
+    binaries = {program.binary: upstream.ensure_built(program, cache) for program in upstream.LAB_PROGRAMS}
     cluster = load_cluster(BUNDLED)
     prefix = f"pcl{os.getpid()}"
     logs = folder / "logs"

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from builder.errors import UserError
 from builder.image.context import default_cache
 from tests.agent_support import agent_command
 from tests.conftest import file_contents, fixed_secrets
 from tests.integration.api_standin import api_standin
 from tests.integration.flannel_lab import WIFI_NODE, WLAN0, Lab, LabError, Pod, flannel_lab
-from tests.integration.upstream import BuildError
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +60,10 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab | NotStart
             made: Lab | NotStarted = stack.enter_context(
                 flannel_lab(tmp_path_factory.mktemp("flannel-lab"), default_cache())
             )
-        except (LabError, BuildError) as error:
+        except LabError as error:
             made = NotStarted(str(error))
+        except UserError as error:
+            made = NotStarted(error.render())
         yield made
 
 

@@ -70,11 +70,15 @@ def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_the_installed_wheel_carries_its_own_files(installed: Path, tmp_path: Path) -> None:
-    show = "from builder import resources as r; print(r.OVERLAYS_DIR, r.FIRMWARE_DIR, r.VERIFY_SUITE)"
+    show = (
+        "from builder import resources as r, upstream as u; "
+        "print(r.OVERLAYS_DIR, r.FIRMWARE_DIR, r.VERIFY_SUITE, u.MANIFEST)"
+    )
     where = picluster(installed.with_name("python"), "-c", show, cwd=tmp_path)
-    folders = [Path(found) for found in where.stdout.split()]
+    *folders, manifest = [Path(found) for found in where.stdout.split()]
     assert len(folders) == 3 and all(folder.is_dir() for folder in folders), where.stderr
-    assert all(folder.is_relative_to(installed.parents[1]) for folder in folders), folders
+    assert manifest.is_file(), manifest
+    assert all(path.is_relative_to(installed.parents[1]) for path in [*folders, manifest]), folders
 
 
 def test_the_installed_wheel_renders_what_the_checkout_renders(

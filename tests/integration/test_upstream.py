@@ -1,4 +1,4 @@
-"""The upstream source archives the real programs are built from (tests/integration/upstream.py):
+"""The upstream source archives the real programs are built from (builder/upstream.py):
 taken from a local folder or downloaded once, from a real HTTP server on 127.0.0.1, and always
 checked against upstream.toml's tree hash, which upstream's own tarball of a tag passes as well as
 the local `git archive` of it."""
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from builder import upstream
+from builder.errors import UserError
+from builder.upstream import Source, fetch_source
 from tests.conftest import REPO
-from tests.integration import upstream
-from tests.integration.upstream import BuildError, Source, fetch_source
+from tests.integration.upstream import SHARED
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,7 @@ def repack(changed: str = "") -> bytes:
     and owners; with changed, that file's contents altered."""
     packed = io.BytesIO()
     with (
-        tarfile.open(upstream.SHARED / f"{NAME}.tar.xz") as original,
+        tarfile.open(SHARED / f"{NAME}.tar.xz") as original,
         tarfile.open(fileobj=packed, mode="w:gz") as copy,
     ):
         for member in original:
@@ -87,8 +89,8 @@ def served(server: Server) -> Source:
 
 def test_every_local_archive_passes_the_manifest() -> None:
     for source in upstream.sources().values():
-        archive = fetch_source(source, upstream.SHARED, Path("/nonexistent"))
-        assert archive == upstream.SHARED / f"{source.name}.tar.xz"
+        archive = fetch_source(source, SHARED, Path("/nonexistent"))
+        assert archive == SHARED / f"{source.name}.tar.xz"
 
 
 def test_a_download_is_checked_by_its_tree_cached_and_used_again(server: Server, tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_a_download_is_checked_by_its_tree_cached_and_used_again(server: Server,
 
 def test_a_download_with_a_changed_file_is_refused_and_not_cached(server: Server, tmp_path: Path) -> None:
     server.body = repack(changed="libcni/api.go")
-    with pytest.raises(BuildError) as refused:
+    with pytest.raises(UserError) as refused:
         fetch_source(served(server), tmp_path, tmp_path / "cache")
     assert f"not {SOURCE.tree_sha256}" in str(refused.value)
     assert server.url in str(refused.value)
@@ -112,7 +114,7 @@ def test_a_download_with_a_changed_file_is_refused_and_not_cached(server: Server
 
 def test_a_download_cut_midway_leaves_nothing_behind(server: Server, tmp_path: Path) -> None:
     server.body, server.cut_after = repack(), 40_000
-    with pytest.raises(BuildError, match="cannot be downloaded"):
+    with pytest.raises(UserError, match="cannot be downloaded"):
         fetch_source(served(server), tmp_path, tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.*"))
 
@@ -121,16 +123,16 @@ def test_with_no_local_copy_and_no_network_one_message_says_what_and_where(tmp_p
     with socket.socket() as unlistened:  # bound, never listening: a connection is refused
         unlistened.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{unlistened.getsockname()[1]}/v1.1.2.tar.gz"
-        with pytest.raises(BuildError) as failed:
+        with pytest.raises(UserError) as failed:
             fetch_source(Source(NAME, url, SOURCE.tree_sha256), tmp_path, tmp_path / "cache")
-    message = str(failed.value)
+    message = failed.value.render()
     for named in (NAME, url, SOURCE.tree_sha256, "PICLUSTER_UPSTREAM"):
         assert named in message
 
 
 def test_a_changed_local_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / f"{NAME}.tar.gz").write_bytes(repack(changed="libcni/api.go"))
-    with pytest.raises(BuildError, match=f"not {SOURCE.tree_sha256}"):
+    with pytest.raises(UserError, match=f"not {SOURCE.tree_sha256}"):
         fetch_source(SOURCE, tmp_path, tmp_path / "cache")
 
 

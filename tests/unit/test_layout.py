@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 STAGES = ("spec", "secrets", "render", "image", "card", "cluster")
-DOORS = ("run", "resources", "files", "errors", "download", "progress", "epoch")
+DOORS = ("run", "resources", "files", "errors", "download", "progress", "epoch", "upstream")
 BUILDER = REPO / "builder"
 
 

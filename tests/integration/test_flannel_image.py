@@ -1,0 +1,207 @@
+"""flannel v0.10.0's OCI image (builder/image/flannel_image.py): what skopeo reads in it, what its
+layer holds, that it is the same bytes when built again, and that the real containerd imports it
+under its reference."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from builder.errors import UserError
+from builder.image import flannel_image
+from builder.image.context import default_cache
+from builder.image.flannel_image import FlannelImage, build_flannel_image
+from builder.progress import silent
+from builder.run import Runner
+from tests.integration.conftest import require_tools
+from tests.integration.upstream import SHARED
+
+pytestmark = pytest.mark.integration
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+ELF_AARCH64 = 183
+"""e_machine of an arm64 ELF file."""
+PT_INTERP = 3
+"""A program header naming the dynamic loader: a static binary has none."""
+
+
+def skopeo(image: FlannelImage, *options: str) -> dict[str, object]:
+    shown = subprocess.run(["skopeo", "inspect", *options, f"oci-archive:{image.archive}"],
+                           capture_output=True, check=True)  # fmt: skip
+    found: dict[str, object] = json.loads(shown.stdout)
+    return found
+
+
+def archive_file(image: FlannelImage, name: str) -> bytes:
+    with tarfile.open(image.archive) as archive:
+        member = archive.extractfile(name)
+        assert member is not None, name
+        return member.read()
+
+
+def layer(image: FlannelImage) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    """The image's one layer: each entry by its path, with its contents."""
+    manifest = json.loads(archive_file(image, f"blobs/sha256/{image.digest.removeprefix('sha256:')}"))
+    (only,) = manifest["layers"]
+    data = archive_file(image, f"blobs/sha256/{only['digest'].removeprefix('sha256:')}")
+    entries = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            contents = tar.extractfile(member) if member.isfile() else None
+            entries[member.name.strip("/")] = (member, contents.read() if contents else b"")
+    return entries
+
+
+def resolve(entries: dict[str, tuple[tarfile.TarInfo, bytes]], path: str) -> str:
+    """Where a path lands in the layer once its symbolic links (a parent's too) are followed."""
+    parts = list(PurePosixPath(path).parts)
+    done = PurePosixPath("")
+    for hops in range(40):
+        if not parts:
+            return str(done)
+        done = done / parts.pop(0)
+        found = entries.get(str(done))
+        if found and found[0].issym():
+            target = PurePosixPath(found[0].linkname)
+            parts = [*(target.parts[1:] if target.is_absolute() else target.parts), *parts]
+            done = PurePosixPath("") if target.is_absolute() else done.parent
+        assert hops < 39, f"{path}: too many links"
+    raise AssertionError(path)
+
+
+@pytest.fixture(scope="session")
+def flannel(tmp_path_factory: pytest.TempPathFactory) -> FlannelImage:
+    """The image, built once into the project's cache and reused by later runs."""
+    if os.geteuid() != 0:
+        pytest.skip("building the flannel image needs root (make test runs as root)")
+    require_tools("mmdebstrap", "umoci", "skopeo", "go", "qemu-aarch64-static")
+    return build_flannel_image(default_cache(), Runner(), silent())
+
+
+def test_the_archive_is_an_oci_image_for_arm64_that_starts_flanneld(flannel: FlannelImage) -> None:
+    index = json.loads(archive_file(flannel, "index.json"))
+    (described,) = index["manifests"]
+    assert described["mediaType"] == OCI_MANIFEST
+    assert described["digest"] == flannel.digest
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{flannel.archive}"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    assert f"sha256:{hashlib.sha256(raw).hexdigest()}" == flannel.digest
+    assert json.loads(raw)["config"]["mediaType"] == OCI_CONFIG
+    config = skopeo(flannel, "--config")
+    assert (config["architecture"], config["os"]) == ("arm64", "linux")
+    assert config["config"] == {
+        "Entrypoint": ["/opt/bin/flanneld"],
+        "Env": list(flannel_image.ENV),
+    }
+    assert flannel.reference == "localhost/picluster/flannel:v0.10.0-arm64"
+
+
+def test_the_layer_holds_a_static_arm64_flanneld_and_the_tools_it_runs(
+    flannel: FlannelImage, tmp_path: Path
+) -> None:
+    entries = layer(flannel)
+    member, binary = entries["opt/bin/flanneld"]
+    assert member.mode & 0o111 and binary[:4] == b"\x7fELF"
+    assert int.from_bytes(binary[18:20], "little") == ELF_AARCH64
+    program_headers, size, count = (int.from_bytes(binary[at : at + n], "little")
+                                    for at, n in ((32, 8), (54, 2), (56, 2)))  # fmt: skip
+    kinds = [int.from_bytes(binary[program_headers + i * size :][:4], "little") for i in range(count)]
+    assert PT_INTERP not in kinds, "flanneld is linked dynamically"
+    (tmp_path / "flanneld").write_bytes(binary)
+    (tmp_path / "flanneld").chmod(0o755)
+    version = subprocess.run(["qemu-aarch64-static", tmp_path / "flanneld", "--version"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (version.stdout + version.stderr).strip() == "v0.10.0"
+    assert entries["opt/bin/mk-docker-opts.sh"][0].mode & 0o111
+    script = subprocess.run(["tar", "-xJOf", SHARED / "flannel-v0.10.0.tar.xz",
+                             "flannel-0.10.0/dist/mk-docker-opts.sh"], capture_output=True)  # fmt: skip
+    if script.returncode == 0:
+        assert entries["opt/bin/mk-docker-opts.sh"][1] == script.stdout
+    assert resolve(entries, "usr/sbin/iptables") == "usr/sbin/xtables-nft-multi"
+    for program in ("ip", "cp", "update-ca-certificates", "ifconfig"):
+        assert any(f"{folder}/{program}".lstrip("/") in entries for folder in ("/usr/bin", "/usr/sbin")), (
+            program
+        )
+    assert "etc/ssl/certs/ca-certificates.crt" in entries
+    assert not [
+        name
+        for name in entries
+        if name.startswith(
+            ("usr/share/man/", "usr/lib/aarch64-linux-gnu/gconv/", "var/lib/apt/", "var/log/", "dev/")
+        )
+    ]
+
+
+def test_built_again_from_nothing_it_is_the_same_bytes(flannel: FlannelImage, tmp_path: Path) -> None:
+    again = build_flannel_image(tmp_path / "cache", Runner(), silent())
+    assert again.digest == flannel.digest
+    assert again.archive.read_bytes() == flannel.archive.read_bytes()
+
+
+@contextmanager
+def containerd(folder: Path) -> Iterator[Path]:
+    """Debian's containerd with its own root, state and socket in folder; its socket."""
+    socket = folder / "containerd.sock"
+    config = folder / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{folder / "root"}"\n'
+        f'state = "{folder / "state"}"\n'
+        # the Kubernetes plugin is not what is tested, and would write under /etc/cni and /opt
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+        f'[ttrpc]\n  address = "{folder / "containerd.ttrpc.sock"}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder / "opt"}"\n'
+    )
+    log = (folder / "containerd.log").open("wb")
+    process = subprocess.Popen(["containerd", "--config", config], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ctr", "--address", socket, "version"], capture_output=True).returncode:
+            assert process.poll() is None and time.monotonic() < deadline, (
+                folder / "containerd.log"
+            ).read_text()
+            time.sleep(0.2)
+        yield socket
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_containerd_imports_it_under_its_reference(flannel: FlannelImage, tmp_path: Path) -> None:
+    require_tools("containerd", "ctr")
+    with containerd(tmp_path) as socket:
+        ctr = ["ctr", "--address", str(socket), "-n", "k8s.io", "images"]
+        imported = subprocess.run([*ctr, "import", "--platform", "linux/arm64", "--snapshotter", "native",
+                                   flannel.archive], capture_output=True, text=True)  # fmt: skip
+        assert imported.returncode == 0, imported.stderr
+        listed = subprocess.run([*ctr, "ls"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in listed.splitlines()[1:]]
+    assert [(row[0], row[2]) for row in rows] == [(flannel.reference, flannel.digest)], listed
+
+
+def test_a_wrong_source_archive_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = tmp_path / "upstream" / "flannel-v0.10.0.tar.gz"
+    wrong.parent.mkdir()
+    (tmp_path / "flannel-0.10.0").mkdir()
+    (tmp_path / "flannel-0.10.0/README.md").write_text("not flannel's tree\n")
+    with tarfile.open(wrong, "w:gz") as tar:
+        tar.add(tmp_path / "flannel-0.10.0", "flannel-0.10.0")
+    monkeypatch.setenv("PICLUSTER_UPSTREAM", str(wrong.parent))
+    with pytest.raises(UserError) as refused:
+        build_flannel_image(tmp_path / "cache", Runner(), silent())
+    assert str(wrong) in refused.value.message
+    assert "flannel-v0.10.0" in refused.value.message and refused.value.hint
+    assert not list((tmp_path / "cache").glob("flannel-image/*/image.json"))
