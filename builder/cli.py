@@ -22,9 +22,10 @@ from builder.files import check_output, inside, write_atomic
 from builder.image import base
 from builder.image.build import build_images
 from builder.image.context import BuildContext, default_cache
+from builder.image.outputs import NodeOutputs, recorded_images
 from builder.progress import Reporter
 from builder.project import Project
-from builder.render.images import node_images
+from builder.render.images import flannel_image, node_images
 from builder.render.node import render_cluster
 from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
@@ -563,7 +564,22 @@ def _staleness(args: argparse.Namespace) -> list[str]:
 
 
 def _image_statuses(project: Project, secrets: ClusterSecrets, images: Path) -> list[status.NodeStatus]:
-    plans = render_cluster(project.cluster, secrets, project.recorded_tokens(secrets))
+    """Each node's card rendered as its build would render it now, with the flannel image its
+    record says it carries (telling which one the next build makes would mean starting Go)."""
+    tokens = project.recorded_tokens(secrets)
+    flannel = {
+        node.name: recorded_images(NodeOutputs(images, node.name, None)).get(
+            flannel_image(project.cluster, None)
+        )
+        for node in project.cluster.nodes
+    }
+    rendered = {
+        digest: render_cluster(project.cluster, secrets, tokens, digest) for digest in set(flannel.values())
+    }
+    plans = [
+        next(plan for plan in rendered[flannel[node.name]] if plan.node == node.name)
+        for node in project.cluster.nodes
+    ]
     return status.image_status(plans, images, base.cache_key(base.manifest(project.cluster)))
 
 

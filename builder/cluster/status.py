@@ -16,6 +16,7 @@ from builder.image.outputs import (
     build_record,
     mismatched_set,
     read_record,
+    recorded_images,
     stale_reasons,
 )
 from builder.render.plan import NodePlan
@@ -43,7 +44,8 @@ def image_status(plans: list[NodePlan], images: Path, base_key: str) -> list[Nod
         if stored is None:
             statuses.append(NodeStatus(plan.node, "stale", [f"{outputs.record.name} is damaged; rebuild"]))
             continue
-        wanted = build_record(plan, base_key, None, stored.get("compress"))
+        # the registries are not asked whether a tag moved: the images are taken as recorded
+        wanted = build_record(plan, base_key, None, stored.get("compress"), recorded_images(outputs))
         mismatch = mismatched_set(NodeOutputs(images, plan.node, stored.get("compress")), stored)
         reasons = stale_reasons(stored, wanted) + ([mismatch] if mismatch else [])
         statuses.append(NodeStatus(plan.node, "stale" if reasons else "built", reasons))

@@ -37,6 +37,12 @@ def manifest(cluster: Cluster) -> dict[str, Any]:
     return {"builder": __version__, **FLAVOURS[cluster.flavour].inputs(cluster), **room}
 
 
+def room_for_images(inputs: dict[str, Any]) -> int:
+    """The bytes a base keeps free for the container images its cards carry, besides its usual
+    headroom."""
+    return int(inputs.get("room_for_images_mib", 0)) * 2**20
+
+
 def cache_key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -88,9 +94,7 @@ def build_base(cluster: Cluster, inputs: dict[str, Any], folder: Path, context: 
     epoch = source_date_epoch() or int(time.time())
     root = FLAVOURS[cluster.flavour].build_root(cluster, work, context)
     with context.reporter.step("partitions and filesystems"):
-        publish_base(
-            root, inputs, folder, epoch, context.runner, inputs.get("room_for_images_mib", 0) * 2**20
-        )
+        publish_base(root, inputs, folder, epoch, context.runner, room_for_images(inputs))
     remove_tree(work)
 
 

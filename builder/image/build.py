@@ -23,8 +23,9 @@ from builder.epoch import source_date_epoch
 from builder.files import exclusive, write_atomic
 from builder.image.base import ensure_base
 from builder.image.bmap import digest_image
-from builder.image.container_images import card_files, fetch_images
+from builder.image.container_images import CarriedImage, card_files, fetch_images
 from builder.image.context import BuildContext
+from builder.image.flannel_image import build_flannel_image
 from builder.image.layout import BaseImage
 from builder.image.outputs import IMAGE_SUFFIXES, NodeOutputs, build_record, is_current
 from builder.image.stamp import stamp
@@ -49,34 +50,39 @@ def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens,
                  context: BuildContext) -> list[str]:  # fmt: skip
     """Build every node whose card changed; return the names of the nodes built. `tokens`: the
     bootstrap token each node's card carries (builder.secrets.tokens)."""
-    plans = render_cluster(cluster, secrets, tokens)
-    if cluster.cluster.images == "card":
-        plans = _with_container_images(cluster, plans, context)
+    flannel, carried = carried_images(cluster, context)
+    plans = render_cluster(cluster, secrets, tokens, flannel.digest)
     base = ensure_base(cluster, context)
     images = context.images
     with exclusive(images / LOCK, f"images into {images}", context.reporter.say):
         epoch = clock_epoch(base)
-        return _build_stale(plans, base, context, epoch, clock_seed(epoch, secrets))
+        return _build_stale(plans, carried, base, context, epoch, clock_seed(epoch, secrets))
 
 
-def _with_container_images(cluster: Cluster, plans: list[NodePlan], context: BuildContext) -> list[NodePlan]:
-    """Each plan with the container images its node runs, fetched first."""
+def carried_images(
+    cluster: Cluster, context: BuildContext
+) -> tuple[CarriedImage, dict[str, tuple[CarriedImage, ...]]]:
+    """flannel's image, and the container images each node's card carries: flannel's always; with
+    images: card, every other one it runs too, fetched first."""
+    made = build_flannel_image(context.cache, context.runner, context.reporter, context.rebuild_base)
+    flannel = CarriedImage(made.reference, made.digest, made.archive)
     wanted = {node.name: node_images(cluster, node).references for node in cluster.nodes}
-    fetched = fetch_images(
-        (reference for references in wanted.values() for reference in references),
-        cluster.cluster.image_mirror,
-        context,
-    )
-    for node, references in wanted.items():
-        size = sum(fetched[reference].archive.stat().st_size for reference in references) / 2**20
-        context.reporter.say(f"    {node} carries {len(references)} images, {size:.1f} MiB")
-    return [
-        plan.with_files(card_files(fetched[reference] for reference in wanted[plan.node])) for plan in plans
-    ]
+    available = {flannel.reference: flannel}
+    if cluster.cluster.images == "card":
+        others = {reference for references in wanted.values() for reference in references} - available.keys()
+        available |= fetch_images(others, cluster.cluster.image_mirror, context)
+    carried = {
+        node: tuple(available[ref] for ref in references if ref in available)
+        for node, references in wanted.items()
+    }
+    for node, images in carried.items():
+        size = sum(image.archive.stat().st_size for image in images) / 2**20
+        context.reporter.say(f"    {node} carries {len(images)} container images, {size:.1f} MiB")
+    return flannel, carried
 
 
-def _build_stale(plans: list[NodePlan], base: BaseImage, context: BuildContext, epoch: int,
-                 seed: int) -> list[str]:  # fmt: skip
+def _build_stale(plans: list[NodePlan], carried: dict[str, tuple[CarriedImage, ...]], base: BaseImage,
+                 context: BuildContext, epoch: int, seed: int) -> list[str]:  # fmt: skip
     """With the images folder to ourselves: clear a killed build's leftovers, then build every
     node whose card changed."""
     images, reporter = context.images, context.reporter
@@ -89,12 +95,21 @@ def _build_stale(plans: list[NodePlan], base: BaseImage, context: BuildContext, 
         NodeOutputs(images, plan.node, context.compress).check_writable()
     for plan in plans:
         outputs = NodeOutputs(images, plan.node, context.compress)
-        record = build_record(plan, base.key, epoch, context.compress)
+        images_carried = carried[plan.node]
+        record = build_record(
+            plan,
+            base.key,
+            epoch,
+            context.compress,
+            {image.reference: image.digest for image in images_carried},
+        )
         if is_current(outputs, record):
             done += 1
             reporter.item(done, len(plans), f"{plan.node}: unchanged")
         else:
-            stale.append((plan.with_mtime(CLOCK_FILE, seed), outputs, record))
+            stale.append(
+                (plan.with_mtime(CLOCK_FILE, seed).with_files(card_files(images_carried)), outputs, record)
+            )
     # Nodes are independent and their work is copying and hashing, which run outside the GIL:
     # one node per core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

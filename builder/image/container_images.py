@@ -40,13 +40,13 @@ build the time to hash it, as zeros, in each node's image."""
 
 
 @dataclass(frozen=True)
-class FetchedImage:
+class CarriedImage:
     reference: str
     """The name the node knows it by."""
     digest: str
     """Its arm64 image manifest's digest in the archive: what containerd lists once imported."""
     archive: Path
-    """The cached OCI archive."""
+    """The cached OCI archive (fetched here, or flannel's, made by builder.image.flannel_image)."""
 
     @property
     def card_name(self) -> str:
@@ -64,7 +64,7 @@ def source(reference: str, mirror: str | None) -> tuple[str, bool]:
 
 def fetch_images(
     references: Iterable[str], mirror: str | None, context: BuildContext
-) -> dict[str, FetchedImage]:
+) -> dict[str, CarriedImage]:
     """Every reference's arm64 image, from the cache or the registry; raises UserError naming the
     image that could not be fetched or did not match its digest."""
     wanted = sorted(set(references))
@@ -88,7 +88,7 @@ def fetch_images(
                 "check cluster.image_mirror and that the registry serves this image for linux/arm64, "
                 "or set cluster.images: pull (the nodes then pull on first boot)",
             ) from None
-        fetched[reference] = FetchedImage(reference, archive_digest(archive), archive)
+        fetched[reference] = CarriedImage(reference, archive_digest(archive), archive)
         size = archive.stat().st_size / 2**20
         context.reporter.item(
             index, len(wanted), f"{reference}: {how} ({size:.1f} MiB) in {time.monotonic() - start:.1f}s"
@@ -96,7 +96,7 @@ def fetch_images(
     return fetched
 
 
-def card_files(images: Iterable[FetchedImage]) -> tuple[FileEntry, ...]:
+def card_files(images: Iterable[CarriedImage]) -> tuple[FileEntry, ...]:
     """The archives and the index that names them, as files on the card's root."""
     config = agent_module("config")
     folder = PurePosixPath(str(config.CARD_IMAGES).lstrip("/"))

@@ -66,18 +66,27 @@ class NodeOutputs:
 
 
 def build_record(
-    plan: NodePlan, base_key: str, epoch: int | None, compress: Compression | None
+    plan: NodePlan, base_key: str, epoch: int | None, compress: Compression | None, images: dict[str, str]
 ) -> dict[str, object]:
     """What a node's image was built from; `epoch` is None when only telling whether an image
-    is current (picluster status)."""
+    is current (picluster status). `images`: each container image the card carries, by digest."""
     return {
         "node": plan.node,
         "base": base_key,
         "files": plan.digest(),
         "file_digests": plan.file_digests(),
+        "images": images,
         "epoch": epoch,
         "compress": compress,
     }
+
+
+def recorded_images(outputs: NodeOutputs) -> dict[str, str]:
+    """The container images a node's built card carries, by digest, as its record says; none
+    when there is no readable record."""
+    stored = read_record(outputs) or {}
+    images = stored.get("images")
+    return images if isinstance(images, dict) else {}
 
 
 def stale_reasons(stored: dict[str, object], wanted: dict[str, object]) -> list[str]:
@@ -91,6 +100,13 @@ def stale_reasons(stored: dict[str, object], wanted: dict[str, object]) -> list[
         changed = sorted(path for path in old.keys() | new.keys() if old.get(path) != new.get(path))
         shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
         reasons.append(f"files changed: {shown}" if changed else "its files changed")
+    if stored.get("images") != wanted["images"]:
+        old_images, new_images = stored.get("images") or {}, wanted["images"]
+        assert isinstance(old_images, dict) and isinstance(new_images, dict)
+        changed = sorted(
+            ref for ref in old_images.keys() | new_images.keys() if old_images.get(ref) != new_images.get(ref)
+        )
+        reasons.append("container images changed: " + ", ".join(changed))
     if wanted["epoch"] is not None and stored.get("epoch") != wanted["epoch"]:
         reasons.append("SOURCE_DATE_EPOCH changed")
     if stored.get("compress") != wanted["compress"]:

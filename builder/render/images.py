@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from builder.spec.model import Cluster, Node
 
 REGISTRY = "registry.k8s.io"
-FLANNEL_IMAGE = "quay.io/coreos/flannel:{version}-arm64"
-"""flannel's own arm64 image of the pinned release, as upstream published it."""
+FLANNEL_IMAGE = "localhost/picluster/flannel:{version}-arm64"
+"""flannel's arm64 image of the pinned release as picluster makes it from flannel's source
+(builder.image.flannel_image) and every card carries: upstream's quay.io/coreos/flannel image is
+a Docker schema 1 manifest, which containerd 2.1 cannot pull. A name no registry serves, so a
+node never pulls it from anywhere."""
 FLANNEL_CNI_PLUGIN_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
 """Multi-arch image carrying the `flannel` CNI binary that flannel v0.10.0 expects on the host."""
 
@@ -84,6 +87,13 @@ def node_images(cluster: Cluster, node: Node) -> NodeImages:
             f"where they differ (`kubeadm config images list --kubernetes-version v{version}` shows them)"
         )
     return NodeImages((*kubeadm, *flannel), unknown)
+
+
+def flannel_image(cluster: Cluster, digest: str | None) -> str:
+    """flannel's image as the manifest names it: pinned by the digest of the one the cards carry,
+    once it is built."""
+    reference = FLANNEL_IMAGE.format(version=cluster.flannel.version)
+    return reference if digest is None else f"{reference}@{digest}"
 
 
 def pause_image(cluster: Cluster) -> str:

@@ -56,9 +56,12 @@ TEMPLATES = OVERLAYS_DIR.parent
 names, as errors show them, are relative to it."""
 
 
-def render_cluster(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | None = None) -> list[NodePlan]:
+def render_cluster(
+    cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | None = None, flannel_digest: str | None = None
+) -> list[NodePlan]:
     """`tokens`: the bootstrap token each node's card carries (builder.secrets.tokens); the first
-    build's when not given."""
+    build's when not given. `flannel_digest`: that of the flannel image the cards carry
+    (builder.image.flannel_image), which the manifest pins; unknown until it is built."""
     carried = tokens or first_build(cluster, secrets)
     return [
         render_node(
@@ -67,6 +70,7 @@ def render_cluster(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | N
             replace(secrets, bootstrap_token=carried.nodes[node.name]),
             carried.at_init,
             carried.first_joins,
+            flannel_digest,
         )
         for node in cluster.nodes
     ]
@@ -78,11 +82,17 @@ def render_node(
     secrets: ClusterSecrets,
     at_init: Sequence[str] = (),
     first_joins: bool = False,
+    flannel_digest: str | None = None,
 ) -> NodePlan:
     """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes;
     `first_joins`: its card was replaced, and joins the running cluster instead."""
     runs_init = node.name == init_node_name(cluster, first_joins)
-    context = {**_context(cluster, node, secrets), "init_tokens": at_init, "runs_init": runs_init}
+    context = {
+        **_context(cluster, node, secrets),
+        "init_tokens": at_init,
+        "runs_init": runs_init,
+        "flannel_image": images.flannel_image(cluster, flannel_digest),
+    }
     files: dict[tuple[str, PurePosixPath], FileEntry] = {}
     for entry in [
         *_firmware_files(context),
@@ -118,7 +128,6 @@ def _context(cluster: Cluster, node: Node, secrets: ClusterSecrets) -> dict[str,
         "kernel_sysctls": kernel_needs.SYSCTLS,
         "kube_minor": f"1.{minor}",
         "pause_image": images.pause_image(cluster),
-        "flannel_image": images.FLANNEL_IMAGE.format(version=cluster.flannel.version),
         "flannel_cni_plugin_image": images.FLANNEL_CNI_PLUGIN_IMAGE,
         "bootstrap_token": secrets.bootstrap_token,
         "join_window_hours": int(cluster.join_window.total_seconds() // 3600),

@@ -10,16 +10,19 @@ import pytest
 from builder.spec.model import ImageSource
 from tests.e2e.machines import Card, make_card
 from tests.integration.conftest import raspios_standin_source, require_tools
+from tests.integration.registry import registry
 
 __all__ = ["raspios_standin_source"]
 
 
 @pytest.fixture(scope="session")
 def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
+    """cp1's card, carrying small images standing in for its container images (images: card)."""
     if os.geteuid() != 0:
         pytest.skip("building the Debian base needs root")
     require_tools("mmdebstrap")
-    return make_card(tmp_path_factory.mktemp("e2e"), "pi4")
+    with registry(tmp_path_factory.mktemp("registry")) as mirror:
+        return make_card(tmp_path_factory.mktemp("e2e"), "pi4", mirror=mirror)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,10 +35,12 @@ import pytest
 import yaml
 
 from builder.image.base import ensure_base
-from builder.image.build import build_images, clock_epoch
+from builder.image.build import build_images, carried_images, clock_epoch
+from builder.image.container_images import card_files
 from builder.image.context import BuildContext, default_cache
 from builder.image.stamp import stamp
 from builder.progress import Reporter, silent
+from builder.render.images import node_images
 from builder.render.node import render_node
 from builder.render.plan import FileEntry, NodePlan
 from builder.run import Runner
@@ -46,12 +48,13 @@ from builder.spec.load import load_cluster
 from builder.spec.model import ImageSource
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.conftest import TOOLS, require_tools
+from tests.integration.registry import Registry
 
 MAX_VMS = 1
 """How many QEMU guests may run at once in the whole suite."""
 BOOT_TIMEOUT = 600
 AGENT_TIMEOUT = 300  # the agent's clock check alone waits 120 s for an NTP server
-CARD_SIZE = 3 * 2**30
+CARD_SIZE = 4 * 2**30
 """The plain boot's disk: larger than the image, as every SD card is, so the root must grow."""
 KERNELS = {"debian": ("vmlinuz", "initrd.img"), "raspios": ("kernel8.img", "initramfs8")}
 """Where each flavour of card keeps its kernel and initramfs on the boot partition."""
@@ -67,6 +70,12 @@ class Card:
     cluster_file: Path
     key: Path
     image: Path
+    flannel_digest: str
+    """flannel's image's, which the card carries and its manifest pins."""
+    carried: dict[str, str] = field(default_factory=dict)
+    """The container images the card carries, each reference's digest."""
+    carried_files: tuple[FileEntry, ...] = ()
+    """Those images as files on the card, for a card stamped with a test unit to carry too."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +105,11 @@ def quiet_context() -> BuildContext:
     return BuildContext(default_cache(), default_cache(), silent(), Runner())
 
 
-def make_card(work: Path, model: str, image: ImageSource | None = None) -> Card:
-    """cp1's card, the only node of a cluster on QEMU's user network; on `image` when given."""
+def make_card(
+    work: Path, model: str, image: ImageSource | None = None, mirror: Registry | None = None
+) -> Card:
+    """cp1's card, the only node of a cluster on QEMU's user network; on `image` when given; with
+    `mirror`, carrying its container images (images: card), small ones made and served there."""
     require_tools(*TOOLS, "qemu-system-aarch64", "ssh", "ssh-keygen")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -107,31 +119,51 @@ def make_card(work: Path, model: str, image: ImageSource | None = None) -> Card:
     data["access"]["ssh_authorized_keys"] = [(work / "id_ed25519.pub").read_text().strip()]
     if image is not None:
         data["base"]["image"] = image.model_dump()
+    if mirror is not None:
+        data["cluster"].update(images="card", image_mirror=mirror.url)
     cluster_file = work / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(data))
     cluster = load_cluster(cluster_file)
     ensure_base(cluster, BuildContext(work / "images", default_cache(), Reporter(), Runner()))
-    build_images(
-        cluster, fixed_secrets(), {}, BuildContext(work / "images", default_cache(), silent(), Runner())
-    )
-    return Card(work, cluster_file, key, work / "images" / "cp1.img")
+    context = BuildContext(work / "images", default_cache(), silent(), Runner())
+    if mirror is not None:
+        mirror.push_stand_ins(node_images(cluster, cluster.nodes[0]).references, work)
+    flannel, carried = carried_images(cluster, context)
+    build_images(cluster, fixed_secrets(), {}, context)
+    images = carried["cp1"]
+    return Card(
+        work, cluster_file, key, work / "images" / "cp1.img", flannel.digest,
+        {image.reference: image.digest for image in images}, card_files(images),
+    )  # fmt: skip
 
 
-def on_a_3_gib_card(card: Card, name: str) -> Path:
+def on_a_4_gib_card(card: Card, name: str) -> Path:
     """A copy of the card's image as large as a real card, for the root to grow into."""
-    image = card.work / f"cp1-{name}-on-a-3-GiB-card.img"
+    image = card.work / f"cp1-{name}-on-a-4-GiB-card.img"
     subprocess.run(["cp", "--sparse=always", str(card.image), str(image)], check=True)
     os.truncate(image, CARD_SIZE)
     return image
 
 
 def stamp_with_test_unit(
-    cluster_file: Path, node: str, name: str, unit_text: str, image: Path, *extra: FileEntry
+    cluster_file: Path,
+    node: str,
+    name: str,
+    unit_text: str,
+    image: Path,
+    flannel_digest: str,
+    *extra: FileEntry,
 ) -> None:
-    """A node's card as picluster builds it, plus a test-only unit enabled on it (and `extra`)."""
+    """A node's card as picluster builds it (pinning flannel's image by `flannel_digest`), plus a
+    test-only unit enabled on it (and `extra`)."""
     cluster = load_cluster(cluster_file)
     base = ensure_base(cluster, quiet_context())
-    plan = render_node(cluster, next(n for n in cluster.nodes if n.name == node), fixed_secrets())
+    plan = render_node(
+        cluster,
+        next(n for n in cluster.nodes if n.name == node),
+        fixed_secrets(),
+        flannel_digest=flannel_digest,
+    )
     unit = PurePosixPath(f"etc/systemd/system/{name}")
     test_files = (
         FileEntry("root", unit, unit_text.encode(), 0o644),

@@ -4,6 +4,7 @@ Kubernetes."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -17,16 +18,47 @@ from tests.e2e.machines import (
     agent_state_when,
     boot,
     keep_console,
-    on_a_3_gib_card,
     picluster_verify,
+    stamp_with_test_unit,
 )
 
 pytestmark = pytest.mark.e2e
 
 
+EGRESS_UNIT = """[Unit]
+Description=picluster test: count what containerd sends off the test network (10.0.2.0/24)
+After=containerd.service
+Before=picluster-agent.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/iptables -w -A OUTPUT ! -o lo ! -d 10.0.2.0/24 \\
+    -m cgroup --path system.slice/containerd.service -m comment --comment picluster-test-egress
+
+[Install]
+WantedBy=multi-user.target
+"""
+"""containerd's cgroup exists only once it runs, so the rule comes after it and before the agent
+(which imports, or pulls through containerd); the base's iptables is the nf_tables one."""
+
+
 @pytest.fixture(scope="module")
 def booted(card: Card) -> Iterator[Booted]:
-    with boot(card, on_a_3_gib_card(card, "plain"), "plain") as running:
+    """The card as picluster builds it, with one test unit more: a counter of containerd's packets
+    to anywhere but the test network."""
+    image = card.work / "cp1-plain.img"
+    stamp_with_test_unit(
+        card.cluster_file,
+        "cp1",
+        "picluster-test-egress.service",
+        EGRESS_UNIT,
+        image,
+        card.flannel_digest,
+        *card.carried_files,
+    )
+    os.truncate(image, CARD_SIZE)
+    with boot(card, image, "plain") as running:
         yield running
 
 
@@ -86,3 +118,29 @@ def test_picluster_verify_passes_what_runs_without_kubernetes(booted: Booted) ->
 def _cell(report: str, check: str) -> str:
     (row,) = [line for line in report.splitlines() if line.startswith(check + " ")]
     return row.split()[-1]
+
+
+def test_the_agent_imports_the_cards_images_into_the_cards_containerd_and_nothing_leaves(
+    booted: Booted, card: Card
+) -> None:
+    """images: card: the real containerd (Debian's, arm64) holds each image under its reference with
+    the digest the registry served at build time, though the node never reached a registry."""
+    state = agent_state_when(booted, "waiting: packages")
+    assert {entry["image"]: (entry["status"], entry["digest"]) for entry in state["images"]} == {
+        reference: ("imported", digest) for reference, digest in card.carried.items()
+    }
+    listed = booted.ssh("sudo -n ctr --namespace k8s.io images ls").stdout.splitlines()[1:]
+    assert {row.split()[0]: row.split()[2] for row in listed} == card.carried
+    assert _egress(booted) == 0, "containerd sent nothing off the test network"
+    # the counter counts: a process in containerd's cgroup dials an address off the test network
+    booted.ssh(
+        "sudo -n sh -c 'echo $$ > /sys/fs/cgroup/system.slice/containerd.service/cgroup.procs && exec "
+        'python3 -c "import socket; socket.create_connection((\\"192.0.2.1\\", 5000), 3)"\''
+    )
+    assert _egress(booted) > 0
+
+
+def _egress(booted: Booted) -> int:
+    rules = booted.ssh("sudo -n iptables -w -L OUTPUT -v -x -n").stdout.splitlines()
+    (counted,) = [line for line in rules if "picluster-test-egress" in line]
+    return int(counted.split()[0])

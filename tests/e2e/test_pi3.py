@@ -60,7 +60,9 @@ def pi3_console(card: Card) -> Path:
     script = FileEntry(
         "root", PurePosixPath("usr/local/sbin/picluster-test-report"), REPORT_SCRIPT.encode(), 0o755
     )
-    stamp_with_test_unit(cluster_file, "w2", "picluster-test-report.service", REPORT_UNIT, image, script)
+    stamp_with_test_unit(
+        cluster_file, "w2", "picluster-test-report.service", REPORT_UNIT, image, card.flannel_digest, script
+    )
     os.truncate(image, 1 << (image.stat().st_size - 1).bit_length())
     files = boot_files(card, image, "vmlinuz", "initrd.img", "bcm2837-rpi-3-b.dtb", "cmdline.txt")
     console = card.work / "console-raspi3b.log"

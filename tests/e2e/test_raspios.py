@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.machines import Booted, Card, agent_state_when, boot, on_a_3_gib_card, picluster_verify
+from tests.e2e.machines import Booted, Card, agent_state_when, boot, on_a_4_gib_card, picluster_verify
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def booted_raspios(raspios_card: Card) -> Iterator[Booted]:
-    with boot(raspios_card, on_a_3_gib_card(raspios_card, "pi5"), "raspios") as running:
+    with boot(raspios_card, on_a_4_gib_card(raspios_card, "pi5"), "raspios") as running:
         yield running
 
 

@@ -37,7 +37,12 @@ def booted_with_stale_links(card: Card) -> Iterator[Booted]:
     cni0 with a foreign address before the agent starts, booted with a second NIC (eth1)."""
     image = card.work / "cp1-stale-links.img"
     stamp_with_test_unit(
-        card.cluster_file, "cp1", "picluster-test-stale-links.service", STALE_LINKS_UNIT, image
+        card.cluster_file,
+        "cp1",
+        "picluster-test-stale-links.service",
+        STALE_LINKS_UNIT,
+        image,
+        card.flannel_digest,
     )
     second_nic = ["-netdev", "user,id=other,restrict=on", "-device", "virtio-net-pci,netdev=other"]
     with boot(card, image, "stale-links", second_nic) as running:

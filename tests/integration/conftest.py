@@ -19,7 +19,8 @@ import pytest
 from builder import upstream
 from builder.image import base
 from builder.image.context import default_cache
-from builder.progress import Reporter
+from builder.image.flannel_image import FlannelImage, build_flannel_image
+from builder.progress import Reporter, silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster, ImageSource
@@ -86,9 +87,23 @@ def publish_tiny_base(cluster: Cluster, cache: Path) -> Path:
     (root / "boot/firmware/config.txt").write_text("# from the raspi-firmware package\n")
     inputs = base.manifest(cluster)
     folder = cache / "base" / base.cache_key(inputs)[:16]
-    base.publish_base(root, inputs, folder, TINY_EPOCH, Runner(), 0)
+    base.publish_base(root, inputs, folder, TINY_EPOCH, Runner(), base.room_for_images(inputs))
     shutil.rmtree(root)
+    publish_flannel_image(cache)
     return folder
+
+
+def publish_flannel_image(cache: Path) -> FlannelImage:
+    """flannel's image, which every card carries: built once into the project's cache (minutes,
+    as root), and copied into `cache` under its key, as a build there would find it."""
+    if os.geteuid() != 0:
+        pytest.skip("building the flannel image needs root (make test runs as root)")
+    require_tools("mmdebstrap", "umoci", "skopeo", "go", "qemu-aarch64-static")
+    built = build_flannel_image(default_cache(), Runner(), Reporter())
+    folder = cache / "flannel-image" / built.archive.parent.name
+    if not folder.exists():
+        shutil.copytree(built.archive.parent, folder)
+    return build_flannel_image(cache, Runner(), silent())
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from tests.agent_support import (
     state,
 )
 from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, publish_tiny_base
+from tests.integration.conftest import TINY_EPOCH, publish_flannel_image, publish_tiny_base
 from tests.integration.registry import Registry, containerd, registry
 
 pytestmark = pytest.mark.integration
@@ -87,10 +87,13 @@ def _pinned_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_each_card_carries_its_nodes_images_as_the_registry_served_them(
     tmp_path: Path, served: tuple[Registry, dict[str, str]]
 ) -> None:
-    mirror, digests = served
+    """And flannel's as picluster made it, which no registry serves."""
+    mirror, served_digests = served
     cluster = card_cluster(mirror)
     cache = tmp_path / "cache"
     publish_tiny_base(cluster, cache)
+    flannel = publish_flannel_image(cache)
+    digests = {**served_digests, flannel.reference: flannel.digest}
     assert build(cluster, tmp_path / "images", cache) == ["cp1", "w1", "w2"]
     for node in ("cp1", "w1"):
         image = tmp_path / "images" / f"{node}.img"
@@ -101,9 +104,14 @@ def test_each_card_carries_its_nodes_images_as_the_registry_served_them(
             assert entry["digest"] == digests[reference], f"{node}: {reference} as the registry served it"
             archive = card_file(image, f"{CARD_FOLDER}/{entry['archive']}", tmp_path / "archive.tar")
             cached = cache / "container-images" / f"{digests[reference].replace(':', '-')}-arm64.tar"
-            assert archive == cached.read_bytes(), f"{node}: {reference}"
+            expected = flannel.archive if reference == flannel.reference else cached
+            assert archive == expected.read_bytes(), f"{node}: {reference}"
         if node == "w1":
             assert not [ref for ref in carried if "apiserver" in ref or "etcd" in ref], "no control plane"
+    manifest = card_file(
+        tmp_path / "images/cp1.img", "etc/picluster/kube-flannel.yml", tmp_path / "kube-flannel.yml"
+    )
+    assert manifest.count(f"image: {flannel.reference}@{flannel.digest}\n".encode()) == 2, "pinned by digest"
 
 
 def test_the_real_containerd_imports_a_cards_archive_under_its_name_and_digest(
@@ -252,3 +260,20 @@ def test_the_images_are_imported_before_the_packages_so_a_node_offline_has_them(
         recorded = run_until_phase(root, standins, "waiting: packages", says="waiting: packages")
         assert runtime.images() == {reference: digests[reference] for reference in listed}
     assert [entry["status"] for entry in recorded["images"]] == ["imported"] * len(listed)
+
+
+def test_a_card_that_pulls_its_images_still_carries_flannels(tmp_path: Path) -> None:
+    """images: pull: no node ever pulls flannel's image (upstream's is schema 1): every card
+    carries the one picluster made, and the manifest pins its digest."""
+    cluster = load_cluster(BUNDLED)
+    cache = tmp_path / "cache"
+    publish_tiny_base(cluster, cache)
+    flannel = publish_flannel_image(cache)
+    build(cluster, tmp_path / "images", cache)
+    for node in ("cp1", "w2"):
+        image = tmp_path / "images" / f"{node}.img"
+        index = json.loads(card_file(image, f"{CARD_FOLDER}/index.json", tmp_path / f"{node}-index.json"))
+        (entry,) = index["images"]
+        assert (entry["reference"], entry["digest"]) == (flannel.reference, flannel.digest)
+        archive = card_file(image, f"{CARD_FOLDER}/{entry['archive']}", tmp_path / "archive.tar")
+        assert archive == flannel.archive.read_bytes()

@@ -30,7 +30,13 @@ from builder.secrets import settings, store
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base, require_tools
+from tests.integration.conftest import (
+    TINY_EPOCH,
+    mounted,
+    publish_flannel_image,
+    publish_tiny_base,
+    require_tools,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +86,7 @@ def test_images_have_partitions_filesystems_and_the_nodes_files(
     images = tmp_path / "images"
     assert build(cluster, images, cache) == ["cp1", "w1", "w2"]
     secrets = fixed_secrets()
-    for plan in render_cluster(cluster, secrets):
+    for plan in render_cluster(cluster, secrets, None, publish_flannel_image(cache).digest):
         image = images / f"{plan.node}.img"
         table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
                                           check=True).stdout)["partitiontable"]  # fmt: skip
@@ -309,7 +315,9 @@ def test_a_second_build_into_the_same_folder_waits_for_the_first(
         unfinished.write_bytes(b"the first build's image, half written")
         second = start_build(tmp_path, images, cache)
         assert second.stdout is not None
-        waiting = second.stdout.readline() + second.stdout.readline()
+        waiting = ""
+        while "waiting:" not in waiting and len(waiting.splitlines()) < 10:  # after the images it carries
+            waiting += second.stdout.readline()
         assert f"waiting: picluster (pid {os.getpid()}) is writing images into {images}" in waiting, waiting
         time.sleep(0.5)
         assert unfinished.exists(), "the second build left the first's work alone"
@@ -330,7 +338,9 @@ def test_a_set_left_mismatched_by_a_kill_is_rebuilt_and_named(
     checksum = images / "w1.img.sha256"
     checksum.write_text(f"{'0' * 64}  w1.img\n")
     statuses = image_status(
-        render_cluster(cluster, fixed_secrets()), images, base.cache_key(base.manifest(cluster))
+        render_cluster(cluster, fixed_secrets(), None, publish_flannel_image(cache).digest),
+        images,
+        base.cache_key(base.manifest(cluster)),
     )
     (w1,) = [status for status in statuses if status.name == "w1"]
     assert w1.image == "stale"

@@ -42,7 +42,7 @@ def test_a_control_plane_gets_kubeadms_seven_in_its_order_then_flannels(
         "registry.k8s.io/pause:3.10.1",
         "registry.k8s.io/etcd:3.6.5-0",
         "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1",
-        "quay.io/coreos/flannel:v0.10.0-arm64",
+        "localhost/picluster/flannel:v0.10.0-arm64",
     ]
 
 
@@ -52,7 +52,7 @@ def test_a_worker_gets_no_control_plane_image(bundled_data: dict[str, Any], tmp_
         "registry.k8s.io/coredns/coredns:v1.12.1",  # a Deployment: it may land on any node
         "registry.k8s.io/pause:3.10.1",
         "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1",
-        "quay.io/coreos/flannel:v0.10.0-arm64",
+        "localhost/picluster/flannel:v0.10.0-arm64",
     ]
 
 

@@ -190,12 +190,12 @@ def test_flannel_manifest_is_arm_and_uses_the_cluster_interface(
     assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
     assert pod["tolerations"] == [{"operator": "Exists", "effect": "NoSchedule"}]
     (flanneld,) = pod["containers"]
-    assert flanneld["image"] == "quay.io/coreos/flannel:v0.10.0-arm64"
+    assert flanneld["image"] == "localhost/picluster/flannel:v0.10.0-arm64", "no digest before it is built"
     assert "--iface=eth0" in flanneld["args"]
     assert "--kube-subnet-mgr" in flanneld["args"]
     init = {c["name"]: c for c in pod["initContainers"]}
     assert init["install-cni-plugin"]["args"] == ["-f", "/flannel", "/opt/cni/bin/flannel"]
-    assert init["install-cni"]["image"] == "quay.io/coreos/flannel:v0.10.0-arm64"
+    assert init["install-cni"]["image"] == "localhost/picluster/flannel:v0.10.0-arm64"
     net_conf = json.loads(docs["ConfigMap/kube-flannel-cfg"]["data"]["net-conf.json"])
     assert net_conf == {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
     assert docs["ClusterRole/flannel"]["apiVersion"] == "rbac.authorization.k8s.io/v1"

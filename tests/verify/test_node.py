@@ -285,4 +285,6 @@ def test_flannel_daemonset(host: Any, cluster: Cluster, kubernetes: None) -> Non
         assert f"--iface={cluster.flannel.iface}" in flanneld["args"], (
             f"{daemonset['metadata']['name']}: no --iface"
         )
-        assert flanneld["image"].startswith("quay.io/coreos/flannel:v0.10.0-arm"), flanneld["image"]
+        assert flanneld["image"].startswith("localhost/picluster/flannel:v0.10.0-arm64@sha256:"), flanneld[
+            "image"
+        ]
