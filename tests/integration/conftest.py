@@ -19,7 +19,8 @@ import pytest
 from builder import upstream
 from builder.image import base
 from builder.image.context import default_cache
-from builder.progress import Reporter
+from builder.image.flannel_image import FlannelImage, build_flannel_image
+from builder.progress import Reporter, silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster, ImageSource
@@ -121,3 +122,13 @@ def raspios_standin_source() -> Iterator[ImageSource]:
     sha256 = (image.parent / f"{image.name}.sha256").read_text().split()[0]
     with serve_folder(image.parent) as url:
         yield ImageSource(url=f"{url}/{image.name}", sha256=sha256)
+
+
+@pytest.fixture(scope="session")
+def flannel() -> FlannelImage:
+    """flannel's OCI image (builder.image.flannel_image), built once into the project's cache and
+    reused by later runs."""
+    if os.geteuid() != 0:
+        pytest.skip("building the flannel image needs root (make test runs as root)")
+    require_tools("mmdebstrap", "umoci", "skopeo", "go", "qemu-aarch64-static")
+    return build_flannel_image(default_cache(), Runner(), silent())
