@@ -136,3 +136,13 @@ def raspios_standin_source() -> Iterator[ImageSource]:
     sha256 = (image.parent / f"{image.name}.sha256").read_text().split()[0]
     with serve_folder(image.parent) as url:
         yield ImageSource(url=f"{url}/{image.name}", sha256=sha256)
+
+
+@pytest.fixture(scope="session")
+def flannel() -> FlannelImage:
+    """flannel's OCI image (builder.image.flannel_image), built once into the project's cache and
+    reused by later runs."""
+    if os.geteuid() != 0:
+        pytest.skip("building the flannel image needs root (make test runs as root)")
+    require_tools("mmdebstrap", "umoci", "skopeo", "go", "qemu-aarch64-static")
+    return build_flannel_image(default_cache(), Runner(), silent())
