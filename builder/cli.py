@@ -85,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         "images",
         _images,
         help="list the container images a node runs",
-        description="Print, one reference a line, every container image NODE's card pulls before "
-        "kubeadm runs: kubeadm's own list for the cluster's exact Kubernetes release (`kubeadm config "
-        "images list`), for the node's role (a worker runs kube-proxy, CoreDNS and pause, no control-plane "
-        "image), then flannel's. Reads cluster.yaml only.",
+        description="Print, one reference a line, every container image NODE runs, which its card "
+        "carries or its agent pulls before kubeadm runs: kubeadm's own list for the cluster's exact "
+        "Kubernetes release (`kubeadm config images list`), for the node's role (a worker runs kube-proxy, "
+        "CoreDNS and pause, no control-plane image), then flannel's. Each image NODE's built card carries "
+        "is pinned by its digest (image@sha256:...), as the card's build record in the images folder says.",
     )
     images.add_argument("node", metavar="NODE", help="a node of cluster.yaml")
+    _images_option(images)
 
     command(
         "schema",
@@ -338,7 +340,8 @@ def _images(args: argparse.Namespace) -> int:
     listed = node_images(cluster, node)
     if listed.unknown:
         _note(f"note: {listed.unknown}")
-    print("\n".join(listed.references))
+    carried = recorded_images(NodeOutputs(args.images, node.name, None))
+    print("\n".join(f"{ref}@{carried[ref]}" if ref in carried else ref for ref in listed.references))
     return 0
 
 

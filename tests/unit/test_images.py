@@ -3,6 +3,7 @@ flannel's; the card's containerd sandbox image is kubeadm's pause of that releas
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,17 @@ def test_the_cli_reads_only_cluster_yaml(bundled_data: dict[str, Any], tmp_path:
     cluster_at("1.34.2", bundled_data, tmp_path)
     assert main(["images", "-f", str(tmp_path / "cluster.yaml"), "cp1"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"], "no state folder made"
+
+
+def test_the_cli_pins_what_the_built_card_carries_by_digest(
+    bundled_data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_at("1.34.2", bundled_data, tmp_path)
+    flannel = "localhost/picluster/flannel:v0.10.0-arm64"
+    digest = "sha256:" + "ab" * 32
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/w1.img.json").write_text(json.dumps({"node": "w1", "images": {flannel: digest}}))
+    assert main(["images", "-f", str(tmp_path / "cluster.yaml"), "-i", str(tmp_path / "images"), "w1"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1] == f"{flannel}@{digest}"
+    assert listed[0] == "registry.k8s.io/kube-proxy:v1.34.2", "pulled by the node: its tag"
