@@ -77,7 +77,8 @@ def carried_images(
     }
     for node, images in carried.items():
         size = sum(image.archive.stat().st_size for image in images) / 2**20
-        context.reporter.say(f"    {node} carries {len(images)} container images, {size:.1f} MiB")
+        count = f"{len(images)} container image{'s' if len(images) != 1 else ''}"
+        context.reporter.say(f"    {node} carries {count}, {size:.1f} MiB")
     return flannel, carried
 
 
