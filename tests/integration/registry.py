@@ -116,8 +116,10 @@ def containerd() -> Iterator[Containerd]:
         sock = folder / "containerd.sock"
         (folder / "config.toml").write_text(
             f'version = 2\nroot = "{folder}/root"\nstate = "{folder}/state"\n'
+            # the Kubernetes plugin is not what is tested, and would write under /etc/cni and /opt
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
             f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder}/opt"\n'
         )
         with (folder / "containerd.log").open("wb") as log:
             daemon = subprocess.Popen(

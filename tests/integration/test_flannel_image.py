@@ -9,9 +9,6 @@ import io
 import json
 import subprocess
 import tarfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -21,7 +18,7 @@ from builder.image import flannel_image
 from builder.image.flannel_image import FlannelImage, build_flannel_image
 from builder.progress import silent
 from builder.run import Runner
-from tests.integration.conftest import require_tools
+from tests.integration.registry import containerd
 from tests.integration.upstream import SHARED
 
 pytestmark = pytest.mark.integration
@@ -138,47 +135,10 @@ def test_built_again_from_nothing_it_is_the_same_bytes(flannel: FlannelImage, tm
     assert again.archive.read_bytes() == flannel.archive.read_bytes()
 
 
-@contextmanager
-def containerd(folder: Path) -> Iterator[Path]:
-    """Debian's containerd with its own root, state and socket in folder; its socket."""
-    socket = folder / "containerd.sock"
-    config = folder / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{folder / "root"}"\n'
-        f'state = "{folder / "state"}"\n'
-        # the Kubernetes plugin is not what is tested, and would write under /etc/cni and /opt
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{socket}"\n'
-        f'[ttrpc]\n  address = "{folder / "containerd.ttrpc.sock"}"\n'
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder / "opt"}"\n'
-    )
-    log = (folder / "containerd.log").open("wb")
-    process = subprocess.Popen(["containerd", "--config", config], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["ctr", "--address", socket, "version"], capture_output=True).returncode:
-            assert process.poll() is None and time.monotonic() < deadline, (
-                folder / "containerd.log"
-            ).read_text()
-            time.sleep(0.2)
-        yield socket
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-def test_containerd_imports_it_under_its_reference(flannel: FlannelImage, tmp_path: Path) -> None:
-    require_tools("containerd", "ctr")
-    with containerd(tmp_path) as socket:
-        ctr = ["ctr", "--address", str(socket), "-n", "k8s.io", "images"]
-        imported = subprocess.run([*ctr, "import", "--platform", "linux/arm64", "--snapshotter", "native",
-                                   flannel.archive], capture_output=True, text=True)  # fmt: skip
-        assert imported.returncode == 0, imported.stderr
-        listed = subprocess.run([*ctr, "ls"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in listed.splitlines()[1:]]
-    assert [(row[0], row[2]) for row in rows] == [(flannel.reference, flannel.digest)], listed
+def test_containerd_imports_it_under_its_reference(flannel: FlannelImage) -> None:
+    with containerd() as runtime:
+        runtime.ctr("images", "import", "--platform", "linux/arm64", str(flannel.archive))
+        assert runtime.images() == {flannel.reference: flannel.digest}
 
 
 def test_a_wrong_source_archive_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
