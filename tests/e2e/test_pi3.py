@@ -50,7 +50,8 @@ def pi3_console(card: Card) -> Path:
     """A pi3 worker's card booted as a Pi 3's firmware boots it, with nothing but what is on the
     card: QEMU's raspi3b runs the card's vmlinuz, initrd.img, bcm2837-rpi-3-b.dtb and
     cmdline.txt (console and all: the mini UART, ttyS1, is QEMU's second serial port), with the
-    card as its SD card, grown to a power of two as QEMU requires. Returns the console log."""
+    card as its SD card, grown by at least 1 GiB to a power of two as QEMU requires. Returns the
+    console log."""
     require_tools("qemu-system-aarch64")
     data = yaml.safe_load(card.cluster_file.read_text())
     data["nodes"].append({"name": "w2", "role": "worker", "model": "pi3", "address": "10.0.2.16/24"})
@@ -63,7 +64,7 @@ def pi3_console(card: Card) -> Path:
     stamp_with_test_unit(
         cluster_file, "w2", "picluster-test-report.service", REPORT_UNIT, image, card.flannel_digest, script
     )
-    os.truncate(image, 1 << (image.stat().st_size - 1).bit_length())
+    os.truncate(image, 1 << (image.stat().st_size + 2**30 - 1).bit_length())  # with room to grow into
     files = boot_files(card, image, "vmlinuz", "initrd.img", "bcm2837-rpi-3-b.dtb", "cmdline.txt")
     console = card.work / "console-raspi3b.log"
     qemu = ["qemu-system-aarch64", "-M", "raspi3b", "-kernel", str(files["vmlinuz"]),
