@@ -19,6 +19,7 @@ from builder.image import kubernetes_apt
 from builder.image.context import BuildContext
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.resources import FIRMWARE_DIR
+from builder.run import Runner
 from builder.spec.model import Cluster
 
 HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
@@ -84,7 +85,7 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
     boot/firmware."""
     require_root()
     require_host_tools()
-    ensure_binfmt(context)
+    ensure_binfmt(context.runner)
     kubernetes = None
     if cluster.cluster.packages == "image":
         kubernetes = write_kubernetes_sources(cluster, work / "kubernetes")
@@ -183,7 +184,7 @@ def kubernetes_inputs(cluster: Cluster) -> dict[str, str] | None:
     return {"version": cluster.cluster.kubernetes, "repository": cluster.kubernetes_repository}
 
 
-def ensure_binfmt(context: BuildContext) -> None:
+def ensure_binfmt(runner: Runner) -> None:
     """Let this machine run arm64 programs through qemu-user, registering it if needed."""
     if platform.machine() in ARM64_MACHINES:
         return
@@ -192,7 +193,7 @@ def ensure_binfmt(context: BuildContext) -> None:
     if entry.exists():
         return
     if not Path("/proc/sys/fs/binfmt_misc/register").exists():
-        context.runner.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+        runner.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
     rule = Path("/usr/lib/binfmt.d") / f"{name}.conf"
     if not rule.exists():
         raise UserError(

@@ -150,6 +150,7 @@ def _build(folder: Path, manifest: dict[str, Any], cache: Path, runner: Runner, 
     source = fetch_source(sources()[SOURCE], local_folder(), cache)
     root = work / "root"
     debian.require_root()
+    debian.ensure_binfmt(runner)  # the image's packages configure themselves under qemu-user
     with reporter.step("Debian arm64 packages for the image (mmdebstrap)"):
         runner.stream(mmdebstrap_command(root), work / "mmdebstrap.log",
                       follow=MmdebstrapProgress().feed, show=reporter.say)  # fmt: skip

@@ -73,7 +73,7 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
     source = cluster.base.image
     assert source is not None
     debian.require_root()
-    debian.ensure_binfmt(context)
+    debian.ensure_binfmt(context.runner)
     with context.reporter.step(f"download {source.url}"):
         raw = fetch_image(source, context.cache / "downloads")
     root = work / "root"

@@ -50,7 +50,6 @@ from pathlib import Path
 
 from builder.files import exclusive, remove_tree
 from builder.image import debian
-from builder.image.context import BuildContext
 from builder.image.layout import MIB, SECTOR, Layout, tool_env
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.image.stamp import pin_mtimes, tree_size
@@ -194,7 +193,7 @@ def build_standin(folder: Path, reporter: Reporter) -> None:
     remove_tree(work)
     work.mkdir(parents=True)
     debian.require_host_tools()
-    debian.ensure_binfmt(BuildContext(work, work, reporter, runner))
+    debian.ensure_binfmt(runner)
     root = work / "root"
     with reporter.step("mmdebstrap: the Raspberry Pi OS stand-in's packages (several minutes)"):
         command = [*debian.mmdebstrap_options(ARCH, sorted(PACKAGES)), SUITE, str(root),

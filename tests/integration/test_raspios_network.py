@@ -15,9 +15,7 @@ import pytest
 import yaml
 
 from builder.image import debian
-from builder.image.context import BuildContext
 from builder.image.raspios import fetch_image, read_layout
-from builder.progress import silent
 from builder.render.node import render_node
 from builder.run import Runner
 from builder.spec.load import load_cluster
@@ -38,7 +36,7 @@ def standin_root(raspios_standin_source: ImageSource, tmp_path_factory: pytest.T
     subprocess.run(["debugfs", "-R", f"rdump / {root}", read_layout(image, Runner()).root_target(image)],
                    check=True, capture_output=True)  # fmt: skip
     image.unlink()
-    debian.ensure_binfmt(BuildContext(folder, folder, silent(), Runner()))
+    debian.ensure_binfmt(Runner())
     return root
 
 
