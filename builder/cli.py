@@ -319,7 +319,7 @@ def _note(text: str) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     project = _project(args)
-    project.check_settings()
+    note = project.check_settings()
     cluster = project.cluster
     planes = len(cluster.control_planes)
     workers = len(cluster.nodes) - planes
@@ -328,6 +328,8 @@ def _validate(args: argparse.Namespace) -> int:
         f"{len(cluster.nodes)} nodes ({planes} control plane{'s' if planes != 1 else ''}, "
         f"{workers} worker{'s' if workers != 1 else ''})"
     )
+    if note:
+        _note(f"note: {note}")
     return 0
 
 
@@ -395,6 +397,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     start = time.monotonic()
     secrets = project.secrets(_note)
+    project.release_for_cards(_note)
     built = build_images(project.cluster, secrets, project.tokens_to_build(secrets, print), context)
     nodes = len(project.cluster.nodes)
     reporter.say(

@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder.cluster import bootstrap
-from builder.errors import UserError
-from builder.secrets import settings, store, tokens
+from builder.errors import ConfigError, Problem, UserError
+from builder.secrets import release, settings, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
+from builder.spec.releases import Release, refuse_move
 
 Say = Callable[[str], None]
 
@@ -61,11 +62,57 @@ class Project:
             settings.check(str(self.file), self.cluster, recorded, self.state_dir)
         return secrets
 
-    def check_settings(self) -> None:
-        """`validate`: refuse a cluster.yaml that changes a setting the cluster cannot."""
-        recorded = None if store.is_new(self.state_dir) else settings.load_record(self.state_dir)
+    def check_settings(self) -> str | None:
+        """`validate`: refuse a cluster.yaml that changes a setting the cluster cannot, or names a
+        release no upgrade reaches from the one it runs; say when it names one an upgrade does."""
+        if store.is_new(self.state_dir):
+            return None
+        recorded = settings.load_record(self.state_dir)
         if recorded is not None:
             settings.check(str(self.file), self.cluster, recorded, self.state_dir)
+        running, wanted = self.running_release(), self.wanted_release
+        if running is None or running == wanted:
+            return None
+        self._refuse_move(running, wanted)
+        return f"cluster.kubernetes is {wanted}, the cluster runs {running}: picluster upgrade moves it"
+
+    @property
+    def wanted_release(self) -> Release:
+        return Release.of(self.cluster.cluster.kubernetes)
+
+    def running_release(self) -> Release | None:
+        """The release the cluster runs, as recorded; None before the first build."""
+        return release.load(self.state_dir)
+
+    def release_for_cards(self, say: Say) -> None:
+        """`build`: cards are built for the release the cluster runs, which the first build
+        records; a cluster.yaml naming another is refused until `picluster upgrade` has run."""
+        running, wanted = self.running_release(), self.wanted_release
+        path = self.state_dir / release.RELEASE_FILE
+        if running is None:
+            release.record(self.state_dir, wanted)
+            if (self.state_dir / store.TOKENS_FILE).exists():  # cards were built before the record
+                say(
+                    f"note: recorded Kubernetes {wanted} in {path} as the release the cluster runs: "
+                    "cards are built for it, and picluster upgrade moves it"
+                )
+            return
+        if running == wanted:
+            return
+        self._refuse_move(running, wanted)
+        raise UserError(
+            f"cluster.kubernetes is {wanted}, but the cluster runs {running} (as {path} records): a card "
+            f"built for {wanted} would run a kubelet newer than the cluster's API server, which Kubernetes "
+            "does not support",
+            f"run picluster upgrade to move the running cluster to {wanted} first (build then writes "
+            f"cards for it), or set cluster.kubernetes back to {running}; if no card of this cluster has "
+            f"ever booted, delete {path} instead",
+        )
+
+    def _refuse_move(self, running: Release, wanted: Release) -> None:
+        refusal = refuse_move(running, wanted)
+        if refusal is not None:
+            raise ConfigError(str(self.file), [Problem("cluster.kubernetes", refusal.problem, refusal.fix)])
 
     def existing_secrets(self, command: str, current: bool = True) -> ClusterSecrets:
         """The secrets for a command that works on a cluster: never made anew here (a user who

@@ -5,8 +5,8 @@ kubeadm lists, in this order (cmd/kubeadm/app/images/images.go GetControlPlaneIm
 kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy at the release's tag, then
 coredns/coredns, pause (constants.PauseVersion) and etcd (constants.SupportedEtcdVersion; local
 etcd only), all from registry.k8s.io. The last three tags change between minors, and etcd's
-within one (1.33.4 and 1.33.6 differ): the tables below are what each released kubeadm's
-`kubeadm config images list` prints, as minikube records it by running them
+within one (1.33.4 and 1.33.6 differ: builder.spec.releases keeps etcd's): the tables are what
+each released kubeadm's `kubeadm config images list` prints, as minikube records it by running them
 (kubernetes/minikube pkg/minikube/constants/constants_kubeadm_images.go at eb25dbc, through
 1.36.3, and its update branch minikube-bot/minikube at 9736e2f8, through 1.37.1; ../shared/reference
 day2-facts.md §E and §F), checked against kubeadm's constants.go where a copy could be read.
@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builder.spec.model import Cluster, Node
+from builder.spec.releases import KNOWN_TO, Release
 
 REGISTRY = "registry.k8s.io"
 FLANNEL_IMAGE = "localhost/picluster/flannel:{version}-arm64"
@@ -42,19 +43,6 @@ COREDNS = {
 }
 COREDNS_BY_RELEASE = {(31, 0): "v1.11.1"}
 PAUSE = {31: "3.10", 32: "3.10", 33: "3.10", 34: "3.10.1", 35: "3.10.1", 36: "3.10.2", 37: "3.10.2"}
-ETCD = {
-    31: ((0, "3.5.15-0"), (14, "3.5.24-0")),
-    32: ((0, "3.5.16-0"), (10, "3.5.24-0")),
-    33: ((0, "3.5.21-0"), (6, "3.5.24-0")),
-    34: ((0, "3.6.4-0"), (2, "3.6.5-0")),
-    35: ((0, "3.6.6-0"),),
-    36: ((0, "3.6.8-0"),),
-    37: ((0, "3.7.0-0"),),
-}
-"""Per minor: from which patch on kubeadm pins which etcd tag."""
-KNOWN_TO = {31: 14, 32: 13, 33: 13, 34: 12, 35: 9, 36: 5, 37: 1}
-"""The last patch of each minor whose tags were read; for a later one the last known tags are
-listed, and `unknown` says so (etcd's has changed within 1.31, 1.32, 1.33 and 1.34)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +59,7 @@ def node_images(cluster: Cluster, node: Node) -> NodeImages:
     kube = [f"{REGISTRY}/{name}:v{version}" for name in
             ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")]  # fmt: skip
     coredns = f"{REGISTRY}/coredns/coredns:{COREDNS_BY_RELEASE.get((minor, patch), COREDNS[minor])}"
-    etcd = f"{REGISTRY}/etcd:{next(tag for first, tag in reversed(ETCD[minor]) if patch >= first)}"
+    etcd = f"{REGISTRY}/etcd:{Release(minor, patch).etcd}"
     if node.role == "control-plane":
         kubeadm = [*kube, coredns, pause_image(cluster), etcd]
     else:

@@ -426,3 +426,9 @@ def test_status_shows_images_and_the_clusters_view(
 
 def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_first_build_records_the_release_its_cards_run(built: tuple[Path, list[str]]) -> None:
+    cluster_file, _ = built
+    recorded = json.loads((cluster_file.parent / ".picluster/release.json").read_text())
+    assert recorded == {"kubernetes": load_cluster(cluster_file).cluster.kubernetes}

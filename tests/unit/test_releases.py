@@ -1,0 +1,101 @@
+"""Which Kubernetes release the cluster runs, which moves kubeadm makes from it, and cards that
+follow the running release rather than cluster.yaml's next one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.spec.releases import Release, refuse_move
+from tests.conftest import BUNDLED
+
+
+@pytest.mark.parametrize(
+    ("running", "wanted"),
+    [
+        ("1.33.6", "1.34.2"),
+        ("1.33.4", "1.33.13"),
+        ("1.34.2", "1.34.3"),
+        ("1.31.0", "1.32.13"),
+        ("1.36.5", "1.37.1"),
+    ],
+)
+def test_kubeadm_makes_these_moves(running: str, wanted: str) -> None:
+    assert refuse_move(Release.of(running), Release.of(wanted)) is None
+
+
+def test_a_skipped_minor_is_refused_naming_the_release_between() -> None:
+    refusal = refuse_move(Release.of("1.33.6"), Release.of("1.35.0"))
+    assert refusal is not None
+    assert "skips a minor release" in refusal.problem
+    assert refusal.fix.startswith("set cluster.kubernetes to 1.34.12 and run picluster upgrade")
+
+
+def test_a_downgrade_is_refused() -> None:
+    refusal = refuse_move(Release.of("1.34.2"), Release.of("1.34.1"))
+    assert refusal is not None and "does not downgrade" in refusal.problem
+
+
+def test_etcd_3_6_needs_the_newest_3_5_first() -> None:
+    """1.33.0-1.33.5 run etcd 3.5.21; 1.34 runs 3.6, which needs 3.5.24 (the newest kubeadm
+    pins) on every member first: the newest 1.33 patch is the step between."""
+    refusal = refuse_move(Release.of("1.33.5"), Release.of("1.34.2"))
+    assert refusal is not None
+    assert "3.5.21-0 to 3.6.5-0" in refusal.problem
+    assert refusal.fix.startswith("set cluster.kubernetes to 1.33.13 and run picluster upgrade")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
+    assert main(["render", "-f", str(tmp_path / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
+    return tmp_path
+
+
+def runs(workdir: Path, version: str) -> None:
+    (workdir / ".picluster/release.json").write_text(json.dumps({"kubernetes": version}))
+
+
+def test_build_refuses_cards_newer_than_the_cluster(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs(workdir, "1.34.1")  # the bundled cluster.yaml names 1.34.2
+    images = workdir / "images"
+    assert main(["build", "-f", str(workdir / "cluster.yaml"), "-o", str(images)]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.kubernetes is 1.34.2, but the cluster runs 1.34.1" in err
+    assert "run picluster upgrade" in err
+    assert not images.exists()
+
+
+def test_build_refuses_a_downgrade(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs(workdir, "1.35.0")
+    assert main(["build", "-f", str(workdir / "cluster.yaml"), "-o", str(workdir / "images")]) == 2
+    assert "does not downgrade" in capsys.readouterr().err
+
+
+def test_validate_names_an_upgrade_and_refuses_a_skip(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = workdir / "cluster.yaml"
+    runs(workdir, "1.33.13")
+    assert main(["validate", "-f", str(cluster)]) == 0
+    assert "the cluster runs 1.33.13: picluster upgrade moves it" in capsys.readouterr().err
+    runs(workdir, "1.32.4")
+    assert main(["validate", "-f", str(cluster)]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.kubernetes" in err and "set cluster.kubernetes to 1.33.13" in err
+
+
+@pytest.mark.parametrize("text", ['{"kubernetes": "1.34.2\\n"}', "[]", '{"kubernetes": "1.30.1"}', "{"])
+def test_a_damaged_record_names_the_file(
+    workdir: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / ".picluster/release.json").write_text(text)
+    assert main(["validate", "-f", str(workdir / "cluster.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "release.json is damaged" in err and "Traceback" not in err
