@@ -22,11 +22,12 @@ PYTHON_SOURCES := builder tests bench overlays overlays/common/usr/sbin/picluste
 # etcd cluster that `picluster replace` removes a member from, tests/integration/test_replace.py);
 # skopeo (build fetches the container images a card carries with images: card); umoci (makes
 # flannel's OCI image); docker-registry and containerd (a real registry serving images made in
-# tests/integration/test_container_images.py, and a real containerd of the test's own importing them).
+# tests/integration/test_container_images.py, and a real containerd of the test's own importing them);
+# faketime (the clock moved eleven months on for tests/integration/test_agent_certs.py).
 HOST_PACKAGES := python3-venv mmdebstrap qemu-user-static arch-test kmod dosfstools mtools e2fsprogs \
 	fdisk eatmydata zstd xz-utils bmap-tools openssl ca-certificates gnupg dpkg-dev xfsprogs qemu-system-arm \
 	openssh-client golang-go gcc containernetworking-plugins iptables iputils-ping etcd-server etcd-client keepalived haproxy \
-	skopeo docker-registry umoci containerd
+	skopeo docker-registry umoci containerd faketime
 # The upstream source archives from a copy of shared/ beside the clone, when there is one
 # (builder/upstream.py), instead of downloading them.
 export PICLUSTER_UPSTREAM ?= $(if $(wildcard ../shared/upstream),$(abspath ../shared/upstream))

@@ -34,7 +34,7 @@ from tests.conftest import BUNDLED, REPO, fixed_secrets
 
 AGENT_LAUNCHER = REPO / "overlays/common/usr/sbin/picluster-agent"
 FAST = {"retry_initial": 0.05, "retry_max": 0.2, "clock_timeout": 0.2, "address_timeout": 0.2,
-        "containerd_timeout": 0.2, "ready_poll": 0.05}  # fmt: skip
+        "containerd_timeout": 0.2, "ready_poll": 0.05, "static_pod_pause": 0.05}  # fmt: skip
 """Timings that make a test's waits and backoffs take fractions of a second."""
 LOCALHOST = ipaddress.ip_address("127.0.0.1")
 

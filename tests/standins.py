@@ -23,6 +23,7 @@ over a link that is down does.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -49,6 +50,33 @@ RESET_FILES = ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kube
                "controller-manager.conf", "scheduler.conf")  # fmt: skip
 """cmd/kubeadm/app/cmd/phases/reset/cleanupnode.go: the kubeconfig files reset deletes."""
 CAS = ("ca", "front-proxy-ca", "etcd/ca")
+LEAVES = {
+    "admin.conf": (Path("admin.conf"), "ca",
+                   "certificate embedded in the kubeconfig file for the admin to use and for kubeadm itself"),
+    "apiserver": (Path("pki/apiserver.crt"), "ca", "certificate for serving the Kubernetes API"),
+    "apiserver-etcd-client": (Path("pki/apiserver-etcd-client.crt"), "etcd/ca",
+                              "certificate the apiserver uses to access etcd"),
+    "apiserver-kubelet-client": (Path("pki/apiserver-kubelet-client.crt"), "ca",
+                                 "certificate for the API server to connect to kubelet"),
+    "controller-manager.conf": (
+        Path("controller-manager.conf"), "ca",
+        "certificate embedded in the kubeconfig file for the controller manager to use"),
+    "etcd-healthcheck-client": (Path("pki/etcd/healthcheck-client.crt"), "etcd/ca",
+                                "certificate for liveness probes to healthcheck etcd"),
+    "etcd-peer": (Path("pki/etcd/peer.crt"), "etcd/ca",
+                  "certificate for etcd nodes to communicate with each other"),
+    "etcd-server": (Path("pki/etcd/server.crt"), "etcd/ca", "certificate for serving etcd"),
+    "front-proxy-client": (Path("pki/front-proxy-client.crt"), "front-proxy-ca",
+                           "certificate for the front proxy client"),
+    "scheduler.conf": (Path("scheduler.conf"), "ca",
+                       "certificate embedded in the kubeconfig file for the scheduler manager to use"),
+    "super-admin.conf": (Path("super-admin.conf"), "ca",
+                         "certificate embedded in the kubeconfig file for the super-admin"),
+}  # fmt: skip
+"""What `kubeadm certs check-expiration` lists and `certs renew all` renews, in its order, with the
+file under /etc/kubernetes, the CA that signs it and the words renew prints for it
+(cmd/kubeadm/app/phases/certs/renewal/manager.go NewManager; kubelet.conf is left out: the kubelet
+rotates its own client certificate)."""
 SHARED_CERTIFICATES = {
     "ca.crt": "failure loading certificate for CA",
     "sa.key": "failure loading key for service account",
@@ -112,7 +140,11 @@ def crictl(folder: Path, argv: list[str]) -> None:
 
 def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
     verb = argv[0] if argv else ""
-    if verb == "reset":
+    if argv[:2] == ["certs", "check-expiration"]:
+        check_expiration(root)
+    elif argv[:3] == ["certs", "renew", "all"]:
+        renew_all(root, folder)
+    elif verb == "reset":
         reset(root, folder)
     elif verb in ("init", "join"):
         config = _documents(Path(argv[argv.index("--config") + 1]))
@@ -151,17 +183,8 @@ def init(root: Path, folder: Path) -> None:
         print('[certs] Generating "sa" key and public key')
         _write(root / PKI / "sa.key", _key_pem(ec.generate_private_key(ec.SECP256R1())), 0o600)
         _write(root / PKI / "sa.pub", b"stand-in sa.pub\n")
-    for name in ("apiserver", "apiserver-kubelet-client", "front-proxy-client", "etcd/server"):
-        _write(root / PKI / f"{name}.crt", f"stand-in {name} certificate\n".encode())
-        _write(root / PKI / f"{name}.key", f"stand-in {name} key\n".encode(), 0o600)
-    for name in (
-        "admin.conf",
-        "super-admin.conf",
-        "kubelet.conf",
-        "controller-manager.conf",
-        "scheduler.conf",
-    ):
-        _write(root / KUBERNETES / name, f"stand-in {name}\n".encode(), 0o600)
+    _write_leaf_certificates(root, [*LEAVES])
+    _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     _start_control_plane(root)
     # cmd/kubeadm/app/cmd/phases/init/waitcontrolplane.go (1.31 on)
     _wait(folder, '[wait-control-plane] Waiting for the kubelet to boot up the control plane as static Pods '
@@ -191,8 +214,8 @@ def join_control_plane(root: Path, folder: Path, join: dict[str, Any]) -> None:
             "* The certificates that must be shared among control plane instances are provided.\n"
         )
     _record_cas(root, folder, "join-control-plane")
-    for conf in ("admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf"):
-        _write(root / KUBERNETES / conf, f"stand-in {conf}\n".encode(), 0o600)
+    _write_leaf_certificates(root, [name for name in LEAVES if name != "super-admin.conf"])
+    _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     _refuse_a_ready_namesake(folder, name)  # kubelet-start comes after control-plane-prepare
     _add_etcd_learner(folder)
     _start_control_plane(root)
@@ -217,6 +240,91 @@ def join_worker(root: Path, folder: Path, join: dict[str, Any]) -> None:
         _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     finally:
         bootstrap.unlink()
+
+
+def check_expiration(root: Path) -> None:
+    """`kubeadm certs check-expiration -o json`: cmd/kubeadm/app/cmd/certs.go newCmdCertsExpiration
+    prints output.kubeadm.k8s.io/v1alpha3 CertificateExpirationInfo (apis/output/v1alpha3/
+    types.go): each certificate's name, expirationDate (RFC 3339, UTC), residualTime (seconds),
+    caName, externallyManaged and missing, then the CAs likewise."""
+    now = datetime.now(UTC)
+
+    def entry(name: str, cert: x509.Certificate | None, ca: str | None) -> dict[str, Any]:
+        expires = cert.not_valid_after_utc if cert else datetime.min.replace(tzinfo=UTC)
+        listed = {"name": name, "expirationDate": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "residualTime": max(0, int((expires - now).total_seconds())) if cert else 0,
+                  "externallyManaged": False, "missing": cert is None}  # fmt: skip
+        return {**listed, "caName": ca} if ca else listed
+
+    info = {
+        "kind": "CertificateExpirationInfo",
+        "apiVersion": "output.kubeadm.k8s.io/v1alpha3",
+        "certificates": [entry(name, _leaf(root, name), ca) for name, (_, ca, _) in LEAVES.items()],
+        "certificateAuthorities": [
+            entry(ca.replace("/", "-"), _load(root / PKI / f"{ca}.crt"), None) for ca in CAS
+        ],
+    }
+    print(json.dumps(info, indent=4))
+
+
+def renew_all(root: Path, folder: Path) -> None:
+    """`kubeadm certs renew all`: every certificate kubeadm manages signed anew by its CA for a
+    year, its subject and names kept from the one it replaces (phases/certs/renewal/manager.go
+    RenewUsingLocalCA), with a line per certificate and the closing advice of cmd/certs.go."""
+    print("[renew] Reading configuration from the cluster...")
+    for name, (_, _, long_name) in LEAVES.items():
+        if _leaf(root, name) is None:
+            continue
+        _write_leaf_certificates(root, [name])
+        print(f"{long_name} renewed")
+    print(
+        "\nDone renewing certificates. You must restart the kube-apiserver, kube-controller-manager, "
+        "kube-scheduler and etcd, so that they can use the new certificates."
+    )
+
+
+def _write_leaf_certificates(root: Path, names: list[str]) -> None:
+    """Certificates (or kubeconfigs with a client certificate) signed by their CA for kubeadm's
+    year (constants.go CertificateValidityPeriod), from now."""
+    now = datetime.now(UTC)
+    for name in names:
+        path, ca, _ = LEAVES[name]
+        ca_cert = x509.load_pem_x509_certificate((root / PKI / f"{ca}.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((root / PKI / f"{ca}.key").read_bytes(), None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=365))
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        if path.suffix == ".conf":
+            user = {"client-certificate-data": base64.b64encode(pem).decode(),
+                    "client-key-data": base64.b64encode(_key_pem(key)).decode()}  # fmt: skip
+            kubeconfig = {"apiVersion": "v1", "kind": "Config", "users": [{"name": name, "user": user}]}
+            _write(root / KUBERNETES / path, yaml.safe_dump(kubeconfig).encode(), 0o600)
+        else:
+            _write(root / KUBERNETES / path, pem)
+            _write(root / KUBERNETES / path.with_suffix(".key"), _key_pem(key), 0o600)
+
+
+def _leaf(root: Path, name: str) -> x509.Certificate | None:
+    path = root / KUBERNETES / LEAVES[name][0]
+    if path.suffix != ".conf":
+        return _load(path)
+    if not path.exists():
+        return None
+    user = yaml.safe_load(path.read_text())["users"][0]["user"]
+    return x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
+
+
+def _load(path: Path) -> x509.Certificate | None:
+    return x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
 
 
 def _refuse_a_ready_namesake(folder: Path, name: str) -> None:

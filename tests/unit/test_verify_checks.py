@@ -34,6 +34,11 @@ class Service:
 
 
 @dataclass
+class Answer:
+    stdout: str
+
+
+@dataclass
 class Interface:
     exists: bool
 
@@ -53,6 +58,8 @@ class Node:
     """/proc files, /proc/cmdline and /proc/sys/... among them."""
     links: str = "[]"
     """What `ip -j addr show` answers."""
+    certs_timer: str = "active"
+    """What `systemctl is-active picluster-certs.timer` answers; "disabled" when it is off."""
 
     def file(self, path: str) -> File:
         if path == "/etc/kubernetes/kubelet.conf":
@@ -67,8 +74,14 @@ class Node:
         return File(UDP_WITHOUT_VXLAN)
 
     def service(self, name: str) -> Service:
+        if name == "picluster-certs.timer":
+            return Service(is_enabled=self.certs_timer != "disabled")
         assert name == "picluster-agent", name
         return Service(is_running=self.agent_running)
+
+    def run(self, command: str) -> Answer:
+        assert command == "systemctl is-active picluster-certs.timer", command
+        return Answer(f"{self.certs_timer}\n")
 
     def interface(self, name: str) -> Interface:
         return Interface(exists=False)
@@ -185,3 +198,10 @@ def test_no_cni0_is_a_skip_until_a_pod_uses_the_pod_network() -> None:
         test_node.test_cni_bridge(Node(), kubernetes=None)
     with pytest.raises(AssertionError, match="2 pods have a network namespace but there is no cni0"):
         test_node.test_cni_bridge(Node(pod_namespaces=("cni-1a2b", "cni-3c4d")), kubernetes=None)
+
+
+def test_a_control_plane_whose_renewal_timer_is_off_fails_with_the_fix() -> None:
+    test_node.test_certificate_renewal(Node())
+    for state in ("disabled", "inactive"):
+        with pytest.raises(AssertionError, match=r"systemctl enable --now picluster-certs\.timer"):
+            test_node.test_certificate_renewal(Node(certs_timer=state))

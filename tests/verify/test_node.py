@@ -170,6 +170,19 @@ def test_agent_status(host: Any, agent_state: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.control_plane
+def test_certificate_renewal(host: Any) -> None:
+    """certs: daily renewal timer on"""
+    enable = "fix: sudo systemctl enable --now picluster-certs.timer"
+    assert host.service("picluster-certs.timer").is_enabled, (
+        f"the timer that renews kubeadm's certificates is off; {enable}"
+    )
+    active = host.run("systemctl is-active picluster-certs.timer").stdout.strip()
+    assert active == "active", (
+        f"picluster-certs.timer is {active}, so kubeadm's certificates lapse in a year; {enable}"
+    )
+
+
 def test_agent_joined(host: Any, agent_state: dict[str, Any], kubernetes: None) -> None:
     """agent: joined, no failed attempt outstanding"""
     assert agent_state["phase"] == "joined", (

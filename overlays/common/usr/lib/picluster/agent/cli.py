@@ -9,6 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
+from agent.certs import renew_certs
 from agent.config import DEFAULT_CONFIG, NodeConfig, load_config
 from agent.host import Backoff, Host, say
 from agent.join import join
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(asdict(state), indent=2, sort_keys=True) if args.json else describe(state, config.name)
         )
         return 0
+    if args.command == "certs":
+        return renew_certs(host, config, state)
     if args.command == "preflight" and run_preflight(host, config, state):
         return 1
     if args.command == "run" and not wait_for_preflight(host, config, state):
@@ -111,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("clean-links", help="remove stale flannel.1, cni0 and their leases")
     commands.add_parser("join", help="kubeadm init or join, retried; nothing once joined")
     commands.add_parser("run", help="preflight, clean-links, join (what the unit runs)")
+    commands.add_parser(
+        "certs", help="renew kubeadm's certificates when one expires within 30 days (a daily timer runs it)"
+    )
     status = commands.add_parser("status", help="what the agent did and where it is")
     status.add_argument("--json", action="store_true", help="the state file as JSON")
     return parser

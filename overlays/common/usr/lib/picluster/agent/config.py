@@ -60,6 +60,9 @@ class Timing:
     address_timeout: float = 60.0
     containerd_timeout: float = 30.0
     ready_poll: float = 10.0
+    static_pod_pause: float = 20.0
+    """How long a static pod's manifest stays out of the kubelet's folder for it to stop the pod:
+    the kubelet's fileCheckFrequency (agent.certs)."""
 
 
 @dataclass(frozen=True)

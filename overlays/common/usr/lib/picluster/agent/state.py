@@ -39,6 +39,9 @@ class State:
     links: list[dict[str, str]] = field(default_factory=list)
     images: list[dict[str, str]] = field(default_factory=list)
     """Each image found present or pulled before kubeadm, in order."""
+    certificates: dict[str, str] = field(default_factory=dict)
+    """A control plane's last certificate check (agent.certs): when, which certificate expires
+    first and when, when they were last renewed, and what failed."""
 
     @classmethod
     def load(cls, host: Host) -> State:
@@ -88,4 +91,14 @@ def describe(state: State, node: str) -> str:
     if state.images:
         counts = {word: sum(i["status"] == word for i in state.images) for word in IMAGE_STATUSES}
         lines.append("images:      " + ", ".join(f"{counts[word]} {word}" for word in IMAGE_STATUSES))
+    if state.certificates:
+        certs = state.certificates
+        line = f"certs:       checked {certs['checked_at']}"
+        if "expires" in certs:
+            line += f"; {certs['first_to_expire']} expires first, {certs['expires']}"
+        if "renewed_at" in certs:
+            line += f"; renewed {certs['renewed_at']}"
+        lines.append(line)
+        if "error" in certs:
+            lines.append(f"  failed: {certs['error']}")
     return "\n".join(lines)
