@@ -596,18 +596,23 @@ def _status(args: argparse.Namespace) -> int:
     endpoint = project.cluster.api_endpoint
     lapsing: list[bootstrap.Waiting] = []
     now = datetime.now(UTC)
+    warnings: list[str] = []
     try:
         with api.connect(endpoint, secrets) as server:
             statuses, unnamed = status.add_cluster_view(statuses, api.list_nodes(server))
             lapsing = bootstrap.lapsing(
                 server, project.cluster, tokens.load_tokens(project.state_dir, secrets), now
             )
-        note = f"cluster: https://{endpoint} answered"
+            version, expires = api.server_version(server), api.serving_certificate_expiry(server)
+        note = f"cluster: https://{endpoint} answered: {status.server_note(version, expires, now)}"
         if unnamed:
             note += f"; {unnamed} node object{'s' if unnamed != 1 else ''} without a name were left out"
+        warnings = status.server_warnings(
+            version, project.running_release(), expires, now, project.cluster.init_node.name
+        )
     except api.Unreachable as why:
         note = f"cluster: not reachable ({why})"
     fixes = [f"{item.describe(now)}: picluster build, then picluster flash {item.node}" for item in lapsing]
     show = status.as_json if args.json else status.format_status
-    print(show(statuses, note, fixes))
+    print(show(statuses, note, fixes + warnings))
     return 0

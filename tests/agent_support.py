@@ -118,12 +118,14 @@ def make_server_cert(
     ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
     address: ipaddress.IPv4Address = LOCALHOST,
     *more: ipaddress.IPv4Address,
+    days: float = 365,
 ) -> tuple[bytes, bytes]:
-    """A certificate for `address` (and `more`) signed by `ca`; returns (cert PEM, key PEM)."""
+    """A certificate for `address` (and `more`) signed by `ca`, valid `days` more days (kubeadm's
+    year by default); returns (cert PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver stand-in")])
     cert = (
-        _certificate(subject, ca[1].subject, key.public_key())
+        _certificate(subject, ca[1].subject, key.public_key(), days)
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in (address, *more)]), critical=False
         )
@@ -133,7 +135,9 @@ def make_server_cert(
     return cert.public_bytes(Encoding.PEM), key_pem
 
 
-def _certificate(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+def _certificate(
+    subject: x509.Name, issuer: x509.Name, public_key: Any, days: float = 1
+) -> x509.CertificateBuilder:
     now = datetime.now(UTC)
     return (
         x509.CertificateBuilder()
@@ -142,7 +146,7 @@ def _certificate(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
     )
 
 

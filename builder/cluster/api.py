@@ -282,3 +282,32 @@ def get_node(api: ClusterAPI, name: str) -> dict[str, Any] | None:
 
 def delete_node(api: ClusterAPI, name: str) -> None:
     _delete(api, f"{NODES}/{name}")
+
+
+def server_version(api: ClusterAPI) -> str:
+    """The release the API server answering runs, as /version's gitVersion says ("v1.34.2")."""
+    answer = api.get("/version") or {}
+    version = answer.get("gitVersion")
+    if not isinstance(version, str):
+        raise Unreachable(f"https://{api.endpoint}/version: no gitVersion in the answer")
+    return version
+
+
+def serving_certificate_expiry(api: ClusterAPI) -> datetime:
+    """When the API server's own certificate expires, as it shows it in the TLS handshake (pinned
+    to the cluster CA): kubeadm signs it for a year, and the control planes renew it."""
+    host, port = api.endpoint.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=api.ca)
+    context.check_hostname = False  # pinned to the cluster's own CA; cards name it by address
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=WAIT_S) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            shown = tls.getpeercert()
+    except (OSError, ssl.SSLError) as error:
+        raise Unreachable(f"https://{api.endpoint}: TLS handshake: {why_failed(error)}") from None
+    expires = shown.get("notAfter") if shown else None
+    if not isinstance(expires, str):
+        raise Unreachable(f"https://{api.endpoint}: the server's certificate shows no expiry")
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(expires), UTC)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from builder.image.outputs import (
     stale_reasons,
 )
 from builder.render.plan import NodePlan
+from builder.spec.releases import Release
+
+CERTIFICATE_WARNING_DAYS = 30
+"""The control planes renew kubeadm's certificates from RENEW_WITHIN_DAYS (30) days before they
+expire (overlays' agent/certs.py): an API server certificate closer to its end than that was not."""
 
 
 @dataclass
@@ -105,8 +111,9 @@ def _internal_ip(addresses: Any) -> str | None:
     return next((_text(_field(a, "address")) for a in addresses if _field(a, "type") == "InternalIP"), None)
 
 
-def format_status(statuses: list[NodeStatus], cluster_note: str, tokens: list[str]) -> str:
-    """`tokens`: what is wrong with the bootstrap token of each node not joined, and the fix."""
+def format_status(statuses: list[NodeStatus], cluster_note: str, warnings: list[str]) -> str:
+    """`warnings`: what is wrong (a bootstrap token of a node not joined, a certificate about to
+    expire), each with its fix."""
     rows = [("node", "image", "ready", "kubelet", "address")]
     rows += [(s.name, s.image, s.ready or "-", s.kubelet or "-", s.internal_ip or "-") for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -115,11 +122,41 @@ def format_status(statuses: list[NodeStatus], cluster_note: str, tokens: list[st
     ]
     lines += [f"{s.name}: {s.image}: {'; '.join(s.why)}" for s in statuses if s.image == "stale"]
     lines.append(cluster_note)
-    lines += [f"warning: {line}" for line in tokens]
+    lines += [f"warning: {line}" for line in warnings]
     return "\n".join(lines)
 
 
-def as_json(statuses: list[NodeStatus], cluster_note: str, tokens: list[str]) -> str:
+def as_json(statuses: list[NodeStatus], cluster_note: str, warnings: list[str]) -> str:
     return json.dumps(
-        {"nodes": [asdict(s) for s in statuses], "cluster": cluster_note, "tokens": tokens}, indent=2
+        {"nodes": [asdict(s) for s in statuses], "cluster": cluster_note, "warnings": warnings}, indent=2
     )
+
+
+def server_note(version: str, expires: datetime, now: datetime) -> str:
+    """What the API server says of itself: its release and when its certificate expires."""
+    return (
+        f"Kubernetes {version}, its certificate expires {expires:%Y-%m-%d} (in {(expires - now).days} days)"
+    )
+
+
+def server_warnings(
+    version: str, recorded: Release | None, expires: datetime, now: datetime, control_plane: str
+) -> list[str]:
+    """A certificate within CERTIFICATE_WARNING_DAYS of expiring, whose control planes have not renewed
+    it; a release other than the one picluster recorded (an upgrade made by hand, or cut off)."""
+    warnings = []
+    left = expires - now
+    if left < timedelta(days=CERTIFICATE_WARNING_DAYS):
+        warnings.append(
+            f"the API server's certificate expires {expires:%Y-%m-%d %H:%M} UTC, in {left.days} days, and "
+            "the control planes renew theirs from 30 days before: on each (e.g. ssh "
+            f"{control_plane}), `sudo picluster-agent status` shows the last check and "
+            "`journalctl -u picluster-certs` why it failed"
+        )
+    if recorded is not None and version.removeprefix("v") != str(recorded):
+        warnings.append(
+            f"the API server runs {version}, but picluster recorded {recorded} as the cluster's release: "
+            "cards are built for the recorded one; picluster upgrade records the release it moves the "
+            "cluster to"
+        )
+    return warnings

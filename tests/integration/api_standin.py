@@ -2,7 +2,7 @@
 the cluster CA, client certificates required and checked against that CA, and just the calls
 picluster and flanneld make. It records every request's client certificate subject.
 
-picluster's calls: list nodes, get one, delete one (`replace`), get a bootstrap-token Secret,
+picluster's calls: /version, list nodes, get one, delete one (`replace`), get a bootstrap-token Secret,
 create one, delete one (404 when there is none, as kube-apiserver answers). flanneld v0.10.0's
 (subnet/kube/kube.go in shared/upstream/flannel-v0.10.0.tar.xz, with the vendored client-go of
 Kubernetes 1.6): list nodes, watch them (a chunked stream of JSON watch events that stays open),
@@ -74,6 +74,8 @@ class APIStandin:
     "dribble" sends the headers and then a byte of body every DRIBBLE_S; for SLOW_FOR_S at most."""
     nodes_body: bytes | None = None
     """What it answers to a list of the nodes instead of the list, to try odd answers."""
+    git_version: str = "v1.34.2"
+    """The release /version names, as kube-apiserver answers it (the bundled cluster.yaml's)."""
 
     @property
     def endpoint(self) -> str:
@@ -244,12 +246,14 @@ def api_standin(
     address: ipaddress.IPv4Address = LOCALHOST,
     port: int = 0,
     netns: str | None = None,
+    certificate_days: float = 365,
 ) -> Iterator[APIStandin]:
-    """Serves on `address`, in the network namespace `netns` when given (the lab's control plane)."""
+    """Serves on `address`, in the network namespace `netns` when given (the lab's control plane),
+    with a serving certificate valid `certificate_days` more days."""
     ca_key = load_pem_private_key(cluster_secrets.ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = (ca_key, x509.load_pem_x509_certificate(cluster_secrets.ca.public_pem))
-    cert_pem, key_pem = make_server_cert(ca, address)
+    cert_pem, key_pem = make_server_cert(ca, address, days=certificate_days)
     (folder / "apiserver.crt").write_bytes(cert_pem)
     (folder / "apiserver.key").write_bytes(key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -300,6 +304,9 @@ def api_standin(
             query = parse_qs(url.query)
             if state.slow:
                 self._slow()
+            elif url.path == "/version":
+                major, minor, _ = state.git_version.removeprefix("v").split(".")
+                self._answer(200, {"major": major, "minor": minor, "gitVersion": state.git_version})
             elif url.path == NODES_PATH and query.get("watch") == ["true"]:
                 self._watch(int(query.get("resourceVersion", ["0"])[0] or 0))
             elif url.path == NODES_PATH and state.nodes_body is not None:

@@ -169,8 +169,7 @@ def test_node_objects_of_the_wrong_shape_show_as_unknown(
         "w1": ("unknown", None, None),
         "w2": ("Unknown", None, None),  # as Kubernetes says of a node with no Ready condition
     }
-    said = f"cluster: https://{server.endpoint} answered; 2 node objects without a name were left out"
-    assert report["cluster"] == said
+    assert report["cluster"].endswith(" days); 2 node objects without a name were left out")
 
 
 def test_an_api_server_of_another_cluster_is_named_as_such(

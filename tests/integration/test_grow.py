@@ -421,7 +421,7 @@ def test_status_shows_images_and_the_clusters_view(
         "not joined",
     )
     assert nodes["old-pi"]["image"] == "not in cluster.yaml"
-    assert report["cluster"] == f"cluster: https://{api.endpoint} answered"
+    assert report["cluster"].startswith(f"cluster: https://{api.endpoint} answered: Kubernetes v1.34.2, ")
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -432,3 +432,44 @@ def test_the_first_build_records_the_release_its_cards_run(built: tuple[Path, li
     cluster_file, _ = built
     recorded = json.loads((cluster_file.parent / ".picluster/release.json").read_text())
     assert recorded == {"kubernetes": load_cluster(cluster_file).cluster.kubernetes}
+
+
+def status_lines(cluster_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    capsys.readouterr()
+    assert main(["status", "-f", str(cluster_file), "-i", str(tmp_path / "images")]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_status_shows_the_release_and_when_the_api_servers_certificate_expires(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, per_node_record())
+    lines = status_lines(cluster_file, tmp_path, capsys)
+    expires = datetime.now(UTC) + timedelta(days=365)
+    assert (
+        f"cluster: https://{api.endpoint} answered: Kubernetes v1.34.2, its certificate expires "
+        f"{expires:%Y-%m-%d} (in 364 days)" in lines
+    )
+    assert not [line for line in lines if line.startswith("warning:") and "bootstrap token" not in line]
+
+
+def test_status_warns_of_a_certificate_the_control_planes_did_not_renew(
+    tmp_path: Path, lan: ipaddress.IPv4Address, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with api_standin(fixed_secrets(), tmp_path, lan, certificate_days=20.5) as server:
+        cluster_file = project(tmp_path, server.endpoint, per_node_record())
+        lines = status_lines(cluster_file, tmp_path, capsys)
+    (warning,) = [line for line in lines if line.startswith("warning:") and "bootstrap token" not in line]
+    assert "the API server's certificate expires" in warning and "in 20 days" in warning
+    assert "journalctl -u picluster-certs" in warning
+
+
+def test_status_warns_when_the_cluster_runs_another_release_than_recorded(
+    tmp_path: Path, api: APIStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = project(tmp_path, api.endpoint, per_node_record())
+    (cluster_file.parent / ".picluster/release.json").write_text('{"kubernetes": "1.34.2"}')
+    api.git_version = "v1.34.3"
+    lines = status_lines(cluster_file, tmp_path, capsys)
+    (warning,) = [line for line in lines if line.startswith("warning:") and "bootstrap token" not in line]
+    assert "the API server runs v1.34.3, but picluster recorded 1.34.2" in warning
