@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.card import flash
-from builder.cluster import api, bootstrap, kubeconfig, replace, status
+from builder.cluster import api, bootstrap, kubeconfig, replace, status, upgrade
 from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
@@ -158,12 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--node", action="append", default=[], metavar="NAME", help="only this node (repeatable)"
     )
-    check.add_argument(
-        "--ssh-config",
-        type=Path,
-        metavar="FILE",
-        help="an ssh_config for reaching the nodes (ports, keys, jumps)",
-    )
+    _ssh_config_option(check)
     check.add_argument(
         "--skip",
         action="append",
@@ -217,6 +212,27 @@ def _parser() -> argparse.ArgumentParser:
     swap.add_argument(
         "--dead", action="store_true", help="the old card is dead even though its Node still shows Ready"
     )
+
+    move = command(
+        "upgrade",
+        _upgrade,
+        help="move the running cluster to cluster.kubernetes, node by node",
+        description="Upgrade the running cluster to the release cluster.yaml names (edit "
+        "cluster.kubernetes first): print the plan, then, in kubeadm's order, the first control plane "
+        "(kubeadm upgrade apply), the other control planes, then the workers (kubeadm upgrade node), "
+        "each drained before its kubelet moves and uncordoned once Ready. The nodes are reached over "
+        "SSH as picluster verify reaches them. Refused before anything is contacted: a skipped minor, "
+        "a downgrade, etcd 3.6 before the newest 3.5. Cut off anywhere, a rerun goes on where it "
+        "stopped; once every node runs the release, build writes cards for it.",
+    )
+    move.add_argument("--plan", action="store_true", help="print the plan and stop")
+    move.add_argument(
+        "--ssh-config",
+        type=Path,
+        metavar="FILE",
+        help="an ssh_config for reaching the nodes (ports, keys, jumps)",
+    )
+    _verbose_option(move)
 
     admin = command(
         "kubeconfig",
@@ -277,6 +293,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verbose_option(command: argparse.ArgumentParser, help: str = "show the commands run") -> None:
     command.add_argument("-v", "--verbose", action="store_true", help=help)
+
+
+def _ssh_config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ssh-config",
+        type=Path,
+        metavar="FILE",
+        help="an ssh_config for reaching the nodes (ports, keys, jumps)",
+    )
 
 
 def _images_option(command: argparse.ArgumentParser) -> None:
@@ -468,6 +493,48 @@ def _replace(args: argparse.Namespace) -> int:
         f"next: picluster build -f {args.file}, then picluster flash {args.node} --device ..., and boot "
         f"the new card: it joins as {args.node}"
     )
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    project = _project(args)
+    secrets = project.existing_secrets("upgrade")  # refuses a move kubeadm refuses, first
+    running, wanted = project.running_release(), project.wanted_release
+    if running is None:
+        raise UserError(
+            "no card of this cluster has been built: nothing runs that could be upgraded",
+            f"picluster build writes cards for Kubernetes {wanted}",
+        )
+    progress = upgrade.Progress.load(project.state_dir)
+    if progress is not None and progress.wanted != wanted:
+        raise UserError(
+            f"an upgrade to {progress.wanted} is under way ({upgrade.PROGRESS_FILE} in {project.state_dir})",
+            f"set cluster.kubernetes to {progress.wanted} and run picluster upgrade to finish it first",
+        )
+    if progress is None:
+        if running == wanted:
+            print(f"the cluster runs Kubernetes {running} already: nothing to upgrade")
+            return 0
+        progress = upgrade.Progress(running, wanted, {})
+    print(upgrade.format_plan(project.cluster, progress.running, wanted, progress.done))
+    if args.plan:
+        return 0
+    try:
+        with api.connect(project.cluster.api_endpoint, secrets) as server:
+            version = api.server_version(server)
+    except api.Unreachable as why:
+        raise UserError(
+            f"the API server does not answer ({why})", "an upgrade needs the cluster up"
+        ) from None
+    if version.removeprefix("v") not in (str(progress.running), str(wanted)):
+        raise UserError(
+            f"the API server runs {version}, but picluster recorded {progress.running} as the cluster's "
+            "release: the cluster was changed by other means",
+            f"write the release it runs into {project.state_dir / 'release.json'}, then plan again",
+        )
+    progress.save(project.state_dir)
+    shell = upgrade.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose))
+    upgrade.upgrade(project.cluster, secrets, project.state_dir, progress, shell, Reporter())
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal, get_args
+from typing import Any, BinaryIO, Literal, get_args
 
 from builder.errors import UserError
 
@@ -194,3 +195,22 @@ def remove_tree(path: Path) -> None:
             f"unmount them (umount -R {mounted[0]}) and run the build again",
         )
     shutil.rmtree(path)
+
+
+def read_json_record(path: Path) -> Any:
+    """What a small JSON record holds; None when it is damaged (not a regular file, not JSON),
+    which the caller says in its own words. FileNotFoundError when there is none; a file that
+    cannot be read is a UserError."""
+    try:
+        with open_regular(path) as handle:  # a FIFO would block, a folder is no record
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        raise
+    except NotRegularFile:
+        return None
+    except OSError as error:
+        raise UserError(
+            f"cannot read {path}: {error.strerror}", "run picluster as the folder's owner"
+        ) from None
+    except (ValueError, RecursionError):
+        return None

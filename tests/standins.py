@@ -107,6 +107,8 @@ def main(tool: str, folder: Path, argv: list[str]) -> int:
             kubeadm(root, folder, argv)
         elif tool == "crictl":
             crictl(folder, argv)
+        elif tool in ("apt-get", "apt-mark"):
+            apt(root, tool, argv)
         elif tool == "kubectl" and "get" in argv:
             print("False" if (folder / "not-ready").exists() else "True", end="")
     except Failed as error:
@@ -142,6 +144,10 @@ def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
     verb = argv[0] if argv else ""
     if argv[:2] == ["certs", "check-expiration"]:
         check_expiration(root)
+    elif argv[:2] == ["upgrade", "apply"]:
+        upgrade_apply(root, folder, argv[2].removeprefix("v"))
+    elif argv[:2] == ["upgrade", "node"]:
+        upgrade_node(root, folder)
     elif argv[:3] == ["certs", "renew", "all"]:
         renew_all(root, folder)
     elif verb == "reset":
@@ -240,6 +246,92 @@ def join_worker(root: Path, folder: Path, join: dict[str, Any]) -> None:
         _write(root / KUBERNETES / "kubelet.conf", b"stand-in kubelet.conf\n", 0o600)
     finally:
         bootstrap.unlink()
+
+
+def apt(root: Path, tool: str, argv: list[str]) -> None:
+    """apt-mark hold/unhold and apt-get install PACKAGE=VERSION-*, kept in a file on the node as
+    dpkg keeps its database: apt refuses to change a held package ("E: Held packages were changed
+    and -y was used without --allow-change-held-packages", apt-private/private-install.cc)."""
+    database = root / "var/lib/dpkg/standin-packages.json"
+    known = json.loads(database.read_text()) if database.exists() else {"versions": {}, "held": []}
+    if tool == "apt-mark" and argv[0] in ("hold", "unhold"):
+        held = set(known["held"])
+        known["held"] = sorted(held | set(argv[1:]) if argv[0] == "hold" else held - set(argv[1:]))
+    elif tool == "apt-get" and argv[0] == "install":
+        wanted = dict(arg.split("=", 1) for arg in argv[1:] if "=" in arg)
+        if set(wanted) & set(known["held"]):
+            raise Failed(
+                "E: Held packages were changed and -y was used without --allow-change-held-packages."
+            )
+        known["versions"].update({package: version.removesuffix("-*") for package, version in wanted.items()})
+    else:
+        return
+    _write(database, json.dumps(known).encode())
+
+
+def installed_version(root: Path, package: str) -> str | None:
+    database = root / "var/lib/dpkg/standin-packages.json"
+    return json.loads(database.read_text())["versions"].get(package) if database.exists() else None
+
+
+def upgrade_apply(root: Path, folder: Path, version: str) -> None:
+    """`kubeadm upgrade apply vX.Y.Z --yes` (cmd/kubeadm/app/cmd/upgrade/apply.go,
+    phases/upgrade/policy.go, staticpods.go, postupgrade.go): refused beyond kubeadm's own
+    release; each static pod's manifest backed up to /etc/kubernetes/tmp/kubeadm-backup-manifests-*
+    and replaced, the certificates renewed, the kubelet's config backed up and rewritten; the
+    release the cluster now runs is what `upgrade node` reads from the cluster (cluster-version)."""
+    own = installed_version(root, "kubeadm")
+    if own is None or _release(own) < _release(version):
+        raise Failed(
+            "[upgrade/version] FATAL: the --version argument is invalid due to these errors:\n\n\t- "
+            f'Specified version to upgrade to "v{version}" is higher than the kubeadm version "v{own}". '
+            "Upgrade kubeadm first using the tool you used to install kubeadm"
+        )
+    _upgrade_control_plane(root, version)
+    (folder / "cluster-version").write_text(version)
+    print(f'[upgrade] SUCCESS! A control plane node of your cluster was upgraded to "v{version}".')
+
+
+def upgrade_node(root: Path, folder: Path) -> None:
+    """`kubeadm upgrade node` (cmd/kubeadm/app/cmd/upgrade/node.go): the release comes from the
+    cluster's ClusterConfiguration; a control plane's static pods and certificates as `apply`
+    does them, every node's kubelet config."""
+    version = (folder / "cluster-version").read_text()
+    if (root / MANIFESTS / "kube-apiserver.yaml").exists():
+        _upgrade_control_plane(root, version)
+    else:
+        _rewrite_kubelet_config(root, version)
+    print("[upgrade] The configuration for this node was successfully upgraded!")
+
+
+def _upgrade_control_plane(root: Path, version: str) -> None:
+    backup = root / KUBERNETES / f"tmp/kubeadm-backup-manifests-{datetime.now(UTC):%Y-%m-%d-%H-%M-%S}"
+    for name in CONTROL_PLANE_MANIFESTS:
+        new = f"# stand-in static pod {name} v{version}\n".encode()
+        current = root / MANIFESTS / name
+        if current.read_bytes() == new:
+            print(
+                f"[upgrade/staticpods] current and new manifests of {name[:-5]} are equal, skipping upgrade"
+            )
+            continue
+        backup.mkdir(parents=True, exist_ok=True)
+        current.rename(backup / name)
+        _write(current, new, 0o600)
+    renewed = [name for name in LEAVES if _leaf(root, name) is not None]
+    _write_leaf_certificates(root, renewed)
+    _rewrite_kubelet_config(root, version)
+
+
+def _rewrite_kubelet_config(root: Path, version: str) -> None:
+    config = root / KUBELET_DIR / "config.yaml"
+    kept = root / KUBERNETES / "tmp/kubeadm-kubelet-config" / "config.yaml"
+    print(f"[upgrade] Backing up kubelet config file to /{kept.parent.relative_to(root)}")
+    _write(kept, config.read_bytes())
+    _write(config, f"# stand-in kubelet configuration v{version}\n".encode())
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def check_expiration(root: Path) -> None:

@@ -33,6 +33,7 @@ from builder.secrets.tokens import token_id
 TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"
 NODES = "/api/v1/nodes"
+PODS = "/api/v1/pods"
 DEADLINE_S = 15.0
 """The longest picluster waits for one whole answer: a server that accepts and then stalls, or
 sends a byte now and then, never trips requests' own timeout, which counts each wait apart."""
@@ -64,7 +65,9 @@ class ClusterAPI:
     """Where requests reads the admin certificate and its key."""
     deadline: float
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str | None = None
+    ) -> requests.Response:
         """The server's whole answer within the deadline; it is awaited in a thread of its own,
         left behind (a daemon, holding nothing but its socket) when the server stalls."""
         url = f"https://{self.endpoint}{path}"
@@ -72,7 +75,7 @@ class ClusterAPI:
 
         def ask() -> None:
             try:
-                answers.append(self._ask(method, url, body))
+                answers.append(self._ask(method, url, body, content_type))
             except BaseException as error:  # raised again in the caller's thread
                 answers.append(error)
 
@@ -86,10 +89,13 @@ class ClusterAPI:
             raise answer
         return answer
 
-    def _ask(self, method: str, url: str, body: dict[str, Any] | None) -> requests.Response:
+    def _ask(
+        self, method: str, url: str, body: dict[str, Any] | None, content_type: str | None
+    ) -> requests.Response:
+        headers = {"Content-Type": content_type} if content_type else None
         try:
             return requests.request(
-                method, url, json=body, verify=self.ca, cert=self.certificate, timeout=WAIT_S
+                method, url, json=body, headers=headers, verify=self.ca, cert=self.certificate, timeout=WAIT_S
             )
         except requests.exceptions.RequestException as error:
             raise Unreachable(f"{url}: {why_failed(error)}") from None
@@ -311,3 +317,29 @@ def serving_certificate_expiry(api: ClusterAPI) -> datetime:
     if not isinstance(expires, str):
         raise Unreachable(f"https://{api.endpoint}: the server's certificate shows no expiry")
     return datetime.fromtimestamp(ssl.cert_time_to_seconds(expires), UTC)
+
+
+def set_unschedulable(api: ClusterAPI, name: str, unschedulable: bool) -> None:
+    """Cordon or uncordon a node as kubectl does: a merge patch of spec.unschedulable."""
+    patch = {"spec": {"unschedulable": True if unschedulable else None}}
+    _check(api.request("PATCH", f"{NODES}/{name}", patch, "application/merge-patch+json"))
+
+
+def pods_on(api: ClusterAPI, node: str) -> list[dict[str, Any]]:
+    """Every pod bound to the node, in every namespace."""
+    items = (api.get(f"{PODS}?fieldSelector=spec.nodeName%3D{node}") or {}).get("items") or []
+    if not isinstance(items, list):
+        raise Unreachable(f"https://{api.endpoint}{PODS}: the answer is not a list of pods")
+    return [item for item in items if isinstance(item, dict)]
+
+
+def evict(api: ClusterAPI, namespace: str, name: str) -> bool:
+    """Ask for a pod's eviction (policy/v1), as kubectl drain does; False when a disruption
+    budget refuses it for now (429), True when it is under way or the pod is gone."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+    response = api.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body)
+    if response.status_code == 429:
+        return False
+    if response.status_code != 404:
+        _check(response)
+    return True

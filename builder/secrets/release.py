@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.files import NotRegularFile, open_regular, write_atomic
+from builder.files import read_json_record, write_atomic
 from builder.spec.model import KUBERNETES_VERSION
 from builder.spec.releases import ETCD, Release
 
@@ -28,18 +28,9 @@ def load(state_dir: Path) -> Release | None:
     """The recorded release; None before the first build recorded one."""
     path = state_dir / RELEASE_FILE
     try:
-        with open_regular(path) as handle:
-            raw = json.loads(handle.read())
+        raw = read_json_record(path)
     except FileNotFoundError:
         return None
-    except NotRegularFile:
-        raw = None  # damaged, as said below
-    except OSError as error:
-        raise UserError(
-            f"cannot read {path}: {error.strerror}", "run picluster as the folder's owner"
-        ) from None
-    except (ValueError, RecursionError):
-        raw = None
     version = raw.get("kubernetes") if isinstance(raw, dict) else None
     match = KUBERNETES_VERSION.fullmatch(version) if isinstance(version, str) else None
     if not match or int(match[1]) not in ETCD:

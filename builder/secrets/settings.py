@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ConfigError, Problem, UserError
-from builder.files import NotRegularFile, open_regular, write_atomic
+from builder.files import read_json_record, write_atomic
 from builder.spec.model import Cluster
 
 SETTINGS_FILE = "settings.json"
@@ -65,18 +65,9 @@ def load_record(state_dir: Path) -> dict[str, str] | None:
     """The recorded settings; None for a state folder made before they were recorded."""
     path = state_dir / SETTINGS_FILE
     try:
-        with open_regular(path) as handle:  # a FIFO would block, a folder is no record
-            raw = json.loads(handle.read())
+        raw = read_json_record(path)
     except FileNotFoundError:
         return None
-    except NotRegularFile:
-        raw = None  # damaged, as said below
-    except OSError as error:
-        raise UserError(
-            f"cannot read {path}: {error.strerror}", "run picluster as the folder's owner"
-        ) from None
-    except (ValueError, RecursionError):
-        raw = None
     fields = [fixed.field for fixed in FIXED]
     if (
         not isinstance(raw, dict)

@@ -74,6 +74,11 @@ class APIStandin:
     "dribble" sends the headers and then a byte of body every DRIBBLE_S; for SLOW_FOR_S at most."""
     nodes_body: bytes | None = None
     """What it answers to a list of the nodes instead of the list, to try odd answers."""
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    """Pods as GET /api/v1/pods lists them; an eviction removes one at once (no grace period)."""
+    evicted: list[str] = field(default_factory=list)
+    unschedulable: list[tuple[str, bool]] = field(default_factory=list)
+    """Every cordon (True) and uncordon (False), in order."""
     git_version: str = "v1.34.2"
     """The release /version names, as kube-apiserver answers it (the bundled cluster.yaml's)."""
 
@@ -304,6 +309,10 @@ def api_standin(
             query = parse_qs(url.query)
             if state.slow:
                 self._slow()
+            elif url.path == "/api/v1/pods":
+                wanted = query.get("fieldSelector", [""])[0].removeprefix("spec.nodeName=")
+                items = [pod for pod in state.pods if pod["spec"]["nodeName"] == wanted]
+                self._answer(200, {"kind": "PodList", "apiVersion": "v1", "items": copy.deepcopy(items)})
             elif url.path == "/version":
                 major, minor, _ = state.git_version.removeprefix("v").split(".")
                 self._answer(200, {"major": major, "minor": minor, "gitVersion": state.git_version})
@@ -344,7 +353,9 @@ def api_standin(
             patch = self._body()
             parts = urlsplit(self.path).path.split("/")
             names = [node["metadata"]["name"] for node in state.nodes]
-            if parts[:4] != NODES_PATH.split("/") or parts[5:] != ["status"] or parts[4] not in names:
+            if parts[:4] == NODES_PATH.split("/") and parts[5:] == [] and parts[4] in names:
+                self._cordon(parts[4], patch)
+            elif parts[:4] != NODES_PATH.split("/") or parts[5:] != ["status"] or parts[4] not in names:
                 self._answer(404, {"kind": "Status", "reason": "NotFound"})
             elif self.headers["Content-Type"] != "application/strategic-merge-patch+json":
                 self._answer(415, {"kind": "Status", "reason": "UnsupportedMediaType"})
@@ -353,6 +364,24 @@ def api_standin(
                                    "message": "the stand-in applies annotation changes only"})  # fmt: skip
             else:
                 self._answer(200, state.patch_status(parts[4], patch))
+
+        def _cordon(self, name: str, patch: dict[str, Any]) -> None:
+            """kubectl cordon's merge patch of spec.unschedulable (null removes it)."""
+            if self.headers["Content-Type"] != "application/merge-patch+json":
+                self._answer(415, {"kind": "Status", "reason": "UnsupportedMediaType"})
+            elif set(patch) != {"spec"} or set(patch["spec"]) != {"unschedulable"}:
+                self._answer(422, {"kind": "Status", "reason": "Invalid",
+                                   "message": "the stand-in applies spec.unschedulable only"})  # fmt: skip
+            else:
+                value = bool(patch["spec"]["unschedulable"])
+                state.unschedulable.append((name, value))
+                with state.changed:
+                    node = state.node(name)
+                    node["spec"]["unschedulable"] = value
+                    if not value:
+                        node["spec"].pop("unschedulable")
+                    state._changed("MODIFIED", node)
+                self._answer(200, copy.deepcopy(state.node(name)))
 
         def do_DELETE(self) -> None:
             """kube-apiserver answers a deleted Secret with a Status and a deleted Node with the
@@ -376,6 +405,9 @@ def api_standin(
             if state.slow:
                 self._slow()
                 return
+            if self.path.endswith("/eviction"):
+                self._evict(body)
+                return
             if self.path != SECRETS_PATH:
                 self._answer(404, {"kind": "Status", "reason": "NotFound"})
                 return
@@ -385,6 +417,19 @@ def api_standin(
                 "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
             }
             self._answer(201, body)
+
+        def _evict(self, eviction: dict[str, Any]) -> None:
+            """policy/v1 Eviction: 201 and the pod gone; 404 for a pod there is none of."""
+            where = (eviction["metadata"]["namespace"], eviction["metadata"]["name"])
+            pod = next(
+                (p for p in state.pods if (p["metadata"]["namespace"], p["metadata"]["name"]) == where), None
+            )
+            if pod is None:
+                self._answer(404, {"kind": "Status", "reason": "NotFound"})
+                return
+            state.pods.remove(pod)
+            state.evicted.append("/".join(where))
+            self._answer(201, {"kind": "Status", "status": "Success"})
 
         def log_message(self, *args: Any) -> None:
             pass

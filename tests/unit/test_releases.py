@@ -99,3 +99,45 @@ def test_a_damaged_record_names_the_file(
     assert main(["validate", "-f", str(workdir / "cluster.yaml")]) == 2
     err = capsys.readouterr().err
     assert "release.json is damaged" in err and "Traceback" not in err
+
+
+def test_upgrade_plan_names_each_node_in_order_the_repository_and_the_images(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs(workdir, "1.33.13")
+    assert main(["upgrade", "-f", str(workdir / "cluster.yaml"), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "upgrade Kubernetes 1.33.13 -> 1.34.2: the apt repository moves from "
+        "https://pkgs.k8s.io/core:/stable:/v1.33/deb/ to https://pkgs.k8s.io/core:/stable:/v1.34/deb/"
+    )
+    assert lines[1:4] == [
+        "  1. cp1 (first control plane): kubeadm 1.34.2, kubeadm upgrade apply v1.34.2, drain, "
+        "kubelet and kubectl 1.34.2, restart, uncordon, Ready at v1.34.2",
+        "  2. w1 (worker): kubeadm 1.34.2, drain, kubeadm upgrade node, kubelet and kubectl 1.34.2, "
+        "restart, uncordon, Ready at v1.34.2",
+        "  3. w2 (worker): kubeadm 1.34.2, drain, kubeadm upgrade node, kubelet and kubectl 1.34.2, "
+        "restart, uncordon, Ready at v1.34.2",
+    ]
+    assert "    registry.k8s.io/etcd:3.6.5-0" in lines and "    registry.k8s.io/kube-proxy:v1.34.2" in lines
+
+
+def test_upgrade_refuses_before_contacting_anything(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = str(workdir / "cluster.yaml")
+    assert main(["upgrade", "-f", cluster]) == 2  # the render made no card: nothing runs
+    assert "no card of this cluster has been built" in capsys.readouterr().err
+    runs(workdir, "1.34.2")
+    assert main(["upgrade", "-f", cluster]) == 0
+    assert "runs Kubernetes 1.34.2 already: nothing to upgrade" in capsys.readouterr().out
+    runs(workdir, "1.32.13")
+    assert main(["upgrade", "-f", cluster]) == 2
+    assert "skips a minor release" in capsys.readouterr().err
+    runs(workdir, "1.34.1")
+    (workdir / ".picluster/upgrade.json").write_text(
+        json.dumps({"from": "1.34.1", "to": "1.34.3", "done": {}})
+    )
+    assert main(["upgrade", "-f", cluster]) == 2
+    err = capsys.readouterr().err
+    assert "an upgrade to 1.34.3 is under way" in err and "set cluster.kubernetes to 1.34.3" in err

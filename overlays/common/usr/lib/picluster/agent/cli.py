@@ -16,6 +16,7 @@ from agent.join import join
 from agent.links import clean_links
 from agent.preflight import CHECKS, preflight
 from agent.state import State, describe
+from agent.upgrade import STEPS, upgrade
 
 WAITING_PREFLIGHT = "waiting: preflight"
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "certs":
         return renew_certs(host, config, state)
+    if args.command == "upgrade":
+        return upgrade(host, config, state, args.to, args.repository, args.step)
     if args.command == "preflight" and run_preflight(host, config, state):
         return 1
     if args.command == "run" and not wait_for_preflight(host, config, state):
@@ -117,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "certs", help="renew kubeadm's certificates when one expires within 30 days (a daily timer runs it)"
     )
+    step = commands.add_parser("upgrade", help="one step of picluster upgrade on this node")
+    step.add_argument("--to", required=True, metavar="X.Y.Z", help="the Kubernetes release")
+    step.add_argument("--repository", required=True, metavar="URL", help="that release's apt repository")
+    step.add_argument("step", choices=STEPS)
     status = commands.add_parser("status", help="what the agent did and where it is")
     status.add_argument("--json", action="store_true", help="the state file as JSON")
     return parser

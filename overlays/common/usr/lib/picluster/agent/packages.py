@@ -27,18 +27,24 @@ def installed() -> bool:
 
 def install(host: Host, config: NodeConfig) -> None:
     """Raises requests' errors or CommandFailed; the caller records them and retries."""
-    response = requests.get(config.apt_repository + "Release.key", timeout=30)
+    use_repository(host, config.apt_repository, config.kubernetes_version)
+    apt_install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    host.run(apt_install, timeout=1800)
+    host.run(["apt-mark", "hold", *PINNED])
+
+
+def use_repository(host: Host, repository: str, version: str) -> None:
+    """The source entry names the repository with its key inline, the pin names the release,
+    and apt reads them. Raises requests' errors, ValueError or CommandFailed."""
+    response = requests.get(repository + "Release.key", timeout=30)
     response.raise_for_status()
     key = response.text.strip()
     if not key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----"):
-        raise ValueError(f"{config.apt_repository}Release.key is not an armored OpenPGP key")
+        raise ValueError(f"{repository}Release.key is not an armored OpenPGP key")
     signed_by = "\n".join(f" {line}" if line.strip() else " ." for line in key.splitlines())
-    source = f"Types: deb\nURIs: {config.apt_repository}\nSuites: /\nSigned-By:\n{signed_by}\n"
-    pin = f"Package: {' '.join(PINNED)}\nPin: version {config.kubernetes_version}-*\nPin-Priority: 1001\n"
+    source = f"Types: deb\nURIs: {repository}\nSuites: /\nSigned-By:\n{signed_by}\n"
+    pin = f"Package: {' '.join(PINNED)}\nPin: version {version}-*\nPin-Priority: 1001\n"
     if not host.dry_run:
         host.path(SOURCES).write_text(source)
         host.path(PREFERENCES).write_text(pin)
     host.run(["apt-get", "update"], timeout=600)
-    apt_install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    host.run(apt_install, timeout=1800)
-    host.run(["apt-mark", "hold", *PINNED])

@@ -39,6 +39,9 @@ class State:
     links: list[dict[str, str]] = field(default_factory=list)
     images: list[dict[str, str]] = field(default_factory=list)
     """Each image found present or pulled before kubeadm, in order."""
+    upgrade: dict[str, str] = field(default_factory=dict)
+    """`picluster upgrade`'s steps on this node (agent.upgrade): the release, the steps done, and
+    the one that failed with kubeadm's or apt's words."""
     certificates: dict[str, str] = field(default_factory=dict)
     """A control plane's last certificate check (agent.certs): when, which certificate expires
     first and when, when they were last renewed, and what failed."""
@@ -91,6 +94,11 @@ def describe(state: State, node: str) -> str:
     if state.images:
         counts = {word: sum(i["status"] == word for i in state.images) for word in IMAGE_STATUSES}
         lines.append("images:      " + ", ".join(f"{counts[word]} {word}" for word in IMAGE_STATUSES))
+    if state.upgrade:
+        line = f"upgrade:     to {state.upgrade['to']}: done {state.upgrade['done'] or 'nothing'}"
+        if "failed" in state.upgrade:
+            line += f"; {state.upgrade['failed']} failed: {state.upgrade['error']}"
+        lines.append(line)
     if state.certificates:
         certs = state.certificates
         line = f"certs:       checked {certs['checked_at']}"
