@@ -8,11 +8,8 @@ options then install from it with mmdebstrap, for this machine's architecture (n
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,67 +19,12 @@ from builder.errors import UserError
 from builder.image import debian
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED
-from tests.integration.conftest import require_tools, serve_folder
+from tests.integration.apt_repository import repository
+from tests.integration.conftest import require_tools
 
 pytestmark = pytest.mark.integration
 
-RELEASES = {"kubeadm": ["1.34.1-1.1", "1.34.2-1.1"], "kubelet": ["1.34.1-1.1", "1.34.2-1.1"],
-            "kubectl": ["1.34.1-1.1", "1.34.2-1.1"], "cri-tools": ["1.34.0-1.1"]}  # fmt: skip
-
-
-def make_deb(name: str, version: str, out: Path) -> None:
-    tree = out / f"{name}_{version}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "usr/bin").mkdir(parents=True)
-    (tree / "DEBIAN/control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: picluster tests\n"
-        f"Description: stand-in {name} for tests\n"
-    )
-    program = tree / "usr/bin" / name
-    program.write_text(f"#!/bin/sh\necho stand-in {name} {version}\n")
-    program.chmod(0o755)
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True,
-                   capture_output=True)  # fmt: skip
-
-
-def make_repository(folder: Path, gnupg: Path) -> None:
-    """A flat repository (suite "/") like pkgs.k8s.io's, signed like it."""
-    for name, versions in RELEASES.items():
-        for version in versions:
-            make_deb(name, version, folder)
-    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=folder,
-                              capture_output=True, check=True).stdout  # fmt: skip
-    (folder / "Packages").write_bytes(packages)
-    (folder / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-    sums = [
-        f" {hashlib.sha256((folder / n).read_bytes()).hexdigest()} {(folder / n).stat().st_size} {n}"
-        for n in ("Packages", "Packages.gz")
-    ]
-    (folder / "Release").write_text(
-        "Origin: picluster-test\nLabel: picluster-test\nDate: Thu, 01 Jan 2026 00:00:00 UTC\n"
-        "SHA256:\n" + "\n".join(sums) + "\n"
-    )
-    env = {**os.environ, "GNUPGHOME": str(gnupg)}
-    gpg = ["gpg", "--batch", "--yes", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "picluster test repository", "ed25519", "sign", "never"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*gpg, "--clearsign", "-o", str(folder / "InRelease"), str(folder / "Release")],
-                   env=env, check=True, capture_output=True)  # fmt: skip
-    key = subprocess.run([*gpg, "--armor", "--export"], env=env, check=True, capture_output=True).stdout
-    (folder / "Release.key").write_bytes(key)
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Iterator[str]:
-    require_tools("dpkg-deb", "dpkg-scanpackages", "gpg")
-    folder = tmp_path / "repo"
-    folder.mkdir()
-    gnupg = tmp_path / "gnupg"
-    gnupg.mkdir(mode=0o700)
-    make_repository(folder, gnupg)
-
-    with serve_folder(folder) as url:
-        yield url + "/"
+__all__ = ["repository"]
 
 
 def test_pinned_release_is_installed_and_held(repository: str, tmp_path: Path) -> None:

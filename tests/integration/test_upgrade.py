@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ from builder.spec.releases import Release
 from tests.agent_support import agent_command, agent_env, calls, install_standins, node_root, run_agent, state
 from tests.conftest import BUNDLED, fixed_secrets
 from tests.integration.api_standin import APIStandin, api_standin
+from tests.integration.apt_repository import repository
 from tests.integration.conftest import serve_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
+
+__all__ = ["repository"]
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0stand+in\n-----END PGP PUBLIC KEY BLOCK-----\n"
 NODES = ("cp1", "w1", "w2")
@@ -178,3 +182,71 @@ def test_a_node_whose_kubeadm_step_was_skipped_is_stopped_by_kubeadm(lab: Lab) -
         lab.run()
     assert "stopped at cp1, step kubeadm upgrade apply v1.34.3" in stopped.value.render()
     assert "Upgrade kubeadm first" in json.dumps(state(lab.roots["cp1"])["upgrade"])
+
+
+def apt_in(root: Path) -> dict[str, str]:
+    """The real apt and dpkg, working on the node's folder as on its own root: apt's folders and
+    dpkg's database under it (APT_CONFIG), the programs this machine's."""
+    for folder in ("etc/apt/sources.list.d", "etc/apt/preferences.d", "etc/apt/apt.conf.d",
+                   "var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/apt/lists/partial",
+                   "var/cache/apt/archives/partial", "var/log/apt"):  # fmt: skip
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/dpkg/status").touch()
+    config = root.parent / "apt.conf"
+    config.write_text(
+        f'Dir "{root}/";\nDir::State::status "{root}/var/lib/dpkg/status";\n'
+        'Dir::Bin::Methods "/usr/lib/apt/methods/";\nDir::Bin::dpkg "/usr/bin/dpkg";\n'
+        f'DPkg::Options {{ "--root={root}"; "--admindir={root}/var/lib/dpkg";\n'
+        f'  "--log={root}/var/log/dpkg.log"; }};\n'
+        'APT::Sandbox::User "root";\n'
+    )
+    return {"APT_CONFIG": str(config)}
+
+
+def installed(root: Path) -> dict[str, str]:
+    listed = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return dict(line.split("\t") for line in listed.splitlines())
+
+
+def held(root: Path, env: dict[str, str]) -> list[str]:
+    shown = subprocess.run(
+        ["apt-mark", "showhold"], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    return shown.stdout.split()
+
+
+def test_the_real_apt_moves_a_node_from_one_release_to_the_next_keeping_the_holds(
+    tmp_path: Path, repository: str
+) -> None:
+    """A node at 1.34.1 (installed and held as first boot does it) to 1.34.2 with the real apt,
+    dpkg and apt-mark: kubeadm first, alone; kubelet and kubectl later; every one held after."""
+    if os.geteuid() != 0:
+        pytest.skip("dpkg installs as root")
+    root = node_root(tmp_path / "w1", "w1", packages={"install": "firstboot", "apt_repository": repository})
+    standins = install_standins(tmp_path / "bin", "systemctl")
+    env = {**agent_env(standins, root), **apt_in(root)}
+
+    def agent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            agent_command(root, *args), env=env, capture_output=True, text=True, timeout=300
+        )
+
+    for step in ("kubeadm", "kubelet"):  # first boot's 1.34.1, as the agent's own steps install it
+        done = agent("upgrade", "--to", "1.34.1", "--repository", repository, step)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(root) == dict.fromkeys(("kubeadm", "kubectl", "kubelet"), "1.34.1-1.1")
+    done = agent("upgrade", "--to", "1.34.2", "--repository", repository, "kubeadm")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(root) == {"kubeadm": "1.34.2-1.1", "kubectl": "1.34.1-1.1", "kubelet": "1.34.1-1.1"}
+    assert held(root, env) == ["kubeadm", "kubectl", "kubelet"]
+    assert subprocess.run([root / "usr/bin/kubeadm"], capture_output=True, text=True).stdout == (
+        "stand-in kubeadm 1.34.2-1.1\n"
+    )
+    done = agent("upgrade", "--to", "1.34.2", "--repository", repository, "kubelet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed(root) == dict.fromkeys(("kubeadm", "kubectl", "kubelet"), "1.34.2-1.1")
+    assert held(root, env) == ["kubeadm", "kubectl", "kubelet"]
+    assert [call for call in calls(standins) if call[0] == "systemctl"] == [
+        ["systemctl", "daemon-reload"], ["systemctl", "restart", "kubelet"]
+    ] * 2  # fmt: skip
