@@ -11,123 +11,28 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from builder.cluster import upgrade
 from builder.errors import UserError
-from builder.progress import Reporter
-from builder.secrets import release, store
-from builder.spec.load import load_cluster
-from builder.spec.model import Node
+from builder.secrets import release
 from builder.spec.releases import Release
-from tests.agent_support import agent_command, agent_env, calls, install_standins, node_root, run_agent, state
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.api_standin import APIStandin, api_standin
+from tests.agent_support import agent_command, agent_env, calls, install_standins, node_root, state
 from tests.integration.apt_repository import repository
-from tests.integration.conftest import serve_folder
+from tests.integration.upgrade_lab import NODES, Lab, upgrade_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 
 __all__ = ["repository"]
 
-KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0stand+in\n-----END PGP PUBLIC KEY BLOCK-----\n"
-NODES = ("cp1", "w1", "w2")
-
-
-@dataclass
-class Lab:
-    cluster_file: Path
-    roots: dict[str, Path]
-    standins: Path
-    api: APIStandin
-    steps: list[tuple[str, str]] = field(default_factory=list)
-    """Each step a node's agent ran, in order."""
-    fail: dict[tuple[str, str], str] = field(default_factory=dict)
-    """A step that fails once on a node, with what the node says (a lost link, say)."""
-
-    def shell(self, node: Node, command: list[str]) -> str:
-        """Stands in for ssh to the node: its agent, on its folder; a kubelet upgraded registers
-        its new version and Ready, as a restarted kubelet does."""
-        assert command[:2] == [upgrade.AGENT, "upgrade"], command
-        step = command[-1]
-        if self.fail.pop((node.name, step), None) is not None:
-            raise upgrade.NodeFailed("ssh: connect to host 192.168.50.11 port 22: No route to host")
-        root = self.roots[node.name]
-        done = subprocess.run(agent_command(root, *command[1:]), env=agent_env(self.standins, root),
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        if done.returncode != 0:
-            raise upgrade.NodeFailed(done.stdout.strip().splitlines()[-1])
-        self.steps.append((node.name, step))
-        if step == "kubelet":
-            self.api.node(node.name)["status"]["nodeInfo"]["kubeletVersion"] = f"v{command[3]}"
-        return done.stdout
-
-    def run(self) -> None:
-        cluster = load_cluster(self.cluster_file)
-        state_dir = self.cluster_file.parent / ".picluster"
-        progress = upgrade.Progress.load(state_dir) or upgrade.Progress(
-            Release.of("1.34.2"), Release.of("1.34.3"), {}
-        )
-        upgrade.upgrade(
-            cluster, fixed_secrets(), state_dir, progress, self.shell, Reporter(), sleep=lambda s: None
-        )
-
 
 @pytest.fixture
 def lab(tmp_path: Path, lan: ipaddress.IPv4Address) -> Iterator[Lab]:
     """cp1, w1 and w2 at Kubernetes 1.34.2, joined; cluster.yaml asking for 1.34.3."""
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo/Release.key").write_text(KEY)
-    standins = install_standins(
-        tmp_path / "bin", "kubeadm", "kubelet", "kubectl", "apt-get", "apt-mark", "systemctl"
-    )
-    with serve_folder(tmp_path / "repo") as url, api_standin(fixed_secrets(), tmp_path, lan) as api:
-        roots = {name: node_root(tmp_path / name, name) for name in NODES}
-        for name, root in roots.items():
-            (root / "etc/apt/sources.list.d").mkdir(parents=True)
-            (root / "etc/apt/preferences.d").mkdir(parents=True)
-            database = {"versions": dict.fromkeys(("kubeadm", "kubelet", "kubectl"), "1.34.2"),
-                        "held": ["kubeadm", "kubectl", "kubelet"]}  # fmt: skip
-            (root / "var/lib/dpkg").mkdir(parents=True)
-            (root / "var/lib/dpkg/standin-packages.json").write_text(json.dumps(database))
-            if name == "cp1":
-                joined = run_agent(root, standins, "join")
-                assert joined.returncode == 0, joined.stdout + joined.stderr
-            else:
-                (root / "var/lib/kubelet").mkdir(parents=True)
-                (root / "var/lib/kubelet/config.yaml").write_text("# stand-in kubelet configuration\n")
-        api.register_nodes(NODES, {})
-        for name in NODES:
-            api.node(name)["status"] = {"conditions": [{"type": "Ready", "status": "True"}],
-                                        "nodeInfo": {"kubeletVersion": "v1.34.2"}}  # fmt: skip
-        api.pods = [
-            pod("default", "web-1", "w1", "ReplicaSet"),
-            pod("kube-system", "kube-proxy-w1", "w1", "DaemonSet"),
-            pod("kube-system", "kube-apiserver-cp1", "cp1", None, mirror=True),
-            pod("default", "web-2", "w2", "ReplicaSet"),
-        ]
-        folder = tmp_path / "project"
-        folder.mkdir()
-        data = yaml.safe_load(BUNDLED.read_text())
-        data["cluster"].update(control_plane_endpoint=api.endpoint, kubernetes="1.34.3",
-                               kubernetes_repository=f"{url}/")  # fmt: skip
-        (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
-        store.save(folder / ".picluster", fixed_secrets())
-        release.record(folder / ".picluster", Release.of("1.34.2"))
-        yield Lab(folder / "cluster.yaml", roots, standins, api)
-
-
-def pod(namespace: str, name: str, node: str, owner: str | None, mirror: bool = False) -> dict[str, object]:
-    metadata: dict[str, object] = {"namespace": namespace, "name": name}
-    if owner:
-        metadata["ownerReferences"] = [{"kind": owner, "name": f"{name}-owner"}]
-    if mirror:
-        metadata["annotations"] = {"kubernetes.io/config.mirror": "0123abcd"}
-    return {"metadata": metadata, "spec": {"nodeName": node}, "status": {"phase": "Running"}}
+    with upgrade_lab(tmp_path, lan) as made:
+        yield made
 
 
 def test_every_node_moves_in_kubeadms_order_drained_and_uncordoned(lab: Lab) -> None:
@@ -138,7 +43,7 @@ def test_every_node_moves_in_kubeadms_order_drained_and_uncordoned(lab: Lab) -> 
         ("w2", "kubeadm"), ("w2", "node"), ("w2", "kubelet"),
     ]  # fmt: skip
     assert lab.api.unschedulable == [(n, cordon) for n in NODES for cordon in (True, False)]
-    assert lab.api.evicted == ["default/web-1", "default/web-2"], "DaemonSet and mirror pods stay"
+    assert lab.api.evicted == ["default/web-w1", "default/web-w2"], "DaemonSet and mirror pods stay"
     state_dir = lab.cluster_file.parent / ".picluster"
     assert release.load(state_dir) == Release.of("1.34.3") and not (state_dir / "upgrade.json").exists()
     cp1 = lab.roots["cp1"]
