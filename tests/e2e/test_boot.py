@@ -5,8 +5,10 @@ Kubernetes."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,8 @@ from tests.e2e.machines import (
     picluster_verify,
     stamp_with_test_unit,
 )
+from tests.integration.apt_repository import make_repository
+from tests.integration.conftest import require_tools
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +149,49 @@ def _egress(booted: Booted) -> int:
     rules = booted.ssh("sudo -n iptables -w -L OUTPUT -v -x -n").stdout.splitlines()
     (counted,) = [line for line in rules if "picluster-test-egress" in line]
     return int(counted.split()[0])
+
+
+def test_last_the_agents_upgrade_steps_move_the_tools_with_the_cards_own_apt_and_systemd(
+    booted: Booted, tmp_path: Path
+) -> None:
+    """The card's real apt, dpkg and systemd take kubeadm, then kubelet and kubectl, from 1.34.1
+    to 1.34.2 out of a signed stand-in repository served on the node (pkgs.k8s.io is out of
+    reach), every one held after. Last in the module: it stops the agent, whose first-boot
+    install would otherwise race these for apt's lock."""
+    require_tools("dpkg-deb", "dpkg-scanpackages", "gpg")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "gnupg").mkdir(mode=0o700)
+    make_repository(tmp_path / "repo", tmp_path / "gnupg")
+    assert booted.ssh("sudo -n systemctl stop picluster-agent").returncode == 0
+    packed = subprocess.run(["tar", "-C", str(tmp_path / "repo"), "-cf", "-", "."], capture_output=True,
+                            check=True)  # fmt: skip
+    login = ["ssh", "-F", str(booted.ssh_config), "10.0.2.15"]
+    unpacked = subprocess.run([*login, "mkdir -p repo && tar -C repo -xf -"], input=packed.stdout,
+                              capture_output=True, timeout=120)  # fmt: skip
+    assert unpacked.returncode == 0, unpacked.stderr
+    serve = "python3 -m http.server 8080 --bind 127.0.0.1 --directory /home/pi/repo"
+    assert booted.ssh(f"sudo -n systemd-run --unit=standin-repo {serve}").returncode == 0
+    repository = "http://127.0.0.1:8080/"
+
+    def step(to: str, name: str) -> None:
+        done = subprocess.run(
+            [*login, f"sudo -n picluster-agent upgrade --to {to} --repository {repository} {name}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def versions() -> dict[str, str]:
+        listed = booted.ssh("dpkg-query -W -f '${Package} ${Version}\\n' kubeadm kubelet kubectl").stdout
+        return dict(line.split() for line in listed.splitlines())
+
+    step("1.34.1", "kubeadm")
+    step("1.34.1", "kubelet")
+    assert versions() == dict.fromkeys(("kubeadm", "kubectl", "kubelet"), "1.34.1-1.1")
+    step("1.34.2", "kubeadm")
+    assert versions() == {"kubeadm": "1.34.2-1.1", "kubectl": "1.34.1-1.1", "kubelet": "1.34.1-1.1"}
+    assert booted.ssh("apt-mark showhold").stdout.split() == ["kubeadm", "kubectl", "kubelet"]
+    step("1.34.2", "kubelet")
+    assert versions() == dict.fromkeys(("kubeadm", "kubectl", "kubelet"), "1.34.2-1.1")
+    assert booted.ssh("apt-mark showhold").stdout.split() == ["kubeadm", "kubectl", "kubelet"]
+    journal = booted.ssh("sudo -n journalctl -u kubelet -o cat").stdout
+    assert "stand-in kubelet 1.34.2-1.1" in journal, "systemd restarted the kubelet at its new release"

@@ -31,6 +31,12 @@ def make_deb(name: str, version: str, out: Path) -> None:
     program = tree / "usr/bin" / name
     program.write_text(f"#!/bin/sh\necho stand-in {name} {version}\n")
     program.chmod(0o755)
+    if name == "kubelet":  # as the real package, a unit systemd runs it from
+        unit = tree / "usr/lib/systemd/system/kubelet.service"
+        unit.parent.mkdir(parents=True)
+        unit.write_text(
+            f"[Unit]\nDescription=stand-in kubelet {version}\n\n[Service]\nExecStart=/usr/bin/kubelet\n"
+        )
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True,
                    capture_output=True)  # fmt: skip
 

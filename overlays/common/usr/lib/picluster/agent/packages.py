@@ -33,9 +33,11 @@ def install(host: Host, config: NodeConfig) -> None:
     host.run(["apt-mark", "hold", *PINNED])
 
 
-def use_repository(host: Host, repository: str, version: str) -> None:
+def use_repository(host: Host, repository: str, version: str, only_it: bool = False) -> None:
     """The source entry names the repository with its key inline, the pin names the release,
-    and apt reads them. Raises requests' errors, ValueError or CommandFailed."""
+    and apt reads them: every source, or `only_it` (an upgrade, whose other packages stay as
+    they are: it needs no Debian mirror, and a Pi's update is the faster). Raises requests'
+    errors, ValueError or CommandFailed."""
     response = requests.get(repository + "Release.key", timeout=30)
     response.raise_for_status()
     key = response.text.strip()
@@ -47,4 +49,7 @@ def use_repository(host: Host, repository: str, version: str) -> None:
     if not host.dry_run:
         host.path(SOURCES).write_text(source)
         host.path(PREFERENCES).write_text(pin)
-    host.run(["apt-get", "update"], timeout=600)
+    # SourceList is read under Dir::Etc (/etc/apt/); SourceParts /dev/null reads no folder
+    alone = ["-o", f"Dir::Etc::SourceList={SOURCES.removeprefix('/etc/apt/')}",
+             "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "APT::Get::List-Cleanup=0"]  # fmt: skip
+    host.run(["apt-get", "update", *(alone if only_it else [])], timeout=600)

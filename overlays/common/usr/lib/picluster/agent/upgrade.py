@@ -25,7 +25,7 @@ def upgrade(host: Host, config: NodeConfig, state: State, version: str, reposito
     record = state.upgrade if state.upgrade.get("to") == version else {"to": version, "done": ""}
     try:
         if step == "kubeadm":
-            use_repository(host, repository, version)
+            use_repository(host, repository, version, only_it=True)
             _install(host, version, ("kubeadm",))
         elif step == "apply":
             host.run(["kubeadm", "upgrade", "apply", f"v{version}", "--yes"], timeout=1800)
