@@ -134,7 +134,8 @@ class Progress:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise UserError(
                 f"{path} is damaged: it records how far an upgrade has come",
-                f"run picluster upgrade with {path} deleted: every step is safe to run again",
+                "delete it and run picluster upgrade again: it starts from the first node, and every "
+                "step is safe to run again",
             ) from None
 
     def save(self, state_dir: Path) -> None:
