@@ -141,3 +141,14 @@ def test_upgrade_refuses_before_contacting_anything(
     assert main(["upgrade", "-f", cluster]) == 2
     err = capsys.readouterr().err
     assert "an upgrade to 1.34.3 is under way" in err and "set cluster.kubernetes to 1.34.3" in err
+
+
+def test_a_damaged_progress_record_is_named_with_its_fix(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs(workdir, "1.34.1")
+    (workdir / ".picluster/upgrade.json").write_text('{"from": "1.34.1", "to": ')
+    assert main(["upgrade", "-f", str(workdir / "cluster.yaml"), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "upgrade.json is damaged" in err and "delete it and run picluster upgrade again" in err
+    assert "Traceback" not in err
