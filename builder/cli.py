@@ -29,7 +29,7 @@ from builder.render.images import flannel_image, node_images
 from builder.render.node import render_cluster
 from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
-from builder.secrets import backup, store, tokens
+from builder.secrets import backup, release, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import json_schema
 
@@ -226,12 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         "stopped; once every node runs the release, build writes cards for it.",
     )
     move.add_argument("--plan", action="store_true", help="print the plan and stop")
-    move.add_argument(
-        "--ssh-config",
-        type=Path,
-        metavar="FILE",
-        help="an ssh_config for reaching the nodes (ports, keys, jumps)",
-    )
+    _ssh_config_option(move)
     _verbose_option(move)
 
     admin = command(
@@ -530,7 +525,7 @@ def _upgrade(args: argparse.Namespace) -> int:
         raise UserError(
             f"the API server runs {version}, but picluster recorded {progress.running} as the cluster's "
             "release: the cluster was changed by other means",
-            f"write the release it runs into {project.state_dir / 'release.json'}, then plan again",
+            f"write the release it runs into {project.state_dir / release.RELEASE_FILE}, then plan again",
         )
     progress.save(project.state_dir)
     shell = upgrade.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose))

@@ -25,7 +25,7 @@ from typing import Any
 from builder.cluster import api
 from builder.cluster.drain import Stuck, drain
 from builder.errors import UserError
-from builder.files import write_atomic
+from builder.files import read_json_record, write_atomic
 from builder.progress import Reporter
 from builder.render.images import node_images
 from builder.run import CommandError, CommandTimedOut, Runner
@@ -125,13 +125,14 @@ class Progress:
     @classmethod
     def load(cls, state_dir: Path) -> Progress | None:
         path = state_dir / PROGRESS_FILE
-        if not path.exists():
+        try:
+            raw = read_json_record(path)  # a FIFO would block; it is damaged, as said below
+        except FileNotFoundError:
             return None
         try:
-            raw = json.loads(path.read_text())
             done = {str(node): [str(step) for step in steps] for node, steps in raw["done"].items()}
             return cls(Release.of(raw["from"]), Release.of(raw["to"]), done)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(
                 f"{path} is damaged: it records how far an upgrade has come",
                 "delete it and run picluster upgrade again: it starts from the first node, and every "

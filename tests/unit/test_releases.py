@@ -4,6 +4,7 @@ follow the running release rather than cluster.yaml's next one."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -143,11 +144,16 @@ def test_upgrade_refuses_before_contacting_anything(
     assert "an upgrade to 1.34.3 is under way" in err and "set cluster.kubernetes to 1.34.3" in err
 
 
+@pytest.mark.parametrize("kind", ["truncated", "fifo"])
 def test_a_damaged_progress_record_is_named_with_its_fix(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     runs(workdir, "1.34.1")
-    (workdir / ".picluster/upgrade.json").write_text('{"from": "1.34.1", "to": ')
+    record = workdir / ".picluster/upgrade.json"
+    if kind == "fifo":
+        os.mkfifo(record)  # read as it was, it would block the command for ever
+    else:
+        record.write_text('{"from": "1.34.1", "to": ')
     assert main(["upgrade", "-f", str(workdir / "cluster.yaml"), "--plan"]) == 2
     err = capsys.readouterr().err
     assert "upgrade.json is damaged" in err and "delete it and run picluster upgrade again" in err
