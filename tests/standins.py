@@ -361,8 +361,9 @@ def check_expiration(root: Path) -> None:
 
 def renew_all(root: Path, folder: Path) -> None:
     """`kubeadm certs renew all`: every certificate kubeadm manages signed anew by its CA for a
-    year, its subject and names kept from the one it replaces (phases/certs/renewal/manager.go
-    RenewUsingLocalCA), with a line per certificate and the closing advice of cmd/certs.go."""
+    year (phases/certs/renewal/manager.go RenewUsingLocalCA), with a line per certificate and the
+    closing advice of cmd/certs.go. Upstream keeps each certificate's subject and SANs; the
+    stand-in's carry only their name as subject, made the same way again, and no SANs."""
     print("[renew] Reading configuration from the cluster...")
     for name, (_, _, long_name) in LEAVES.items():
         if _leaf(root, name) is None:
