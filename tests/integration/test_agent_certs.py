@@ -104,6 +104,16 @@ def test_manifests_held_by_a_killed_run_go_back(control_plane: tuple[Path, Path]
     assert "kube-apiserver.yaml back in /etc/kubernetes/manifests" in done.stdout
 
 
+def test_the_agent_at_boot_puts_back_what_a_killed_certs_run_held(control_plane: tuple[Path, Path]) -> None:
+    """The timer runs 15 minutes after boot; the agent, which starts with the node, does not wait."""
+    root, standins = control_plane
+    (root / HELD).mkdir()
+    (root / MANIFESTS / "etcd.yaml").rename(root / HELD / "etcd.yaml")
+    done = run_agent(root, standins, "join")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / MANIFESTS / "etcd.yaml").exists() and not (root / HELD).exists()
+
+
 def test_a_failed_renewal_is_recorded_with_the_fix(control_plane: tuple[Path, Path]) -> None:
     root, standins = control_plane
     (root / "etc/kubernetes/pki/ca.key").unlink()  # kubeadm cannot sign without it

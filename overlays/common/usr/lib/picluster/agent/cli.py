@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
-from agent.certs import renew_certs
+from agent.certs import put_back, renew_certs
 from agent.config import DEFAULT_CONFIG, NodeConfig, load_config
 from agent.host import Backoff, Host, say
 from agent.join import join
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "certs":
         return renew_certs(host, config, state)
+    if args.command in ("run", "join"):
+        put_back(host)  # a certs run killed while the kubelet had them out: the control plane first
     if args.command == "upgrade":
         return upgrade(host, config, state, args.to, args.repository, args.step)
     if args.command == "preflight" and run_preflight(host, config, state):
