@@ -14,7 +14,8 @@ from pathlib import Path
 
 from builder import __version__
 from builder.card import flash
-from builder.cluster import api, bootstrap, kubeconfig, replace, status, upgrade
+from builder.cluster import api, bootstrap, kubeconfig, replace, ssh, status, upgrade
+from builder.cluster import snapshot as cluster_snapshot
 from builder.cluster.verify import Checks, verify
 from builder.epoch import source_date_epoch
 from builder.errors import UserError
@@ -29,7 +30,7 @@ from builder.render.images import flannel_image, node_images
 from builder.render.node import render_cluster
 from builder.render.tree import check_replaceable, write_trees
 from builder.run import Runner
-from builder.secrets import backup, release, store, tokens
+from builder.secrets import backup, release, snapshot, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import json_schema
 
@@ -251,12 +252,21 @@ def _parser() -> argparse.ArgumentParser:
     keep = command(
         "backup",
         _backup,
-        help="copy the cluster's secrets (.picluster/) into a checked archive",
-        description="Write the state folder next to cluster.yaml (the cluster's CAs and tokens: lose "
-        "it and no new node can join) to a gzip'd tar with a manifest of SHA-256s, mode 0600. Only "
-        "a folder that loads cleanly is backed up. Keep the archive off this machine, privately.",
+        help="copy the cluster's secrets (.picluster/) and its etcd into a checked archive",
+        description="Fetch a fresh etcd snapshot from a control plane over SSH into the state folder "
+        "next to cluster.yaml, then write that folder (the cluster's CAs and tokens: lose it and no "
+        "new node can join; the snapshot: every object and Secret of the cluster, in clear) to a "
+        "gzip'd tar with a manifest of SHA-256s, mode 0600. Only a folder that loads cleanly is backed "
+        "up. Keep the archive off this machine, privately.",
     )
     keep.add_argument("-o", "--out", type=Path, required=True, metavar="FILE", help="the archive to write")
+    keep.add_argument(
+        "--secrets-only",
+        action="store_true",
+        help="ask no control plane for a snapshot (none has booted yet); the folder's last one is kept",
+    )
+    _ssh_config_option(keep)
+    _verbose_option(keep)
 
     back = command(
         "restore",
@@ -383,7 +393,9 @@ def _render(args: argparse.Namespace) -> int:
     for node in project.cluster.nodes:  # every refusal before the first folder is written
         check_replaceable(args.out / node.name)
     secrets = project.secrets(_note)
-    plans = render_cluster(project.cluster, secrets, project.recorded_tokens(secrets))
+    plans = render_cluster(
+        project.cluster, secrets, project.recorded_tokens(secrets), etcd_snapshot=project.restore_snapshot()
+    )
     for plan, folder in zip(plans, write_trees(plans, args.out, mtime), strict=True):
         print(f"{plan.node}: {len(plan.files)} files in {folder}")
     note = project.tokens_note(secrets)
@@ -418,7 +430,9 @@ def _build(args: argparse.Namespace) -> int:
     start = time.monotonic()
     secrets = project.secrets(_note)
     project.release_for_cards(_note)
-    built = build_images(project.cluster, secrets, project.tokens_to_build(secrets, print), context)
+    built = build_images(
+        project.cluster, secrets, project.tokens_to_build(secrets, print), context, project.restore_snapshot()
+    )
     nodes = len(project.cluster.nodes)
     reporter.say(
         f"==> {len(built)} of {nodes} images built in {time.monotonic() - start:.1f}s"
@@ -476,7 +490,16 @@ def _token(args: argparse.Namespace) -> int:
 def _replace(args: argparse.Namespace) -> int:
     project = _project(args)
     secrets = project.existing_secrets("replace")
-    replace.check_replaceable(project.cluster, args.node)  # every refusal before anything changes
+    node, others = replace.check_replaceable(project.cluster, args.node)  # refusals before any change
+    if node.role == "control-plane" and not others:
+        taken = replace.restore_only_control_plane(project.cluster, secrets, node.name, project.state_dir)
+        print(
+            f"{node.name} is the only control plane: its next card restores etcd from the snapshot "
+            f"{taken.describe()}; what changed since is lost\n"
+            f"next: picluster build -f {args.file}, then picluster flash {node.name} --device ..., and boot "
+            "the new card: it restores etcd and starts the control plane; the workers reconnect by themselves"
+        )
+        return 0
     project.tokens_for_new(secrets, args.node, replacing=True)
     first = args.node == project.cluster.init_node.name
     answered = (lambda: project.first_joins(secrets)) if first else (lambda: None)
@@ -528,7 +551,7 @@ def _upgrade(args: argparse.Namespace) -> int:
             f"write the release it runs into {project.state_dir / release.RELEASE_FILE}, then plan again",
         )
     progress.save(project.state_dir)
-    shell = upgrade.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose))
+    shell = ssh.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose))
     upgrade.upgrade(project.cluster, secrets, project.state_dir, progress, shell, Reporter())
     return 0
 
@@ -586,10 +609,29 @@ def _backup(args: argparse.Namespace) -> int:
     secrets = project.existing_secrets("backup", current=False)
     check_output(args.out, project.state_dir, None)  # a backup never replaces another
     name = project.cluster.cluster.name
+    backup.check(project.state_dir, secrets)
+    held = "the cluster's CA keys"
+    if not args.secrets_only:
+        shell = ssh.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose), timeout=900)
+        try:
+            taken = cluster_snapshot.fetch(project.cluster, shell, project.state_dir, print)
+            print(f"fetched etcd's snapshot {taken.describe()}")
+        except cluster_snapshot.NoSnapshot as why:
+            kept = snapshot.load(project.state_dir)
+            _note(
+                f"warning: no control plane sent an etcd snapshot ({why}); the backup holds "
+                + (
+                    f"the one {kept.describe()}"
+                    if kept
+                    else "no snapshot: the cluster's objects are not in it"
+                )
+            )
+    if snapshot.load(project.state_dir) is not None:
+        held += " and its etcd snapshot (every Secret, in clear)"
     count = backup.backup(project.state_dir, secrets, name, args.out)
     print(
         f"backed up {count} files of cluster {name} (CA {secrets.ca_cert_hash}) to "
-        f"{args.out}\n  it holds the cluster's CA keys: keep it off this machine, where only you can read it"
+        f"{args.out}\n  it holds {held}: keep it off this machine, where only you can read it"
     )
     return 0
 
@@ -641,8 +683,10 @@ def _image_statuses(project: Project, secrets: ClusterSecrets, images: Path) -> 
         )
         for node in project.cluster.nodes
     }
+    restoring = project.restore_snapshot()
     rendered = {
-        digest: render_cluster(project.cluster, secrets, tokens, digest) for digest in set(flannel.values())
+        digest: render_cluster(project.cluster, secrets, tokens, digest, restoring)
+        for digest in set(flannel.values())
     }
     plans = [
         next(plan for plan in rendered[flannel[node.name]] if plan.node == node.name)

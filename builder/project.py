@@ -14,7 +14,7 @@ from pathlib import Path
 
 from builder.cluster import bootstrap
 from builder.errors import ConfigError, Problem, UserError
-from builder.secrets import release, settings, store, tokens
+from builder.secrets import release, settings, snapshot, store, tokens
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
@@ -150,6 +150,12 @@ class Project:
         loaded = self.tokens_for_new(secrets, node)
         issued = bootstrap.issue_token(self.cluster, secrets, loaded, node, datetime.now(UTC))
         tokens.save_tokens(self.state_dir, issued)
+
+    def restore_snapshot(self) -> bytes | None:
+        """The etcd snapshot the first control plane's cards restore, once `replace` made them
+        restore one (the only control plane died); checked against its record."""
+        taken = snapshot.load(self.state_dir)
+        return snapshot.data(self.state_dir, taken) if taken is not None and taken.restore else None
 
     def first_joins(self, secrets: ClusterSecrets) -> None:
         """Record that the first control plane's cards join the running cluster from now on."""

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -155,17 +156,17 @@ def kubeadm(root: Path, folder: Path, argv: list[str]) -> None:
     elif verb in ("init", "join"):
         config = _documents(Path(argv[argv.index("--config") + 1]))
         if verb == "init":
-            init(root, folder)
+            init(root, folder, _ignored(argv))
         elif "controlPlane" in config["JoinConfiguration"]:
             join_control_plane(root, folder, config["JoinConfiguration"])
         else:
             join_worker(root, folder, config["JoinConfiguration"])
 
 
-def init(root: Path, folder: Path) -> None:
+def init(root: Path, folder: Path, ignored: Collection[str] = ()) -> None:
     """`kubeadm init`: preflight, certs, kubeconfig, etcd and control-plane manifests,
     kubelet-start, then the wait for the control plane, where a Pi's first init usually fails."""
-    _preflight(_init_node_checks(root))
+    _preflight(_init_node_checks(root), ignored=ignored)
     _record_cas(root, folder, "init")
     print(f'[certs] Using certificateDir folder "/{PKI}"')
     for name in CAS:  # cmd/kubeadm/app/cmd/phases/init/certs.go runCAPhase
@@ -510,9 +511,23 @@ def _discover(folder: Path, join: dict[str, Any]) -> None:
     )
 
 
-def _preflight(errors: list[str], announce: bool = True) -> None:
+def _ignored(argv: list[str]) -> set[str]:
+    """--ignore-preflight-errors, as kubeadm reads it: comma-separated, any case
+    (cmd/kubeadm/app/apis/kubeadm/validation/validation.go ValidateIgnorePreflightErrors)."""
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--ignore-preflight-errors=")]
+    return {name.strip().lower() for value in values for name in value.split(",") if name.strip()}
+
+
+def _preflight(errors: list[str], announce: bool = True, ignored: Collection[str] = ()) -> None:
+    """checks.go RunChecks: an ignored check's error (by its name in any case, or "all") is a
+    warning on stderr; the rest fail together."""
     if announce:
         print("[preflight] Running pre-flight checks")
+    for error in [error for error in errors if error]:
+        name = error.split("]", 1)[0].removeprefix("[ERROR ")
+        if "all" in ignored or name.lower() in ignored:
+            print(f"\t{error.replace('[ERROR ', '[WARNING ', 1)}", file=sys.stderr)
+            errors = [other for other in errors if other != error]
     found = [error for error in errors if error]
     if found:
         raise Failed(
@@ -526,7 +541,8 @@ def _start_control_plane(root: Path) -> None:
     for name in CONTROL_PLANE_MANIFESTS:
         _write(root / MANIFESTS / name, f"# stand-in static pod {name}\n".encode(), 0o600)
     _write(root / KUBELET_DIR / "config.yaml", b"# stand-in kubelet configuration\n")
-    _write(root / ETCD_DATA / "member/snap/db", b"stand-in etcd data\n", 0o600)
+    if not (root / ETCD_DATA / "member").exists():  # etcd starts on a restored member as it is
+        _write(root / ETCD_DATA / "member/snap/db", b"stand-in etcd data\n", 0o600)
 
 
 def _wait(folder: Path, waiting: str, failure: str) -> None:

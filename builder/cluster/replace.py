@@ -5,7 +5,9 @@ kubelet.go), and a NotReady one would hand the new kubelet its stale labels and 
 object goes. A control plane of an HA cluster is also an etcd member, which goes first
 (builder.cluster.etcd). Nothing is changed until every refusal has had its say: a Ready node
 without --dead, a single control plane (that is a restore from an etcd snapshot), an etcd member
-that still answers or whose removal would cost etcd its quorum. The first control plane of an HA
+that still answers or whose removal would cost etcd its quorum. The cluster's only control plane
+is not replaced but restored: its etcd went with it, so its next card restores the newest etcd
+snapshot the state folder holds (`restore_only_control_plane`). The first control plane of an HA
 cluster may be replaced too: from then on its card joins as the others do (`kubeadm init` again
 would start a second cluster with the same CA), which the token record keeps
 (builder.secrets.tokens.Tokens.first_joins).
@@ -14,9 +16,11 @@ would start a second cluster with the same CA), which the token record keeps
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from builder.cluster import api, etcd, status
 from builder.errors import UserError
+from builder.secrets import snapshot
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import Cluster, Node
 
@@ -67,14 +71,34 @@ def check_replaceable(cluster: Cluster, name: str) -> tuple[Node, list[Node]]:
             f"{name} is not a node of this cluster.yaml",
             f"choose from {', '.join(node.name for node in cluster.nodes)}",
         )
-    others = [plane for plane in cluster.control_planes if plane.name != name]
-    if node.role == "control-plane" and not others:
+    return node, [plane for plane in cluster.control_planes if plane.name != name]
+
+
+def restore_only_control_plane(
+    cluster: Cluster, secrets: ClusterSecrets, name: str, state_dir: Path, connect: api.Connect = api.connect
+) -> snapshot.Snapshot:
+    """Make the only control plane's next cards restore the state folder's etcd snapshot; refused
+    without one, and while the API server answers (the card is not dead: restoring would roll
+    the running cluster back). The snapshot, as recorded."""
+    taken = snapshot.load(state_dir)
+    if taken is None:
         raise UserError(
             f"{name} is the cluster's only control plane: with it went etcd, the cluster's whole state, "
-            "so there is no cluster left for a new card to join",
-            "restore the control plane from an etcd snapshot, or build a new cluster",
+            f"and {state_dir} holds no etcd snapshot to restore it from",
+            "restore a backup that holds one (picluster restore FILE, into an empty state folder); "
+            "without one the cluster is lost: build a new one",
         )
-    return node, others
+    snapshot.data(state_dir, taken)  # damaged: refused before anything is recorded
+    try:
+        with connect(cluster.api_endpoint, secrets) as server:
+            api.get_node(server, name)
+    except api.Unreachable:
+        return snapshot.mark_restore(state_dir, taken)
+    raise UserError(
+        f"the API server at https://{cluster.api_endpoint} answers: {name} is running, and restoring "
+        f"its etcd from the snapshot {taken.describe()} would roll the cluster back; nothing was changed",
+        f"power the old {name} off (or take it off the network) first, then run this again",
+    )
 
 
 def _check_dead(item: object, name: str, dead: bool) -> None:

@@ -15,7 +15,6 @@ is recorded (release.json) once every node runs it, and cards are built for it f
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ from typing import Any
 
 from builder.cluster import api
 from builder.cluster.drain import Stuck, drain
+from builder.cluster.ssh import NodeFailed, NodeShell
 from builder.errors import UserError
 from builder.files import read_json_record, write_atomic
 from builder.progress import Reporter
 from builder.render.images import node_images
-from builder.run import CommandError, CommandTimedOut, Runner
 from builder.secrets import release
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import Cluster, Node
@@ -44,14 +43,6 @@ DRAIN_S = 300.0
 READY_S = 600.0
 POLL_S = 2.0
 AGENT = "/usr/sbin/picluster-agent"
-
-
-class NodeFailed(Exception):
-    """A step on the node failed; the message is what the node said."""
-
-
-NodeShell = Callable[[Node, list[str]], str]
-"""Runs a command on a node as root and returns its output; raises NodeFailed."""
 
 
 @dataclass(frozen=True)
@@ -224,21 +215,3 @@ def _where(item: NodeSteps, done: list[str]) -> str:
 def _elapsed(start: float) -> str:
     seconds = int(time.monotonic() - start)
     return f"{seconds // 60:2d}m{seconds % 60:02d}s"
-
-
-def ssh_shell(user: str, ssh_config: Path | None, runner: Runner, timeout: float = 1800) -> NodeShell:
-    """Commands on a node over ssh as `picluster verify` reaches it, run with sudo."""
-
-    def run(node: Node, command: list[str]) -> str:
-        config = ["-F", str(ssh_config)] if ssh_config else []
-        options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
-        remote = shlex.join(["sudo", "-n", *command])
-        try:
-            return runner.run(
-                ["ssh", *config, *options, f"{user}@{node.address.ip}", remote], timeout=timeout
-            )
-        except (CommandError, CommandTimedOut) as error:
-            said = getattr(error, "output", "").strip().splitlines()
-            raise NodeFailed(" | ".join(said[-3:]) or error.message) from None
-
-    return run

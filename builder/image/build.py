@@ -46,12 +46,13 @@ LOCK = ".picluster.lock"
 first's unfinished images as a killed build's leftovers)."""
 
 
-def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens,
-                 context: BuildContext) -> list[str]:  # fmt: skip
+def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens, context: BuildContext,
+                 etcd_snapshot: bytes | None = None) -> list[str]:  # fmt: skip
     """Build every node whose card changed; return the names of the nodes built. `tokens`: the
-    bootstrap token each node's card carries (builder.secrets.tokens)."""
+    bootstrap token each node's card carries (builder.secrets.tokens); `etcd_snapshot`: what the
+    first control plane's card restores (builder.secrets.snapshot)."""
     flannel, carried = carried_images(cluster, context)
-    plans = render_cluster(cluster, secrets, tokens, flannel.digest)
+    plans = render_cluster(cluster, secrets, tokens, flannel.digest, etcd_snapshot)
     base = ensure_base(cluster, context)
     images = context.images
     with exclusive(images / LOCK, f"images into {images}", context.reporter.say):

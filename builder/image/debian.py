@@ -30,6 +30,12 @@ MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 COMPONENTS = ("main", "non-free-firmware")
 
+ETCD_TOOLS = ("etcd-client", "etcd-server")
+"""etcdctl saves a control plane's etcd and etcdutl checks and restores it (agent/snapshot.py);
+the server itself is left out (ETCD_EXCLUDED) and its service masked (overlays/links.yaml)."""
+ETCD_EXCLUDED = "path-exclude=/usr/bin/etcd"
+"""etcd-server's own server (26 MB), left out of a node's base: the cluster's etcd is kubeadm's
+static pod."""
 PACKAGES = (
     # boot and system; dbus: runc and kubelet drive systemd's cgroups over D-Bus
     "systemd", "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
@@ -44,7 +50,7 @@ PACKAGES = (
     "python3", "python3-yaml", "python3-requests",
     # Kubernetes node prerequisites (kubeadm's preflight checks for several of these)
     "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool",
-    "socat",
+    "socat", *ETCD_TOOLS,
 )  # fmt: skip
 VIRTUAL_IP_PACKAGES = ("keepalived", "haproxy")
 """What serves a control_plane_endpoint in the nodes' LAN on the control planes, as system services
@@ -72,7 +78,7 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
         "sources": apt_sources(base.suite),
         "packages": packages(cluster),
         "kubernetes": kubernetes_inputs(cluster),
-        "dpkg_options": list(DPKG_OPTIONS),
+        "dpkg_options": [*DPKG_OPTIONS, ETCD_EXCLUDED],
         "files": {
             path.relative_to(path.parents[1]).as_posix(): sha256_file(path)
             for path in sorted([*HOOKS, INITRAMFS_MODULES])
@@ -123,7 +129,7 @@ def apt_sources(suite: str) -> list[str]:
 def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = None) -> list[str]:
     """The mmdebstrap call; `kubernetes` is a folder holding `kubernetes.sources` and
     `kubernetes.pref` when the Kubernetes tools go into the image."""
-    command = mmdebstrap_options(cluster.base.arch, packages(cluster))
+    command = [*mmdebstrap_options(cluster.base.arch, packages(cluster)), f"--dpkgopt={ETCD_EXCLUDED}"]
     sources = apt_sources(cluster.base.suite)
     if kubernetes is not None:
         options, source = kubernetes_options(kubernetes)

@@ -48,6 +48,7 @@ PACKAGES = (
     # the first-boot agent; growpart for picluster-grow-root (Raspberry Pi OS grows its root with
     # its own rpi-resize, which picluster's cmdline.txt does not call)
     "python3", "python3-yaml", "python3-requests", "cloud-guest-utils",
+    *debian.ETCD_TOOLS,
 )  # fmt: skip
 
 

@@ -51,17 +51,25 @@ resets after every failed attempt, so a retried `kubeadm init` would make a new 
 worker card pins. The agent copies the seed into /etc/kubernetes/pki before each init or
 control-plane join."""
 CLOCK_FILE = PurePosixPath("var/lib/systemd/timesync/clock")
+ETCD_SNAPSHOT = PurePosixPath("var/lib/picluster/restore/etcd-snapshot.db")
+"""Where the card that replaces the only control plane carries the etcd snapshot it restores."""
 TEMPLATES = OVERLAYS_DIR.parent
 """The folder holding both overlays/ and firmware/ (the package, or the checkout's top): template
 names, as errors show them, are relative to it."""
 
 
 def render_cluster(
-    cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens | None = None, flannel_digest: str | None = None
+    cluster: Cluster,
+    secrets: ClusterSecrets,
+    tokens: Tokens | None = None,
+    flannel_digest: str | None = None,
+    etcd_snapshot: bytes | None = None,
 ) -> list[NodePlan]:
     """`tokens`: the bootstrap token each node's card carries (builder.secrets.tokens); the first
     build's when not given. `flannel_digest`: that of the flannel image the cards carry
-    (builder.image.flannel_image), which the manifest pins; unknown until it is built."""
+    (builder.image.flannel_image), which the manifest pins; unknown until it is built.
+    `etcd_snapshot`: what the card running `kubeadm init` restores etcd from (the only control
+    plane died, builder.secrets.snapshot)."""
     carried = tokens or first_build(cluster, secrets)
     return [
         render_node(
@@ -71,6 +79,7 @@ def render_cluster(
             carried.at_init,
             carried.first_joins,
             flannel_digest,
+            etcd_snapshot,
         )
         for node in cluster.nodes
     ]
@@ -83,6 +92,7 @@ def render_node(
     at_init: Sequence[str] = (),
     first_joins: bool = False,
     flannel_digest: str | None = None,
+    etcd_snapshot: bytes | None = None,
 ) -> NodePlan:
     """`at_init`: the bootstrap tokens the first control plane's `kubeadm init` makes;
     `first_joins`: its card was replaced, and joins the running cluster instead."""
@@ -97,7 +107,7 @@ def render_node(
     for entry in [
         *_firmware_files(context),
         *_overlay_files(overlay_layers(cluster, node), context),
-        *_generated_files(cluster, node, secrets, runs_init),
+        *_generated_files(cluster, node, secrets, runs_init, etcd_snapshot if runs_init else None),
     ]:
         files[entry.partition, entry.path] = entry
     return NodePlan(node.name, tuple(files[key] for key in sorted(files, key=str)))
@@ -209,9 +219,12 @@ def _walk(top: Path) -> Iterator[Path]:
 
 
 def _generated_files(
-    cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool
+    cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool, etcd_snapshot: bytes | None
 ) -> Iterator[FileEntry]:
-    yield FileEntry("root", AGENT_CONFIG, agent_config(cluster, node, secrets, runs_init))
+    restores = etcd_snapshot is not None
+    yield FileEntry("root", AGENT_CONFIG, agent_config(cluster, node, secrets, runs_init, restores))
+    if etcd_snapshot is not None:  # every Secret of the cluster, in clear
+        yield FileEntry("root", ETCD_SNAPSHOT, etcd_snapshot, 0o600)
     yield FileEntry("root", CLUSTER_CA, secrets.ca.public_pem)
     yield FileEntry(
         "root",
@@ -228,7 +241,9 @@ def _generated_files(
             yield FileEntry("root", PKI_SEED / name, data, mode)
 
 
-def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool) -> bytes:
+def agent_config(
+    cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_init: bool, restores: bool = False
+) -> bytes:
     """What the first-boot agent needs to know about its node and cluster, as JSON."""
     if node.role == "worker":
         action = "join"
@@ -249,6 +264,7 @@ def agent_config(cluster: Cluster, node: Node, secrets: ClusterSecrets, runs_ini
         action=action,
         kubeadm_config="/etc/picluster/kubeadm.yaml",
         pki_seed=f"/{PKI_SEED}" if node.role == "control-plane" else None,
+        etcd_restore=f"/{ETCD_SNAPSHOT}" if restores else None,
         packages_install=cluster.cluster.packages,
         apt_repository=cluster.kubernetes_repository,
         manifests=("/etc/picluster/kube-flannel.yml",) if action == "init" else (),

@@ -26,15 +26,25 @@ import yaml
 
 from builder.errors import UserError
 from builder.files import NotRegularFile, open_regular, write_atomic
-from builder.secrets import settings, store, tokens
+from builder.secrets import release, settings, snapshot, store, tokens
 from builder.secrets.pki import ClusterSecrets
 
 MANIFEST = "MANIFEST.json"
-KEPT = (*store.REQUIRED, store.TOKENS_FILE, store.ADMIN_CONF, settings.SETTINGS_FILE)
+KEPT = (
+    *store.REQUIRED, store.TOKENS_FILE, store.ADMIN_CONF, settings.SETTINGS_FILE, release.RELEASE_FILE,
+    snapshot.SNAPSHOT_FILE, snapshot.RECORD_FILE,
+)  # fmt: skip
 """What a backup holds: the secrets, the token record, the admin kubeconfig if there is one, the
-record of the settings the cluster cannot change."""
-MAX_UNPACKED = 1 << 20
-"""A backup unpacks to a few KB; more means the archive is something else."""
+records of the settings the cluster cannot change and of the release it runs, and the newest
+etcd snapshot fetched, with its record."""
+MAX_SNAPSHOT = 512 << 20
+"""The largest etcd snapshot a backup holds (agent/snapshot.py MAX_SEND)."""
+MAX_UNPACKED = MAX_SNAPSHOT + (1 << 20)
+"""Besides the snapshot, a backup unpacks to a few KB; more means the archive is something else."""
+BLOCK = 512
+MAX_HEADER = 64 << 10
+"""The largest PAX or GNU long-name header read: a backup's names are short."""
+HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 CERTIFICATE_LOGIN = {"client-certificate-data", "client-key-data"}
 """How the kubeconfig picluster writes logs in; anything else (exec: runs a program) is foreign."""
 
@@ -42,8 +52,7 @@ CERTIFICATE_LOGIN = {"client-certificate-data", "client-key-data"}
 def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Path) -> int:
     """Write the archive of a state folder that loaded cleanly (`secrets`); returns the number of
     files kept."""
-    tokens.load_tokens(state_dir, secrets)  # a damaged token record is no backup either
-    settings.load_record(state_dir)
+    check(state_dir, secrets)
     contents = {name: (state_dir / name).read_bytes() for name in KEPT if (state_dir / name).is_file()}
     manifest = {
         "cluster": cluster_name,
@@ -63,6 +72,13 @@ def backup(state_dir: Path, secrets: ClusterSecrets, cluster_name: str, out: Pat
             f"cannot write {out}: {error.strerror}", "choose another place with -o FILE"
         ) from None
     return len(contents)
+
+
+def check(state_dir: Path, secrets: ClusterSecrets) -> None:
+    """Refuse a folder whose records are damaged: no backup of it, not even a snapshot fetched."""
+    tokens.load_tokens(state_dir, secrets)
+    settings.load_record(state_dir)
+    _check_snapshot(state_dir)
 
 
 def restore(
@@ -90,6 +106,7 @@ def restore(
         secrets = store.load(staging)  # checked where nothing depends on it yet
         tokens.load_tokens(staging, secrets)
         settings.load_record(staging)
+        _check_snapshot(staging)
         if secrets.ca_cert_hash != manifest.get("ca_cert_hash"):
             raise _not_a_backup(archive_path, "its CA is not the one its manifest names")
 
@@ -143,8 +160,17 @@ def _read_checked(archive_path: Path) -> tuple[dict[str, bytes], dict[str, objec
     return contents, manifest
 
 
+def _check_snapshot(state_dir: Path) -> None:
+    """The etcd snapshot and its record agree, or there is neither."""
+    taken = snapshot.load(state_dir)
+    if taken is not None:
+        snapshot.data(state_dir, taken)
+
+
 def _unpacked(archive_path: Path) -> bytes:
-    """The archive's tar stream, read from a regular file only and never more than MAX_UNPACKED."""
+    """The archive's tar stream, read from a regular file only, never more than MAX_UNPACKED,
+    and no header larger than MAX_HEADER read at all (tarfile reads one whole, whatever size it
+    declares)."""
     try:
         handle = open_regular(archive_path)
     except NotRegularFile:
@@ -154,13 +180,37 @@ def _unpacked(archive_path: Path) -> bytes:
     with handle:
         try:
             with gzip.GzipFile(fileobj=handle) as unzipped:
-                data = unzipped.read(MAX_UNPACKED + 1)
+                return _bounded_tar(archive_path, unzipped)
         except (OSError, EOFError, zlib.error) as error:
             raise _not_a_backup(archive_path, f"it is not a gzip'd tar ({printable(str(error))})") from None
+
+
+def _bounded_tar(archive_path: Path, stream: gzip.GzipFile) -> bytes:
+    """The tar stream, header by header: each member's size is read from its header before its
+    body is, so a hostile size is refused unread. What does not parse is left to tarfile."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        header = stream.read(BLOCK)
+        chunks.append(header)
+        total += len(header)
+        try:
+            size = int(header[124:136].strip(b"\0 ") or b"0", 8) if len(header) == BLOCK else 0
+        except ValueError:
+            size = MAX_UNPACKED + 1  # base-256 or garbage: no backup member is that large
+        if len(header) < BLOCK or header == bytes(BLOCK):
+            chunks.append(stream.read(MAX_UNPACKED + 1 - total))  # the end blocks, or a truncation
+            break
+        if header[156:157] in HEADERS and size > MAX_HEADER:
+            raise _not_a_backup(archive_path, f"it holds a header of {size} bytes; a backup's are short")
+        body = -(-size // BLOCK) * BLOCK
+        if total + body > MAX_UNPACKED:
+            raise _not_a_backup(archive_path, f"it unpacks to more than {MAX_UNPACKED >> 20} MiB")
+        chunks.append(stream.read(body))
+        total += body
+    data = b"".join(chunks)
     if len(data) > MAX_UNPACKED:
-        raise _not_a_backup(
-            archive_path, f"it unpacks to more than {MAX_UNPACKED >> 20} MiB; a backup is a few KB"
-        )
+        raise _not_a_backup(archive_path, f"it unpacks to more than {MAX_UNPACKED >> 20} MiB")
     return data
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from builder.cluster import upgrade
+from builder.cluster import ssh, upgrade
 from builder.progress import Reporter
 from builder.secrets import release, store
 from builder.spec.load import load_cluster
@@ -48,12 +48,12 @@ class Lab:
         assert command[:2] == [upgrade.AGENT, "upgrade"], command
         step = command[-1]
         if self.fail.pop((node.name, step), None) is not None:
-            raise upgrade.NodeFailed("ssh: connect to host 192.168.50.11 port 22: No route to host")
+            raise ssh.NodeFailed("ssh: connect to host 192.168.50.11 port 22: No route to host")
         root = self.roots[node.name]
         done = subprocess.run(agent_command(root, *command[1:]), env=agent_env(self.standins, root),
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         if done.returncode != 0:
-            raise upgrade.NodeFailed(done.stdout.strip().splitlines()[-1])
+            raise ssh.NodeFailed(done.stdout.strip().splitlines()[-1])
         self.steps.append((node.name, step))
         if step == "kubelet":
             self.api.node(node.name)["status"]["nodeInfo"]["kubeletVersion"] = f"v{command[3]}"

@@ -46,7 +46,7 @@ def write_archive(archive: Path, members: list[tuple[str, bytes]]) -> None:
 
 def changed_backup(site: Path, archive: Path) -> dict[str, bytes]:
     """A real backup of site's cluster (its folder then removed): its members, to change."""
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    assert main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     shutil.rmtree(site / ".picluster")
     return members_of(archive)
 
@@ -65,7 +65,7 @@ def test_backup_then_restore_gives_back_the_same_cluster(
 ) -> None:
     archive = tmp_path / "usb/homelab.tar.gz"
     before = file_contents(site / ".picluster")
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    assert main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     assert archive.stat().st_mode & 0o777 == 0o600
     shutil.rmtree(site / ".picluster")
     assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 0
@@ -80,7 +80,7 @@ def test_restore_never_replaces_a_cluster(
     site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "backup.tar.gz"
-    main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)])
+    main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)])
     before = file_contents(site / ".picluster")
     assert main(["restore", "-f", str(site / "cluster.yaml"), str(archive)]) == 2
     assert "already holds a cluster's secrets" in capsys.readouterr().err
@@ -124,7 +124,10 @@ def test_a_damaged_folder_is_not_backed_up(
     site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (site / ".picluster/pki/sa.key").unlink()
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "b.tar.gz")]) == 2
+    assert (
+        main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "b.tar.gz")])
+        == 2
+    )
     assert "pki/sa.key: missing" in capsys.readouterr().err
     assert not (tmp_path / "b.tar.gz").exists()
 
@@ -174,7 +177,7 @@ def test_a_backup_of_another_cluster_is_restored_only_when_asked(
     site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive = tmp_path / "b.tgz"
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    assert main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     lab = tmp_path / "lab"
     lab.mkdir()
     (lab / "cluster.yaml").write_text(BUNDLED.read_text().replace("name: homelab", "name: lab"))

@@ -71,7 +71,10 @@ def test_an_output_through_a_link_is_refused(
 ) -> None:
     (tmp_path / "usb").mkdir()
     (site / "backup.tgz").symlink_to(tmp_path / "usb/backup.tgz")
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(site / "backup.tgz")]) == 2
+    assert (
+        main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(site / "backup.tgz")])
+        == 2
+    )
     refused(capsys, "is a link")
     assert (site / "backup.tgz").is_symlink()
 
@@ -124,7 +127,7 @@ def test_a_linked_cluster_yaml_never_gets_a_new_ca(
     [
         (
             "cp1",
-            ["cp1 is the cluster's only control plane", "restore the control plane from an etcd snapshot"],
+            ["cp1 is the cluster's only control plane", "holds no etcd snapshot to restore it from"],
         ),
         ("w9", ["w9 is not a node of this cluster.yaml", "choose from cp1, w1, w2"]),
     ],
@@ -195,7 +198,7 @@ def test_a_backup_holds_only_the_clusters_files_and_restores(
     (site / ".picluster/MANIFEST.json").write_text('{"files": {}}')  # a backup once unpacked here
     (site / ".picluster/notes.bin").write_bytes(b"\0" * (2 << 20))
     archive = tmp_path / "b.tgz"
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    assert main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     with tarfile.open(archive) as held:
         assert "notes.bin" not in held.getnames()
     elsewhere = tmp_path / "elsewhere"
@@ -364,7 +367,7 @@ def test_what_a_killed_render_left_is_cleaned_up_by_the_next(
 
 
 def test_what_a_killed_backup_left_is_cleaned_up_by_the_next(site: Path, tmp_path: Path) -> None:
-    argv = ["backup", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "usb/b3.tgz")]
+    argv = ["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(tmp_path / "usb/b3.tgz")]
     killed_at("replace", 1, argv)
     assert len(hidden(tmp_path / "usb", ".b3.tgz.")) == 1, "a copy of the CA keys"
     running = tmp_path / f"usb/.b3.tgz.tmp-{os.getpid()}-abcd1234"  # a backup still being written
@@ -375,7 +378,7 @@ def test_what_a_killed_backup_left_is_cleaned_up_by_the_next(site: Path, tmp_pat
 
 def test_what_a_killed_restore_left_is_cleaned_up_by_the_next(site: Path, tmp_path: Path) -> None:
     archive = tmp_path / "b.tgz"
-    assert main(["backup", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
+    assert main(["backup", "--secrets-only", "-f", str(site / "cluster.yaml"), "-o", str(archive)]) == 0
     shutil.rmtree(site / ".picluster")
     argv = ["restore", "-f", str(site / "cluster.yaml"), str(archive)]
     killed_at("rename", 1, argv)

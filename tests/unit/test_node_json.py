@@ -67,10 +67,10 @@ def test_the_agent_reads_back_exactly_what_the_builder_writes(card: Path) -> Non
 
 
 def fullest(card: Path) -> bytes:
-    """The card's node.json with every section written: the optional "agent" section is written
-    only when a timing differs from the defaults."""
+    """The card's node.json with every key written: the optional "agent" section is written
+    only when a timing differs from the defaults, kubeadm.etcd_restore only on a restore card."""
     config = parse_config(json.loads(card.read_bytes()))
-    return node_json(replace(config, timing=Timing(retry_initial=1.0)))
+    return node_json(replace(config, timing=Timing(retry_initial=1.0), etcd_restore="/var/lib/snapshot.db"))
 
 
 @pytest.mark.parametrize("card", CARDS, ids=NAMES)

@@ -60,6 +60,8 @@ class Node:
     """What `ip -j addr show` answers."""
     certs_timer: str = "active"
     """What `systemctl is-active picluster-certs.timer` answers; "disabled" when it is off."""
+    snapshot_timer: str = "active"
+    """What `systemctl is-active picluster-etcd-snapshot.timer` answers."""
 
     def file(self, path: str) -> File:
         if path == "/etc/kubernetes/kubelet.conf":
@@ -80,8 +82,11 @@ class Node:
         return Service(is_running=self.agent_running)
 
     def run(self, command: str) -> Answer:
-        assert command == "systemctl is-active picluster-certs.timer", command
-        return Answer(f"{self.certs_timer}\n")
+        timers = {
+            "picluster-certs.timer": self.certs_timer,
+            "picluster-etcd-snapshot.timer": self.snapshot_timer,
+        }
+        return Answer(f"{timers[command.removeprefix('systemctl is-active ')]}\n")
 
     def interface(self, name: str) -> Interface:
         return Interface(exists=False)
@@ -198,6 +203,14 @@ def test_no_cni0_is_a_skip_until_a_pod_uses_the_pod_network() -> None:
         test_node.test_cni_bridge(Node(), kubernetes=None)
     with pytest.raises(AssertionError, match="2 pods have a network namespace but there is no cni0"):
         test_node.test_cni_bridge(Node(pod_namespaces=("cni-1a2b", "cni-3c4d")), kubernetes=None)
+
+
+def test_a_control_plane_without_etcd_snapshots_fails_with_the_fix() -> None:
+    test_node.test_etcd_snapshots(Node(), {"snapshot": {"file": "etcd-20261203T000000Z.db"}})
+    with pytest.raises(AssertionError, match=r"systemctl enable --now picluster-etcd-snapshot\.timer"):
+        test_node.test_etcd_snapshots(Node(snapshot_timer="inactive"), {})
+    with pytest.raises(AssertionError, match="the last etcd snapshot failed: etcdctl exited with 1"):
+        test_node.test_etcd_snapshots(Node(), {"snapshot": {"error": "etcdctl exited with 1"}})
 
 
 def test_a_control_plane_whose_renewal_timer_is_off_fails_with_the_fix() -> None:

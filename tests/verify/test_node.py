@@ -183,6 +183,18 @@ def test_certificate_renewal(host: Any) -> None:
     )
 
 
+@pytest.mark.control_plane
+def test_etcd_snapshots(host: Any, agent_state: dict[str, Any]) -> None:
+    """etcd: daily snapshot timer on, the last snapshot taken"""
+    enable = "fix: sudo systemctl enable --now picluster-etcd-snapshot.timer"
+    active = host.run("systemctl is-active picluster-etcd-snapshot.timer").stdout.strip()
+    assert active == "active", (
+        f"picluster-etcd-snapshot.timer is {active}, so no etcd snapshot is taken to restore from; {enable}"
+    )
+    failed = agent_state.get("snapshot", {}).get("error")
+    assert not failed, f"the last etcd snapshot failed: {failed}; fix: sudo picluster-agent snapshot"
+
+
 def test_agent_joined(host: Any, agent_state: dict[str, Any], kubernetes: None) -> None:
     """agent: joined, no failed attempt outstanding"""
     assert agent_state["phase"] == "joined", (

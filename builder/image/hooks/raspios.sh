@@ -30,7 +30,9 @@ fi
 echo "picluster: apt-get update"
 chroot "$root" apt-get update -q
 echo "picluster: apt-get install $*"
-DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends "$@"
+# etcd-server's own server is left out, as in the Debian base (builder/image/debian.py ETCD_EXCLUDED)
+DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends \
+    -o DPkg::Options::=--path-exclude=/usr/bin/etcd "$@"
 if [ "$kubernetes" != - ]; then
     chroot "$root" apt-mark hold kubeadm kubelet kubectl
 fi

@@ -15,6 +15,7 @@ from agent.host import Backoff, Host, say
 from agent.join import join
 from agent.links import clean_links
 from agent.preflight import CHECKS, preflight
+from agent.snapshot import take_snapshot
 from agent.state import State, describe
 from agent.upgrade import STEPS, upgrade
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "certs":
         return renew_certs(host, config, state)
+    if args.command == "snapshot":
+        return take_snapshot(host, config, state, send=args.send)
     if args.command in ("run", "join"):
         put_back(host)  # a certs run killed while the kubelet had them out: the control plane first
     if args.command == "upgrade":
@@ -121,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="preflight, clean-links, join (what the unit runs)")
     commands.add_parser(
         "certs", help="renew kubeadm's certificates when one expires within 30 days (a daily timer runs it)"
+    )
+    snapshot = commands.add_parser(
+        "snapshot", help="save this control plane's etcd, keep the newest 3 (a daily timer runs it)"
+    )
+    snapshot.add_argument(
+        "--send", action="store_true", help="then print the newest as JSON, for picluster backup"
     )
     step = commands.add_parser("upgrade", help="one step of picluster upgrade on this node")
     step.add_argument("--to", required=True, metavar="X.Y.Z", help="the Kubernetes release")

@@ -91,6 +91,9 @@ class NodeConfig:
     kubeadm_config: str
     pki_seed: str | None
     """A control plane's copy of the cluster's CAs, out of `kubeadm reset`'s reach."""
+    etcd_restore: str | None
+    """An etcd snapshot the card's `kubeadm init` starts from: the card replaces the cluster's
+    only control plane (agent.snapshot.restore)."""
     packages_install: str  # image | firstboot
     apt_repository: str
     manifests: tuple[str, ...]
@@ -133,6 +136,8 @@ def node_json(config: NodeConfig) -> bytes:
         "manifests": config.manifests,
         "images": config.images,
     }
+    if config.etcd_restore is not None:
+        raw["kubeadm"]["etcd_restore"] = config.etcd_restore
     if config.kernel_needs is not None:
         raw["kernel_needs"] = asdict(config.kernel_needs)
     if config.timing != Timing():
@@ -159,6 +164,7 @@ def parse_config(raw: dict[str, Any]) -> NodeConfig:
         action=raw["kubeadm"]["action"],
         kubeadm_config=raw["kubeadm"]["config"],
         pki_seed=raw["kubeadm"]["pki_seed"],
+        etcd_restore=raw["kubeadm"].get("etcd_restore"),
         packages_install=packages["install"],
         apt_repository=packages["apt_repository"],
         manifests=tuple(raw["manifests"]),

@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from agent import api, packages
+from agent import api, packages, snapshot
 from agent.config import NodeConfig
 from agent.host import Backoff, CommandFailed, Host, say, utc
 from agent.images import ensure_images, import_card_images
@@ -31,6 +31,9 @@ UNKNOWN_TOKEN = re.compile(
 """kubeadm's discovery failing for a token the cluster does not have: the first once the
 discovery timeout passes with no signature in cluster-info, the second if it vanishes meanwhile
 (cmd/kubeadm/app/discovery/token/token.go getClusterInfo, validateClusterInfoToken)."""
+RESTORED_ETCD_CHECK = "DirAvailable--var-lib-etcd"
+"""kubeadm init's preflight check that /var/lib/etcd is empty (cmd/kubeadm/app/preflight/checks.go
+DirAvailableCheck, named for its path), which a restored etcd fails by design."""
 READY_NAMESAKE = "already exists in the cluster. You must delete the existing Node"
 """kubeadm's refusal to join while a Node of this name is Ready (phases/join/kubelet.go)."""
 
@@ -58,8 +61,10 @@ def join(host: Host, config: NodeConfig, state: State) -> None:
         state.enter(host, JOINING, state.last_error)
         try:
             restore_pki(host, config)
+            if config.etcd_restore is not None:
+                snapshot.restore(host, config)
             host.run(_kubeadm_command(host, config), timeout=1800)
-        except CommandFailed as error:  # kubeadm's, or restoring the CAs
+        except CommandFailed as error:  # kubeadm's, or restoring the CAs or etcd
             state.last_error = error.summary + _fix_for(config, error.summary)
             say(f"attempt {state.attempts} failed: {state.last_error}")
             _reset(host, config, state)  # the phase stays `joining` until this is done
@@ -101,7 +106,10 @@ def _fix_for(config: NodeConfig, failure: str) -> str:
 
 def _kubeadm_command(host: Host, config: NodeConfig) -> list[str]:
     verb = "init" if config.action == "init" else "join"
-    return ["kubeadm", verb, "--config", str(host.path(config.kubeadm_config))]
+    command = ["kubeadm", verb, "--config", str(host.path(config.kubeadm_config))]
+    if config.etcd_restore is not None:  # the restored data is what init must start from
+        command.append(f"--ignore-preflight-errors={RESTORED_ETCD_CHECK}")
+    return command
 
 
 def restore_pki(host: Host, config: NodeConfig) -> None:

@@ -45,6 +45,9 @@ class State:
     certificates: dict[str, str] = field(default_factory=dict)
     """A control plane's last certificate check (agent.certs): when, which certificate expires
     first and when, when they were last renewed, and what failed."""
+    snapshot: dict[str, str] = field(default_factory=dict)
+    """A control plane's last etcd snapshot (agent.snapshot): when, its file, revision and keys,
+    how many are kept, and the last failure."""
 
     @classmethod
     def load(cls, host: Host) -> State:
@@ -109,4 +112,13 @@ def describe(state: State, node: str) -> str:
         lines.append(line)
         if "error" in certs:
             lines.append(f"  failed: {certs['error']}")
+    if state.snapshot:
+        snap = state.snapshot
+        if "file" in snap:
+            lines.append(
+                f"etcd:        snapshot {snap['file']} taken {snap['taken_at']}, {snap['keys']} keys at "
+                f"revision {snap['revision']}; {snap['kept']} kept"
+            )
+        if "error" in snap:
+            lines.append(f"  snapshot failed {snap['failed_at']}: {snap['error']}")
     return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The cluster's newest etcd snapshot, kept in the state folder beside its CAs.
+
+`picluster backup` fetches it from a control plane (builder.cluster.snapshot) and writes it here
+(`etcd-snapshot.db`, 0600: it holds every Secret of the cluster in clear) with its record
+(`etcd-snapshot.json`: where and when it was taken, its revision, keys and SHA-256), so the
+backup archive that holds the folder holds the whole cluster. `picluster replace` of the only
+control plane sets `restore` in the record: from then on that node's cards restore the snapshot
+the folder holds when they are built (agent/snapshot.py), instead of starting an empty cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from builder.errors import UserError
+from builder.files import read_json_record, write_atomic
+
+SNAPSHOT_FILE = "etcd-snapshot.db"
+RECORD_FILE = "etcd-snapshot.json"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    node: str
+    """The control plane it was taken on."""
+    taken_at: str
+    revision: int
+    keys: int
+    sha256: str
+    restore: bool = False
+    """The first control plane's cards restore it (its card was replaced: the only one died)."""
+
+    def describe(self) -> str:
+        return f"taken on {self.node} at {self.taken_at}: {self.keys} keys at revision {self.revision}"
+
+
+def save(state_dir: Path, taken: Snapshot, data: bytes) -> None:
+    """The snapshot, then its record (which names its SHA-256, so a kill in between is seen)."""
+    write_atomic(state_dir / SNAPSHOT_FILE, data, 0o600)
+    write_atomic(state_dir / RECORD_FILE, json.dumps(asdict(taken), indent=2).encode() + b"\n", 0o600)
+
+
+def load(state_dir: Path) -> Snapshot | None:
+    """The record; None when no snapshot was ever fetched. A damaged record is refused."""
+    path = state_dir / RECORD_FILE
+    try:
+        raw = read_json_record(path)
+    except FileNotFoundError:
+        return None
+    try:
+        assert isinstance(raw, dict)
+        taken = Snapshot(**raw)
+        assert all(isinstance(getattr(taken, key), str) for key in ("node", "taken_at", "sha256"))
+        assert isinstance(taken.revision, int) and isinstance(taken.keys, int)
+        assert isinstance(taken.restore, bool)
+    except (AssertionError, TypeError):
+        raise _damaged(path) from None
+    return taken
+
+
+def data(state_dir: Path, taken: Snapshot) -> bytes:
+    """The snapshot's bytes, checked against its record."""
+    path = state_dir / SNAPSHOT_FILE
+    try:
+        content = path.read_bytes()
+    except OSError:
+        raise _damaged(path) from None
+    if hashlib.sha256(content).hexdigest() != taken.sha256:
+        raise _damaged(path)
+    return content
+
+
+def mark_restore(state_dir: Path, taken: Snapshot) -> Snapshot:
+    marked = replace(taken, restore=True)
+    write_atomic(state_dir / RECORD_FILE, json.dumps(asdict(marked), indent=2).encode() + b"\n", 0o600)
+    return marked
+
+
+def _damaged(path: Path) -> UserError:
+    return UserError(
+        f"{path} is damaged: the etcd snapshot and its record ({SNAPSHOT_FILE}, {RECORD_FILE}) do not match",
+        "remove both and run picluster backup where a control plane answers (it fetches a new one), "
+        "or restore both from your backup",
+    )
