@@ -28,7 +28,7 @@ from builder.image.context import BuildContext
 from builder.image.flannel_image import build_flannel_image
 from builder.image.layout import BaseImage
 from builder.image.outputs import IMAGE_SUFFIXES, NodeOutputs, build_record, is_current
-from builder.image.stamp import stamp
+from builder.image.stamp import remove_staged, stamp
 from builder.render.images import node_images
 from builder.render.node import CLOCK_FILE, render_cluster
 from builder.render.plan import NodePlan
@@ -90,6 +90,7 @@ def _build_stale(plans: list[NodePlan], carried: dict[str, tuple[CarriedImage, .
     images, reporter = context.images, context.reporter
     for leftover in images.glob(".*.img.partial*"):  # from a build that was killed
         leftover.unlink()
+    remove_staged(images)  # a killed build's staged copies of the cards' files, keys among them
     reporter.say(f"==> node images in {images}")
     stale: list[tuple[NodePlan, NodeOutputs, dict[str, object]]] = []
     done = 0

@@ -9,7 +9,9 @@ The layout and the debugfs commands are builder.image.layout's.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -88,11 +90,37 @@ def list_tree(top: Path) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(others)
 
 
+STAGED = ".stamp-"
+"""In a staging folder's name (.<node>.stamp-XXXXXXXX, 0700, beside the node's image)."""
+OLD_STAGING = "picluster-stamp-*"
+OLD_STAGING_FILES = {"boot", "root", "debugfs.cmds"}
+OLD_STAGING_AGE_S = 3600
+
+
+def remove_staged(images: Path) -> None:
+    """What killed builds left staged: in the images folder (a build holds its lock, so none of
+    these is in use), and in /tmp, where earlier versions staged, once an hour old (such a
+    version may still run) and only as they made them."""
+    for leftover in images.glob(f".*{STAGED}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+    for folder in Path(tempfile.gettempdir()).glob(OLD_STAGING):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        about = folder.lstat()
+        if about.st_uid != os.getuid() or time.time() - about.st_mtime < OLD_STAGING_AGE_S:
+            continue
+        if {path.name for path in folder.iterdir()} <= OLD_STAGING_FILES:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def stamp(base: BaseImage, plan: NodePlan, image: Path, epoch: int, runner: Runner) -> None:
     """Copy the base image to `image` and write the node's files into it."""
     runner.run(["cp", "--reflink=auto", "--sparse=always", str(base.image), str(image)])
     env = tool_env(epoch)
-    with tempfile.TemporaryDirectory(prefix="picluster-stamp-") as scratch:
+    # staged beside the image, not in /tmp: a control plane's files include the cluster's CA keys,
+    # and a build killed here leaves them where the next build clears them (STAGED)
+    with tempfile.TemporaryDirectory(dir=image.parent, prefix=f".{plan.node}{STAGED}") as scratch:
         staged = stage_files(plan.files, Path(scratch), epoch)
         boot = [staged[entry] for entry in plan.files if entry.partition == "boot"]
         if boot:
