@@ -35,6 +35,8 @@ from builder.secrets.pki import ClusterSecrets
 from builder.spec.model import json_schema
 
 EXIT_USER_ERROR = 2
+STATUS_BUDGET_S = 30.0
+"""`status` waits for the API server this long in all, however many questions it asks."""
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -234,10 +236,10 @@ def _parser() -> argparse.ArgumentParser:
         "kubeconfig",
         _kubeconfig,
         help="write an admin kubeconfig for the cluster",
-        description="Write a kubeconfig with a client certificate (group system:masters, one year) "
-        "signed by the cluster CA; mode 0600. An existing file is replaced only when it is a "
-        "kubeconfig exactly as picluster wrote it; --merge puts this cluster's entries into "
-        "another kubeconfig (~/.kube/config) and keeps every other entry.",
+        description="Write a kubeconfig with a client certificate (group system:masters, one year, "
+        "or until the CA ends if sooner) signed by the cluster CA; mode 0600. An existing file is "
+        "replaced only when it is a kubeconfig exactly as picluster wrote it; --merge puts this "
+        "cluster's entries into another kubeconfig (~/.kube/config) and keeps every other entry.",
     )
     admin.add_argument(
         "-o", "--out", type=Path, metavar="FILE", help="where (default: .picluster/admin.conf)"
@@ -245,8 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument(
         "--merge",
         action="store_true",
-        help="replace only this cluster's cluster, user and context entries in FILE, keeping the rest "
-        "and its mode",
+        help="replace only this cluster's cluster, user and context entries in FILE, keeping the rest; "
+        "FILE is made private (0600), as it holds an admin key",
     )
 
     keep = command(
@@ -704,7 +706,7 @@ def _status(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     warnings: list[str] = []
     try:
-        with api.connect(endpoint, secrets) as server:
+        with api.connect(endpoint, secrets, budget=STATUS_BUDGET_S) as server:
             statuses, unnamed = status.add_cluster_view(statuses, api.list_nodes(server))
             lapsing = bootstrap.lapsing(
                 server, project.cluster, tokens.load_tokens(project.state_dir, secrets), now

@@ -47,7 +47,8 @@ class Project:
                 f"created the cluster's CA and bootstrap token in {self.state_dir} (keep it, and a "
                 "backup of it: nodes built later need it to join; see picluster backup)"
             )
-        store.check_current(self.state_dir, secrets, datetime.now(UTC))
+        for note in store.check_current(self.state_dir, secrets, datetime.now(UTC)):
+            say(note)
         recorded = settings.load_record(self.state_dir)
         if recorded is None:  # a state folder from before the record: this cluster.yaml is the best guess
             settings.record(self.state_dir, self.cluster)

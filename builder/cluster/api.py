@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class ClusterAPI:
     certificate: tuple[str, str]
     """Where requests reads the admin certificate and its key."""
     deadline: float
+    budget: float | None = None
+    """All the answers of one command within this many seconds (`status`), None: no limit."""
+    started: float = field(default_factory=time.monotonic)
 
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str | None = None
@@ -79,11 +82,19 @@ class ClusterAPI:
             except BaseException as error:  # raised again in the caller's thread
                 answers.append(error)
 
+        wait = self.deadline
+        spent = f"the answers took {self.budget or 0:g} s in all (the server is slow)"
+        if self.budget is not None:
+            wait = min(wait, self.budget - (time.monotonic() - self.started))
+            if wait <= 0:
+                raise Unreachable(f"{url}: not asked: {spent}")
         asking = threading.Thread(target=ask, daemon=True)
         asking.start()
-        asking.join(self.deadline)
+        asking.join(wait)
+        if not answers and wait < self.deadline:
+            raise Unreachable(f"{url}: no answer before {spent}")
         if not answers:
-            raise Unreachable(f"{url}: no whole answer within {self.deadline:g} s (the server stalls)")
+            raise Unreachable(f"{url}: no whole answer within {wait:g} s (the server stalls)")
         (answer,) = answers
         if isinstance(answer, BaseException):
             raise answer
@@ -157,12 +168,14 @@ Connect = Callable[[str, ClusterSecrets], AbstractContextManager[ClusterAPI]]
 
 
 @contextmanager
-def connect(endpoint: str, secrets: ClusterSecrets, now: datetime | None = None) -> Iterator[ClusterAPI]:
+def connect(
+    endpoint: str, secrets: ClusterSecrets, now: datetime | None = None, budget: float | None = None
+) -> Iterator[ClusterAPI]:
     """A client for the API server, its admin key in memory only, each answer awaited
-    DEADLINE_S at most."""
+    DEADLINE_S at most, and all of them `budget` seconds at most when given."""
     admin = make_admin_client(secrets.ca, now or datetime.now(UTC), CERTIFICATE_VALIDITY)
     with _connect(endpoint, secrets.ca, admin) as server:
-        yield server
+        yield replace(server, budget=budget, started=time.monotonic())
 
 
 @contextmanager

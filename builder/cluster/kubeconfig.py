@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any
 
 import yaml
+from cryptography import x509
 
 from builder.errors import UserError
-from builder.secrets.pki import ClusterSecrets, make_admin_client
+from builder.secrets.pki import ADMIN_VALIDITY, ClusterSecrets, make_admin_client
 from builder.spec.model import Cluster
 
 LISTS = ("clusters", "users", "contexts")
@@ -22,7 +23,10 @@ KEYS = {"apiVersion", "kind", "preferences", "current-context", "extensions", *L
 
 
 def admin_kubeconfig(cluster: Cluster, secrets: ClusterSecrets, now: datetime) -> str:
-    admin = make_admin_client(secrets.ca, now)
+    """A year's admin kubeconfig, or one until the CA ends, if sooner: a certificate that outlives
+    the CA that signed it is refused from that day on anyway."""
+    ca_end = x509.load_pem_x509_certificate(secrets.ca.public_pem).not_valid_after_utc
+    admin = make_admin_client(secrets.ca, now, min(ADMIN_VALIDITY, ca_end - now))
     return _dump(
         _config(
             cluster.cluster.name,

@@ -206,7 +206,8 @@ def _stalled(progress: Progress, checks: Checks, deadline: float) -> UserError:
         what = f"the checks of {', '.join(checks.nodes)} were not collected"
     return UserError(
         f"{what} within {deadline:g} s, so the suite was stopped: the node stopped answering over SSH?",
-        f"{UNREACHABLE_FIX}; then run picluster verify again",
+        "is each node powered and on the LAN? `ssh USER@ADDRESS true` should answer at once; then run "
+        "picluster verify again",
     )
 
 

@@ -18,7 +18,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -40,6 +40,7 @@ CAS = {
 SERVICE_ACCOUNT = ("pki/sa.pub", "pki/sa.key")
 REQUIRED = (*(name for pair in CAS.values() for name in pair), *SERVICE_ACCOUNT, TOKEN_FILE)
 """Every file a complete state folder holds."""
+CA_ENDING = timedelta(days=180)
 TOKENS_FILE = "tokens.json"
 """Which bootstrap token each node's card carries (builder.secrets.tokens)."""
 ADMIN_CONF = "admin.conf"
@@ -188,12 +189,20 @@ def load(state_dir: Path) -> ClusterSecrets:
     return ClusterSecrets(bootstrap_token=token, service_account=service_account, **pairs)
 
 
-def check_current(state_dir: Path, secrets: ClusterSecrets, now: datetime) -> None:
+def check_current(state_dir: Path, secrets: ClusterSecrets, now: datetime) -> list[str]:
     """Refuse CAs outside their validity: one past its end signs nothing a node accepts, and one
-    not valid yet says a clock is wrong, here or where the folder was made."""
-    expired, early = [], []
+    not valid yet says a clock is wrong, here or where the folder was made. What to say of CAs
+    that end within CA_ENDING: nothing renews a CA, so it needs planning."""
+    expired, early, ending = [], [], []
     for field, (certificate, _) in CAS.items():
         loaded = x509.load_pem_x509_certificate(getattr(secrets, field).public_pem)
+        if now + CA_ENDING > loaded.not_valid_after_utc >= now:
+            days = (loaded.not_valid_after_utc - now).days
+            ending.append(
+                f"note: {state_dir / certificate} ends on {loaded.not_valid_after_utc:%Y-%m-%d} (in {days} "
+                "days), and with it every certificate it signed; picluster cannot extend a CA: plan a "
+                "manual CA rotation (Kubernetes documents one) or a new cluster before then"
+            )
         if now > loaded.not_valid_after_utc:
             expired.append(f"{certificate}: expired on {loaded.not_valid_after_utc:%Y-%m-%d}")
         elif now < loaded.not_valid_before_utc:
@@ -213,6 +222,7 @@ def check_current(state_dir: Path, secrets: ClusterSecrets, now: datetime) -> No
             "set this machine's clock right (timedatectl); if it is right, the folder was made on a "
             "machine whose clock was ahead, and no node would accept these CAs before then",
         )
+    return ending
 
 
 SECRET = (

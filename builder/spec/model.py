@@ -128,7 +128,7 @@ def _check_kubernetes(value: str) -> str:
 
 def _check_flannel(value: str) -> str:
     if value != FLANNEL_VERSION:
-        raise ValueError(f"flannel {value} is not bundled; picluster pins {FLANNEL_VERSION}")
+        raise ValueError(f"flannel {value!r} is not bundled; picluster pins {FLANNEL_VERSION}")
     return value
 
 

@@ -70,6 +70,8 @@ class APIStandin:
     changed: threading.Condition = field(default_factory=threading.Condition)
     stopped: bool = False
     slow: Literal["", "silent", "dribble"] = ""
+    lag: float = 0.0
+    """Seconds each GET waits before its answer: a slow server that never stalls."""
     """How it answers a GET or POST, when it misbehaves: "silent" reads the request and says nothing,
     "dribble" sends the headers and then a byte of body every DRIBBLE_S; for SLOW_FOR_S at most."""
     nodes_body: bytes | None = None
@@ -307,6 +309,7 @@ def api_standin(
             self._client()
             url = urlsplit(self.path)
             query = parse_qs(url.query)
+            state.wait_stopped(state.lag)
             if state.slow:
                 self._slow()
             elif url.path == "/api/v1/pods":

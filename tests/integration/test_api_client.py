@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from builder import cli
 from builder.cli import main
 from builder.cluster import api
 from builder.secrets.pki import make_secrets
@@ -125,6 +126,22 @@ def test_a_stalled_api_server_ends_status_and_token_at_a_deadline_that_names_it(
     assert err.startswith(f"error: cannot reach the API server: https://{server.endpoint}/api/v1/")
     assert "no whole answer within 2 s" in err and "Traceback" not in err
     assert len(err.splitlines()) <= 3
+
+
+def test_status_waits_for_a_slow_api_server_its_budget_in_all(
+    tmp_path: Path, server: APIStandin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each answer within the deadline, but status asks several questions: it took 15 s more per
+    node yet to join, without a bound on the whole."""
+    monkeypatch.setattr(api, "DEADLINE_S", 2.0)
+    monkeypatch.setattr(cli, "STATUS_BUDGET_S", 3.0)
+    cluster_file = project(tmp_path, server.endpoint)
+    server.lag = 1.2
+    start = time.monotonic()
+    assert main(["status", "-f", str(cluster_file)]) == 0
+    assert time.monotonic() - start < 5
+    out = capsys.readouterr().out
+    assert "cluster: not reachable (" in out and "the answers took 3 s in all (the server is slow)" in out
 
 
 @pytest.mark.parametrize(

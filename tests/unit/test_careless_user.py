@@ -21,7 +21,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import yaml
 from builder.cli import main
 from builder.image.bmap import digest_image
 from builder.secrets import store, tokens
-from builder.secrets.pki import make_secrets
+from builder.secrets.pki import CA_VALIDITY, make_secrets
 from builder.spec.load import load_cluster
 from tests.conftest import BUNDLED, file_contents
 from tests.unit.test_kubeconfig import multi_cluster
@@ -797,3 +797,18 @@ def test_replace_reads_the_state_folder_before_it_asks_the_cluster(
     for argv in (["replace", "w1"], ["token", "w1"], ["kubeconfig", "-o", str(site / "k.conf")]):
         assert main([*argv, "-f", cluster_file]) == 2
         refused(capsys, "cluster.pod_subnet", "a running cluster cannot change it")
+
+
+def test_a_ca_that_ends_within_half_a_year_is_named_with_what_to_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(BUNDLED, tmp_path / "cluster.yaml")
+    store.save(tmp_path / ".picluster", make_secrets(datetime.now(UTC) - CA_VALIDITY + timedelta(days=60)))
+    assert main(["render", "-f", str(tmp_path / "cluster.yaml"), "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "pki/ca.crt ends on" in err and "(in 59 days)" in err and "plan a manual CA rotation" in err
+    (tmp_path / "fresh").mkdir()
+    store.save(tmp_path / "fresh/.picluster", make_secrets(datetime.now(UTC)))
+    shutil.copy(BUNDLED, tmp_path / "fresh/cluster.yaml")
+    assert main(["render", "-f", str(tmp_path / "fresh/cluster.yaml"), "-o", str(tmp_path / "out2")]) == 0
+    assert "ends on" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,11 @@ import yaml
 from cryptography import x509
 
 from builder.cli import main
+from builder.cluster.kubeconfig import admin_kubeconfig
 from builder.secrets import store
+from builder.secrets.pki import ADMIN_VALIDITY, CA_VALIDITY, make_secrets
+from builder.spec.load import load_cluster
+from tests.conftest import BUNDLED
 
 OTHER_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB...prod\n-----END CERTIFICATE-----\n").decode()
 STALE_CERT = base64.b64encode(b"an old picluster certificate").decode()
@@ -195,3 +200,19 @@ def test_merge_as_root_leaves_the_kubeconfig_its_owners(site: Path, tmp_path: Pa
     os.chown(config, 1000, 1000)
     assert kubeconfig(site, "--merge", "-o", str(config)) == 0
     assert (config.stat().st_uid, config.stat().st_gid, config.stat().st_mode & 0o777) == (1000, 1000, 0o600)
+
+
+def test_an_admin_certificate_never_outlives_the_ca_that_signed_it() -> None:
+    now = datetime.now(UTC)
+    secrets = make_secrets(now - CA_VALIDITY + timedelta(days=30))
+    written = yaml.safe_load(admin_kubeconfig(load_cluster(BUNDLED), secrets, now))
+    client = x509.load_pem_x509_certificate(
+        base64.b64decode(written["users"][0]["user"]["client-certificate-data"])
+    )
+    ca = x509.load_pem_x509_certificate(secrets.ca.public_pem)
+    assert client.not_valid_after_utc == ca.not_valid_after_utc
+    fresh = yaml.safe_load(admin_kubeconfig(load_cluster(BUNDLED), make_secrets(now), now))
+    client = x509.load_pem_x509_certificate(
+        base64.b64decode(fresh["users"][0]["user"]["client-certificate-data"])
+    )
+    assert client.not_valid_after_utc - now < ADMIN_VALIDITY + timedelta(minutes=1)
