@@ -112,11 +112,27 @@ def test_picluster_verify_passes_what_runs_without_kubernetes(booted: Booted) ->
         "module loaded vxlan",
         "containerd running, SystemdCgroup",
         "agent: status agrees with the node",
+        "certs: daily renewal timer on",
+        "etcd: daily snapshot timer on, the last snapshot taken",
     ):
         assert f"\n{check} " in report and _cell(report, check) == "ok", check  # fmt: skip
     assert _cell(report, "kubelet running with --node-ip") == "skip"
     assert "Kubernetes is not installed on this node (agent phase 'waiting: packages'" in report
     assert "skipped on request (--skip time_synchronised)" in report
+
+
+def test_the_cards_etcd_tools_run_and_debians_own_etcd_stays_off(booted: Booted) -> None:
+    """etcdctl and etcdutl (Debian's, arm64) run on the card for the snapshots; etcd-server's own
+    server is left out and its service masked, so port 2379 stays kubeadm's etcd's; the snapshot
+    waits for kubeadm."""
+    assert "etcdctl version: 3.5" in booted.ssh("etcdctl version").stdout
+    assert "etcdutl version: 3.5" in booted.ssh("etcdutl version").stdout
+    assert booted.ssh("test -e /usr/bin/etcd").returncode != 0
+    assert booted.ssh("systemctl is-enabled etcd.service").stdout.strip() == "masked"
+    assert booted.ssh("ss -Hltn 'sport = :2379'").stdout.strip() == ""
+    assert booted.ssh("systemctl is-enabled picluster-etcd-snapshot.timer").stdout.strip() == "enabled"
+    said = booted.ssh("sudo -n picluster-agent snapshot")
+    assert said.returncode == 0 and "no etcd runs here yet" in said.stdout, said.stdout + said.stderr
 
 
 def _cell(report: str, check: str) -> str:

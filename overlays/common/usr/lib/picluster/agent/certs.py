@@ -62,13 +62,9 @@ def renew_certs(host: Host, config: NodeConfig, state: State) -> int:
             say(f"certs: the first to expire, {name}, expires {_day(expires)}: nothing to renew")
     except (CommandFailed, Unreadable) as error:
         why = error.summary if isinstance(error, CommandFailed) else str(error)
-        record.update(checked_at=now(), error=why)
         state.certificates = record
-        state.save(host)
-        say(
-            f"certs: failed: {why}; the timer tries again tomorrow. Fix: on this node, "
-            "`sudo kubeadm certs check-expiration` and `sudo kubeadm certs renew all`"
-        )
+        fix = "`sudo kubeadm certs check-expiration` and `sudo kubeadm certs renew all`"
+        state.timer_failed(host, "certs", "certificates", "checked_at", why, fix)
         return 1
     record.update(checked_at=now(), first_to_expire=name, expires=_day(expires))
     record.pop("error", None)

@@ -114,7 +114,6 @@ def take_snapshot(host: Host, config: NodeConfig, state: State, send: bool = Fal
     for partial in folder.glob("*.part"):  # etcdctl's, left by a run killed while saving
         partial.unlink()
         say(f"snapshot: removed {partial.name}, left by an interrupted run")
-    record = dict(state.snapshot)
     target = folder / time.strftime("etcd-%Y%m%dT%H%M%SZ.db", time.gmtime())
     try:
         host.run(save_command(host, target), timeout=900)
@@ -123,13 +122,8 @@ def take_snapshot(host: Host, config: NodeConfig, state: State, send: bool = Fal
     except (CommandFailed, Damaged) as error:
         target.unlink(missing_ok=True)
         why = error.summary if isinstance(error, CommandFailed) else str(error)
-        record.update(failed_at=now(), error=why)
-        state.snapshot = record
-        state.save(host)
-        say(
-            f"snapshot: failed: {why}; the timer tries again tomorrow. Fix: on this node, "
-            "`sudo crictl ps --name etcd` (is etcd running?) and `sudo picluster-agent snapshot`"
-        )
+        fix = "`sudo crictl ps --name etcd` (is etcd running?) and `sudo picluster-agent snapshot`"
+        state.timer_failed(host, "snapshot", "snapshot", "failed_at", why, fix)
         return _send_newest(host, config, fresh=False) if send else 1
     kept = sorted(folder.glob("etcd-*.db"))
     for old in kept[:-KEEP]:

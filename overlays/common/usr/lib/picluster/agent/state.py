@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.host import Host
+from agent.host import Host, say
 
 STATE_FILE = "/var/lib/picluster/state.json"
 
@@ -60,6 +60,13 @@ class State:
     def enter(self, host: Host, phase: str, error: str | None = None) -> None:
         self.phase, self.last_error = phase, error
         self.save(host)
+
+    def timer_failed(self, host: Host, job: str, section: str, stamp: str, why: str, fix: str) -> None:
+        """A daily job's failure (certs, snapshot): recorded in its section with when (`stamp`)
+        and why, and said with the fix."""
+        setattr(self, section, {**getattr(self, section), stamp: now(), "error": why})
+        self.save(host)
+        say(f"{job}: failed: {why}; the timer tries again tomorrow. Fix: on this node, {fix}")
 
     def save(self, host: Host) -> None:
         if host.dry_run:
