@@ -255,7 +255,8 @@ def _exposed(state_dir: Path) -> dict[str, str]:
 
 def _exposure(state_dir: Path, exposed: dict[str, str]) -> UserError:
     names = set(exposed)
-    advice = []
+    # the chmod first: every picluster command refuses the folder until it is private
+    advice = [f"make the folder private: chmod -R go= {state_dir} (picluster leaves modes as they are)"]
     if names - {TOKEN_FILE, TOKENS_FILE}:
         advice.append(
             "whoever read a CA key, sa.key or admin.conf can act as the cluster's admin: if anyone may "
@@ -264,13 +265,10 @@ def _exposure(state_dir: Path, exposed: dict[str, str]) -> UserError:
         )
     if names & {TOKEN_FILE, TOKENS_FILE}:
         advice.append(
-            "whoever read a bootstrap token can join a machine of theirs: delete it on the cluster "
+            "whoever read a bootstrap token can join a machine of theirs: then delete it on the cluster "
             "(kubeadm token delete ID) and make a new one for each node whose card carried it "
             "(picluster token NODE)"
         )
-    advice.append(
-        f"then make the folder private: chmod -R go= {state_dir} (picluster leaves modes as they are)"
-    )
     return UserError(
         f"the cluster's secrets in {state_dir} could be read by others:" + _listed(list(exposed.values())),
         "; ".join(advice),

@@ -622,6 +622,7 @@ def test_exposed_keys_are_named_with_who_could_read_them_and_left_as_they_are(
         "chmod -R go= ",
     )
     assert "ca.crt" not in err
+    assert "fix: make the folder private: chmod -R go= " in err, "first: until then every command refuses"
     modes = [stat.S_IMODE((folder / name).stat().st_mode) for name in ("", "pki", "pki/ca.key", "pki/sa.key")]
     assert modes == [0o755, 0o755, 0o644, 0o640], "left as they were"
 
