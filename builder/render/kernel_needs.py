@@ -58,6 +58,10 @@ SYSCTLS = (
     ),
 )
 
-KERNEL_ARGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
-"""The Pi kernels disable the memory cgroup by default; kubelet needs it. The command line has no
-comments, so the reason stays here."""
+KERNEL_ARGS = ("cgroup_enable=memory",)
+"""The Pi firmware puts cgroup_disable=memory on the command line it hands the kernel; kubelet needs
+the memory controller, and only cgroup_enable=memory after it turns it back on (raspberrypi/linux
+#6439, #6980). cgroup_enable=cpuset did nothing (the cpuset controller is on in cgroup v2), and
+cgroup_memory=1 was a Raspberry Pi kernel's own switch that current ones no longer read; preflight
+and verify check cgroup.controllers, whatever the line says. The command line has no comments, so
+the reason stays here."""

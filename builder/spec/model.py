@@ -399,7 +399,17 @@ class ImageSource(Strict):
 
 
 class Base(Strict):
-    suite: Literal["bookworm", "trixie"] = Field("trixie", description="bookworm or trixie")
+    suite: Annotated[
+        Literal["trixie"],
+        _refused(
+            {
+                "bookworm": "its containerd is 1.6.20, below what containerd recommends for every "
+                "Kubernetes picluster supports (1.6.34 and later for 1.31, RELEASES.md; 1.6 itself "
+                "ended in July 2025), and its etcd 3.4 has no etcdutl, which the control planes' "
+                "snapshots and a restore need; use trixie (Debian 13)"
+            }
+        ),
+    ] = Field("trixie", description="trixie (Debian 13); bookworm is refused, with the reason")
     arch: Annotated[
         Literal["arm64"],
         _refused(
@@ -415,6 +425,13 @@ class Base(Strict):
     )
     packages: list[Annotated[str, _matches(DEBIAN_PACKAGE, "a Debian package name")]] = Field(
         [], description="extra Debian packages to install"
+    )
+    pi5_page_size: Literal[4, 16] = Field(
+        4,
+        description="the memory page size in KiB of a Pi 5's kernel on a Raspberry Pi OS base: 4 "
+        "(kernel8.img), on which every container image runs, or 16 (kernel_2712.img, Raspberry Pi "
+        "OS's own default, a little faster), on which images built with jemalloc or tcmalloc abort "
+        "(raspberrypi/bookworm-feedback#107)",
     )
     image: ImageSource | None = Field(
         None, description="start from a downloaded image instead of building Debian"

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from builder.cli import main
 from builder.errors import ConfigError, Problem
+from builder.render.node import render_node
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, fixed_secrets
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -890,3 +891,27 @@ def test_the_deprecated_token_lifetime_still_works_and_validate_says_how_to_writ
     assert ": ok: cluster homelab" in out
     assert f"note: cluster.token_ttl_hours is deprecated: write cluster.{written}" in err
     assert load_cluster(tmp_path / "cluster.yaml").join_window.total_seconds() == hours * 3600
+
+
+def test_bookworm_is_refused_with_what_breaks(bundled_data: dict[str, Any], tmp_path: Path) -> None:
+    bundled_data["base"] = {"suite": "bookworm"}
+    (problem,) = problems_for(bundled_data, tmp_path)
+    assert problem.path == "base.suite"
+    assert "containerd is 1.6.20" in problem.message and "no etcdutl" in problem.message
+    assert "use trixie" in problem.message
+
+
+def test_a_pi5_on_raspberry_pi_os_boots_the_4k_page_kernel_unless_told(tmp_path: Path) -> None:
+    golden = Path(__file__).parent / "golden/raspios-pi5/cluster.yaml"
+    data = yaml.safe_load(golden.read_text())
+    node = next(node["name"] for node in data["nodes"] if node["model"] == "pi5")
+    for size, line in ((None, True), (16, False)):
+        if size is not None:
+            data["base"]["pi5_page_size"] = size
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(data))
+        cluster = load_cluster(path)
+        chosen = next(n for n in cluster.nodes if n.name == node)
+        plan = render_node(cluster, chosen, fixed_secrets())
+        config = next(e.data.decode() for e in plan.files if e.path.name == "config.txt")
+        assert ("kernel=kernel8.img" in config.splitlines()) is line, config
