@@ -36,6 +36,24 @@ the server itself is left out (ETCD_EXCLUDED) and its service masked (overlays/l
 ETCD_EXCLUDED = "path-exclude=/usr/bin/etcd"
 """etcd-server's own server (26 MB), left out of a node's base: the cluster's etcd is kubeadm's
 static pod."""
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+"""The CNI plugins a node runs from Debian's containernetworking-plugins: flannel's conflist
+delegates to bridge with host-local addresses and chains portmap, and the kubelet brings up each
+pod's loopback (overlays/links.yaml puts them in /opt/cni/bin); flannel's own plugin comes with its
+image."""
+TRIMMED = (
+    # device trees of other vendors' boards (qcom, rockchip, freescale, ...): 55 MiB; the Pi's are
+    # under broadcom/, which raspi-firmware copies onto the boot partition
+    "path-exclude=/usr/lib/linux-image-*/*",
+    "path-include=/usr/lib/linux-image-*/broadcom/*",
+    # the 21 CNI plugins no node runs: 45 MiB
+    "path-exclude=/usr/lib/cni/*",
+    *(f"path-include=/usr/lib/cni/{name}" for name in CNI_PLUGINS),
+    # containerd's shims for the runtimes before runc.v2, which the cards' containerd runs: 14 MiB
+    "path-exclude=/usr/bin/containerd-shim",
+    "path-exclude=/usr/bin/containerd-shim-runc-v1",
+)
+"""What no Pi node uses, left out of a Debian base unless base.trim is false."""
 PACKAGES = (
     # boot and system; dbus: runc and kubelet drive systemd's cgroups over D-Bus
     "systemd", "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "zstd", "raspi-firmware",
@@ -78,7 +96,7 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
         "sources": apt_sources(base.suite),
         "packages": packages(cluster),
         "kubernetes": kubernetes_inputs(cluster),
-        "dpkg_options": [*DPKG_OPTIONS, ETCD_EXCLUDED],
+        "dpkg_options": base_dpkg_options(cluster),
         "files": {
             path.relative_to(path.parents[1]).as_posix(): sha256_file(path)
             for path in sorted([*HOOKS, INITRAMFS_MODULES])
@@ -105,6 +123,12 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
     return work / "root"
 
 
+def base_dpkg_options(cluster: Cluster) -> list[str]:
+    """dpkg's filters for a node's base: the quick build's, the etcd server left out, and what no
+    Pi node uses unless base.trim is false."""
+    return [*DPKG_OPTIONS, ETCD_EXCLUDED, *(TRIMMED if cluster.base.trim else ())]
+
+
 def packages(cluster: Cluster) -> list[str]:
     return sorted({*PACKAGES, KERNEL, *cluster_packages(cluster)})
 
@@ -129,7 +153,10 @@ def apt_sources(suite: str) -> list[str]:
 def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = None) -> list[str]:
     """The mmdebstrap call; `kubernetes` is a folder holding `kubernetes.sources` and
     `kubernetes.pref` when the Kubernetes tools go into the image."""
-    command = [*mmdebstrap_options(cluster.base.arch, packages(cluster)), f"--dpkgopt={ETCD_EXCLUDED}"]
+    command = [
+        *mmdebstrap_options(cluster.base.arch, packages(cluster)),
+        *(f"--dpkgopt={option}" for option in base_dpkg_options(cluster)[len(DPKG_OPTIONS) :]),
+    ]
     sources = apt_sources(cluster.base.suite)
     if kubernetes is not None:
         options, source = kubernetes_options(kubernetes)

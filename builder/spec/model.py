@@ -426,6 +426,12 @@ class Base(Strict):
     packages: list[Annotated[str, _matches(DEBIAN_PACKAGE, "a Debian package name")]] = Field(
         [], description="extra Debian packages to install"
     )
+    trim: bool = Field(
+        True,
+        description="leave out of a Debian base what no Pi node uses: other boards' device trees, "
+        "the CNI plugins flannel does not run, containerd's legacy shims (about 115 MiB a card); "
+        "false keeps them",
+    )
     pi5_page_size: Literal[4, 16] = Field(
         4,
         description="the memory page size in KiB of a Pi 5's kernel on a Raspberry Pi OS base: 4 "

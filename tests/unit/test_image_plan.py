@@ -15,7 +15,7 @@ from builder.image.bmap import bmap_text
 from builder.image.layout import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
 from builder.render.plan import FileEntry, NodePlan
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, REPO
 
 EPOCH = 1_700_000_000
 
@@ -121,6 +121,34 @@ def test_mmdebstrap_command_carries_the_package_set() -> None:
         "deb http://deb.debian.org/debian-security trixie-security main non-free-firmware",
     ]
     assert not any("kubeadm" in word for word in command), "firstboot: the node installs them"
+
+
+def test_a_trimmed_base_keeps_the_cni_plugins_the_card_links_and_base_trim_false_keeps_all(
+    tmp_path: Path,
+) -> None:
+    command = debian.mmdebstrap_command(load_cluster(BUNDLED), Path("/tmp/root"))
+    filters = [word.removeprefix("--dpkgopt=") for word in command if word.startswith("--dpkgopt=path-")]
+    assert "path-exclude=/usr/lib/cni/*" in filters and "path-exclude=/usr/bin/etcd" in filters
+    linked = yaml.safe_load((REPO / "overlays/links.yaml").read_text())["common"]
+    plugins = {
+        target.removeprefix("/usr/lib/cni/") for path, target in linked.items() if path.startswith("opt/cni/")
+    }
+    assert plugins == set(debian.CNI_PLUGINS)
+    assert {f"path-include=/usr/lib/cni/{name}" for name in plugins} <= set(filters)
+    assert filters.index("path-include=/usr/lib/linux-image-*/broadcom/*") > filters.index(
+        "path-exclude=/usr/lib/linux-image-*/*"
+    ), "dpkg applies its filters in order: the Pi's device trees come back after the others go"
+    edited = tmp_path / "cluster.yaml"
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["base"] = {"trim": False}
+    edited.write_text(yaml.safe_dump(data))
+    untrimmed = debian.mmdebstrap_command(load_cluster(edited), Path("/tmp/root"))
+    kept = [word for word in untrimmed if word.startswith("--dpkgopt=")]
+    assert not any("/usr/lib/cni" in word or "linux-image-" in word for word in kept)
+    assert "--dpkgopt=path-exclude=/usr/bin/etcd" in untrimmed
+    assert base.cache_key(base.manifest(load_cluster(edited))) != base.cache_key(
+        base.manifest(load_cluster(BUNDLED))
+    )
 
 
 def test_image_mode_adds_the_pinned_kubernetes_repository(tmp_path: Path) -> None:
