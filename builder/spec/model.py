@@ -429,7 +429,7 @@ class Base(Strict):
     trim: bool = Field(
         True,
         description="leave out of a Debian base what no Pi node uses: other boards' device trees, "
-        "the CNI plugins flannel does not run, containerd's legacy shims (about 115 MiB a card); "
+        "the CNI plugins flannel does not run, containerd's legacy shims (108 MiB a card); "
         "false keeps them",
     )
     pi5_page_size: Literal[4, 16] = Field(
