@@ -612,24 +612,21 @@ def _backup(args: argparse.Namespace) -> int:
     check_output(args.out, project.state_dir, None)  # a backup never replaces another
     name = project.cluster.cluster.name
     backup.check(project.state_dir, secrets)
-    held = "the cluster's CA keys"
+    fetched: cluster_snapshot.NoSnapshot | None = None
     if not args.secrets_only:
         shell = ssh.ssh_shell(project.cluster.access.user, args.ssh_config, Runner(args.verbose), timeout=900)
         try:
             taken = cluster_snapshot.fetch(project.cluster, shell, project.state_dir, print)
             print(f"fetched etcd's snapshot {taken.describe()}")
         except cluster_snapshot.NoSnapshot as why:
-            kept = snapshot.load(project.state_dir)
-            _note(
-                f"warning: no control plane sent an etcd snapshot ({why}); the backup holds "
-                + (
-                    f"the one {kept.describe()}"
-                    if kept
-                    else "no snapshot: the cluster's objects are not in it"
-                )
-            )
-    if snapshot.load(project.state_dir) is not None:
-        held += " and its etcd snapshot (every Secret, in clear)"
+            fetched = why
+    kept = snapshot.load(project.state_dir)
+    if fetched is not None:
+        _note(
+            f"warning: no control plane sent an etcd snapshot ({fetched}); the backup holds "
+            + (f"the one {kept.describe()}" if kept else "no snapshot: the cluster's objects are not in it")
+        )
+    held = "the cluster's CA keys" + (" and its etcd snapshot (every Secret, in clear)" if kept else "")
     count = backup.backup(project.state_dir, secrets, name, args.out)
     print(
         f"backed up {count} files of cluster {name} (CA {secrets.ca_cert_hash}) to "

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from builder.cluster.ssh import NodeFailed, NodeShell
@@ -43,7 +44,7 @@ def fetch(
             continue
         previous = snapshot.load(state_dir)
         if previous is not None and previous.restore:
-            taken = snapshot.Snapshot(**{**taken.__dict__, "restore": True})
+            taken = replace(taken, restore=True)
         snapshot.save(state_dir, taken, data)
         return taken
     raise NoSnapshot("; ".join(reasons))

@@ -96,7 +96,7 @@ def inputs(cluster: Cluster) -> dict[str, Any]:
         "sources": apt_sources(base.suite),
         "packages": packages(cluster),
         "kubernetes": kubernetes_inputs(cluster),
-        "dpkg_options": base_dpkg_options(cluster),
+        "dpkg_options": [*DPKG_OPTIONS, *node_filters(cluster)],
         "files": {
             path.relative_to(path.parents[1]).as_posix(): sha256_file(path)
             for path in sorted([*HOOKS, INITRAMFS_MODULES])
@@ -123,10 +123,10 @@ def build_root(cluster: Cluster, work: Path, context: BuildContext) -> Path:
     return work / "root"
 
 
-def base_dpkg_options(cluster: Cluster) -> list[str]:
-    """dpkg's filters for a node's base: the quick build's, the etcd server left out, and what no
-    Pi node uses unless base.trim is false."""
-    return [*DPKG_OPTIONS, ETCD_EXCLUDED, *(TRIMMED if cluster.base.trim else ())]
+def node_filters(cluster: Cluster) -> list[str]:
+    """dpkg's filters a node's base adds to the quick build's (DPKG_OPTIONS): the etcd server left
+    out, and what no Pi node uses unless base.trim is false."""
+    return [ETCD_EXCLUDED, *(TRIMMED if cluster.base.trim else ())]
 
 
 def packages(cluster: Cluster) -> list[str]:
@@ -155,7 +155,7 @@ def mmdebstrap_command(cluster: Cluster, root: Path, kubernetes: Path | None = N
     `kubernetes.pref` when the Kubernetes tools go into the image."""
     command = [
         *mmdebstrap_options(cluster.base.arch, packages(cluster)),
-        *(f"--dpkgopt={option}" for option in base_dpkg_options(cluster)[len(DPKG_OPTIONS) :]),
+        *(f"--dpkgopt={option}" for option in node_filters(cluster)),
     ]
     sources = apt_sources(cluster.base.suite)
     if kubernetes is not None:

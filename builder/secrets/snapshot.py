@@ -40,7 +40,7 @@ class Snapshot:
 def save(state_dir: Path, taken: Snapshot, data: bytes) -> None:
     """The snapshot, then its record (which names its SHA-256, so a kill in between is seen)."""
     write_atomic(state_dir / SNAPSHOT_FILE, data, 0o600)
-    write_atomic(state_dir / RECORD_FILE, json.dumps(asdict(taken), indent=2).encode() + b"\n", 0o600)
+    _write_record(state_dir, taken)
 
 
 def load(state_dir: Path) -> Snapshot | None:
@@ -51,13 +51,16 @@ def load(state_dir: Path) -> Snapshot | None:
     except FileNotFoundError:
         return None
     try:
-        assert isinstance(raw, dict)
-        taken = Snapshot(**raw)
-        assert all(isinstance(getattr(taken, key), str) for key in ("node", "taken_at", "sha256"))
-        assert isinstance(taken.revision, int) and isinstance(taken.keys, int)
-        assert isinstance(taken.restore, bool)
-    except (AssertionError, TypeError):
-        raise _damaged(path) from None
+        taken = Snapshot(**raw) if isinstance(raw, dict) else None
+    except TypeError:  # a key missing or unknown
+        taken = None
+    typed = taken is not None and all(
+        isinstance(getattr(taken, key), kind)
+        for key, kind in (("node", str), ("taken_at", str), ("sha256", str), ("revision", int),
+                          ("keys", int), ("restore", bool))
+    )  # fmt: skip
+    if taken is None or not typed:
+        raise _damaged(path)
     return taken
 
 
@@ -75,8 +78,12 @@ def data(state_dir: Path, taken: Snapshot) -> bytes:
 
 def mark_restore(state_dir: Path, taken: Snapshot) -> Snapshot:
     marked = replace(taken, restore=True)
-    write_atomic(state_dir / RECORD_FILE, json.dumps(asdict(marked), indent=2).encode() + b"\n", 0o600)
+    _write_record(state_dir, marked)
     return marked
+
+
+def _write_record(state_dir: Path, taken: Snapshot) -> None:
+    write_atomic(state_dir / RECORD_FILE, json.dumps(asdict(taken), indent=2).encode() + b"\n", 0o600)
 
 
 def _damaged(path: Path) -> UserError:

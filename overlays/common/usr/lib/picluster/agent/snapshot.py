@@ -124,7 +124,7 @@ def take_snapshot(host: Host, config: NodeConfig, state: State, send: bool = Fal
         why = error.summary if isinstance(error, CommandFailed) else str(error)
         fix = "`sudo crictl ps --name etcd` (is etcd running?) and `sudo picluster-agent snapshot`"
         state.timer_failed(host, "snapshot", "snapshot", "failed_at", why, fix)
-        return _send_newest(host, config, fresh=False) if send else 1
+        return _send_newest(host, config, None) if send else 1
     kept = sorted(folder.glob("etcd-*.db"))
     for old in kept[:-KEEP]:
         old.unlink()
@@ -139,10 +139,12 @@ def take_snapshot(host: Host, config: NodeConfig, state: State, send: bool = Fal
     state.snapshot = record
     state.save(host)
     say(f"snapshot: {target} ({found['totalKey']} keys, revision {found['revision']}); {record['kept']} kept")
-    return _send_newest(host, config, fresh=True) if send else 0
+    return _send_newest(host, config, (target, found)) if send else 0
 
 
-def _send_newest(host: Host, config: NodeConfig, fresh: bool) -> int:
+def _send_newest(host: Host, config: NodeConfig, fresh: tuple[Path, dict[str, int]] | None) -> int:
+    """Print the newest kept snapshot as JSON; `fresh`: the one just taken and etcdutl's reading of
+    it (None: taking one failed, and the newest kept one is read)."""
     kept = sorted(host.path(SNAPSHOTS).glob("etcd-*.db"))
     if not kept:
         say("snapshot: none kept on this node to send")
@@ -153,7 +155,7 @@ def _send_newest(host: Host, config: NodeConfig, fresh: bool) -> int:
         say(f"snapshot: {newest.name} is {len(data) >> 20} MiB, over the {MAX_SEND >> 20} MiB a backup takes")
         return 1
     try:
-        found = status(host, newest)
+        found = fresh[1] if fresh and fresh[0] == newest else status(host, newest)
     except Damaged as error:
         say(f"snapshot: {error}")
         return 1
@@ -162,7 +164,7 @@ def _send_newest(host: Host, config: NodeConfig, fresh: bool) -> int:
         "node": config.name,
         "file": newest.name,
         "taken_at": taken,
-        "fresh": fresh,
+        "fresh": fresh is not None,
         "revision": found["revision"],
         "keys": found["totalKey"],
         "sha256": hashlib.sha256(data).hexdigest(),
