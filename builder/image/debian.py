@@ -41,6 +41,9 @@ CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 delegates to bridge with host-local addresses and chains portmap, and the kubelet brings up each
 pod's loopback (overlays/links.yaml puts them in /opt/cni/bin); flannel's own plugin comes with its
 image."""
+MODULES = "/usr/lib/modules/*/kernel"
+PI_WIFI = ("43430", "43455")
+"""The Wi-Fi chips of the Pi 3 (43430) and the Pi 3B+, 4 and 400 (43455), whose firmware stays."""
 TRIMMED = (
     # device trees of other vendors' boards (qcom, rockchip, freescale, ...): 55 MiB; the Pi's are
     # under broadcom/, which raspi-firmware copies onto the boot partition
@@ -52,7 +55,42 @@ TRIMMED = (
     # containerd's shims for the runtimes before runc.v2, which the cards' containerd runs: 14 MiB
     "path-exclude=/usr/bin/containerd-shim",
     "path-exclude=/usr/bin/containerd-shim-runc-v1",
-)
+    # the GPU firmware's camera (start_x), debug (start_db) and cut-down (start_cd) builds, which
+    # only config.txt's start_x, start_debug or gpu_mem=16 select; raspi-firmware copies what is
+    # left onto the boot partition, so each counts twice: 32 MiB
+    "path-exclude=/usr/lib/raspi-firmware/start*",
+    "path-exclude=/usr/lib/raspi-firmware/fixup*",
+    *(f"path-include=/usr/lib/raspi-firmware/{name}" for name in
+      ("start.elf", "fixup.dat", "start4.elf", "fixup4.dat")),
+    # Wi-Fi firmware of chips no Pi has: 15 MiB
+    "path-exclude=/usr/lib/firmware/brcm/*",
+    "path-exclude=/usr/lib/firmware/cypress/*",
+    *(f"path-include=/usr/lib/firmware/brcm/brcmfmac{chip}-sdio.*" for chip in PI_WIFI),
+    *(f"path-include=/usr/lib/firmware/cypress/cyfmac{chip}-sdio.*" for chip in PI_WIFI),
+    # kernel modules for hardware no Pi has, or a cluster node does not drive: cameras and TV
+    # tuners (but CEC, which the Pi's HDMI driver vc4 needs), other vendors' GPUs, Wi-Fi and
+    # Ethernet chips (the Pi's own and every USB adapter stay), sensors, InfiniBand, and sound
+    # cards but the Pi's: 38 MiB. Netfilter, overlay, vxlan, bridge, NFS, iSCSI, rbd, device
+    # mapper and USB storage are all kept.
+    f"path-exclude={MODULES}/drivers/media/*",
+    f"path-include={MODULES}/drivers/media/cec/*",
+    f"path-exclude={MODULES}/drivers/gpu/drm/*/*",
+    *(f"path-include={MODULES}/drivers/gpu/drm/{name}/*" for name in
+      ("vc4", "v3d", "display", "tiny", "panel", "bridge", "scheduler", "ttm")),
+    f"path-exclude={MODULES}/drivers/net/wireless/*",
+    f"path-include={MODULES}/drivers/net/wireless/broadcom/brcm80211/*",
+    f"path-exclude={MODULES}/drivers/net/ethernet/*",
+    f"path-include={MODULES}/drivers/net/ethernet/broadcom/*",
+    f"path-exclude={MODULES}/drivers/iio/*",
+    f"path-exclude={MODULES}/drivers/infiniband/*",
+    *(f"path-exclude={MODULES}/sound/{name}/*" for name in ("pci", "usb", "firewire")),
+    f"path-exclude={MODULES}/sound/soc/*/*",
+    f"path-include={MODULES}/sound/soc/bcm/*",
+    # udev's hardware database sources (device names, keyboard maps of laptops): 9 MiB
+    "path-exclude=/usr/lib/udev/hwdb.d/*",
+    # glibc's converters between character sets other than UTF-8 and Latin-1 (built in): 8 MiB
+    "path-exclude=/usr/lib/*/gconv/*",
+)  # fmt: skip
 """What no Pi node uses, left out of a Debian base unless base.trim is false."""
 PACKAGES = (
     # boot and system; dbus: runc and kubelet drive systemd's cgroups over D-Bus
@@ -67,8 +105,11 @@ PACKAGES = (
     # the first-boot agent
     "python3", "python3-yaml", "python3-requests",
     # Kubernetes node prerequisites (kubeadm's preflight checks for several of these)
-    "containerd", "containernetworking-plugins", "iptables", "conntrack", "ebtables", "ethtool",
-    "socat", *ETCD_TOOLS,
+    # (iptables brings ebtables-nft as ebtables; Debian's ebtables package is the legacy tool, pulls
+    # in Perl, 55 MiB, and kubeadm no longer checks for it: kubernetes#127151, in 1.32 and the
+    # patch releases of 1.28 to 1.31)
+    "containerd", "containernetworking-plugins", "iptables", "conntrack", "ethtool", "socat",
+    *ETCD_TOOLS,
 )  # fmt: skip
 VIRTUAL_IP_PACKAGES = ("keepalived", "haproxy")
 """What serves a control_plane_endpoint in the nodes' LAN on the control planes, as system services

@@ -429,8 +429,10 @@ class Base(Strict):
     trim: bool = Field(
         True,
         description="leave out of a Debian base what no Pi node uses: other boards' device trees, "
-        "the CNI plugins flannel does not run, containerd's legacy shims (108 MiB a card); "
-        "false keeps them",
+        "Wi-Fi firmware and kernel modules (cameras, other GPUs, Wi-Fi and Ethernet chips, sound "
+        "cards), the CNI plugins flannel does not run, containerd's legacy shims, the GPU "
+        "firmware's camera and debug builds; every module Kubernetes and cluster storage load "
+        "stays; false keeps every file",
     )
     pi5_page_size: Literal[4, 16] = Field(
         4,

@@ -173,6 +173,56 @@ def test_module_index_is_made_for_the_kernel(real_base: BaseImage) -> None:
     assert len(read_root(real_base, f"/{modules}/modules.dep.bin")) > 10_000
 
 
+KEPT_MODULES = {
+    # what Kubernetes and flannel load: netfilter, the bridge, overlay, vxlan, IPVS
+    "net/netfilter/nf_conntrack", "net/bridge/br_netfilter", "fs/overlayfs/overlay",
+    "drivers/net/vxlan/vxlan", "net/netfilter/ipvs/ip_vs", "net/netfilter/xt_comment",
+    # cluster storage: NFS, iSCSI, Ceph's rbd, device mapper (LVM, Longhorn), USB disks
+    "fs/nfs/nfs", "fs/nfs/nfsv4", "drivers/scsi/iscsi_tcp", "drivers/block/rbd", "drivers/md/dm-mod",
+    "drivers/usb/storage/usb-storage",
+    # the Pis' own hardware: Ethernet (Pi 4, Pi 3), Wi-Fi, HDMI
+    "drivers/net/ethernet/broadcom/genet/genet", "drivers/net/usb/lan78xx", "drivers/net/usb/smsc95xx",
+    "drivers/net/wireless/broadcom/brcm80211/brcmfmac/brcmfmac", "drivers/gpu/drm/vc4/vc4",
+}  # fmt: skip
+TRIMMED_MODULES = ("drivers/gpu/drm/amd/", "drivers/media/usb/", "drivers/net/wireless/realtek/",
+                   "drivers/net/ethernet/intel/", "sound/pci/", "drivers/infiniband/")  # fmt: skip
+
+
+def test_a_trimmed_base_keeps_what_nodes_load_and_drops_what_no_pi_has(real_base: BaseImage) -> None:
+    """base.trim's dpkg filters, read off the image: every module a node or its storage needs is
+    there with what it depends on (depmod's index), and the hardware of other boards is not."""
+    (modules,) = [
+        path for path in real_base.dirs if path.startswith("usr/lib/modules/") and path.count("/") == 3
+    ]
+    index = read_root(real_base, f"/{modules}/modules.dep").decode()
+    dependencies = {
+        line.split(":")[0].removeprefix("kernel/").removesuffix(".ko.xz"): line.split(":")[1].split()
+        for line in index.splitlines()
+    }
+    assert dependencies.keys() >= KEPT_MODULES, sorted(KEPT_MODULES - dependencies.keys())
+    files = set(real_base.others)
+    for name in KEPT_MODULES:
+        for needed in [f"kernel/{name}.ko.xz", *dependencies[name]]:
+            assert f"{modules}/{needed}" in files, f"{name} needs {needed}, which the base left out"
+    assert "kernel/drivers/media/cec/core/cec.ko.xz" in dependencies["drivers/gpu/drm/vc4/vc4"]
+    assert not [name for name in dependencies if name.startswith(TRIMMED_MODULES)]
+    assert {"start.elf", "fixup.dat", "start4.elf", "fixup4.dat"} <= boot_files(real_base)
+    assert not {"start_x.elf", "start4db.elf", "start_cd.elf"} & boot_files(real_base)
+    assert not [path for path in real_base.others if path.startswith("usr/share/perl/")], (
+        "perl beyond perl-base: only Debian's legacy ebtables pulled it in"
+    )
+    assert "usr/sbin/ebtables" in real_base.others, "iptables brings ebtables-nft"
+    assert not [path for path in real_base.others if path.startswith("usr/lib/firmware/brcm/brcmfmac4366")]
+
+
+def test_dpkg_on_the_card_keeps_the_bases_filters_and_syncs_what_it_writes(real_base: BaseImage) -> None:
+    """The dpkg options mmdebstrap leaves in the image: a later upgrade on the node leaves out what
+    the base did, and dpkg there is not running with the build's force-unsafe-io."""
+    options = read_root(real_base, "/etc/dpkg/dpkg.cfg.d/99mmdebstrap").decode().splitlines()
+    assert "path-exclude=/usr/lib/cni/*" in options and "path-exclude=/usr/bin/etcd" in options
+    assert "force-unsafe-io" not in options, "a power cut during an upgrade could leave empty files"
+
+
 def test_certificate_store_links_the_trusted_authorities(real_base: BaseImage) -> None:
     """update-ca-certificates runs natively at the end of the build: its links must name the
     certificates where the node sees them, not where the build machine saw them."""

@@ -51,6 +51,11 @@ if [ -d "$dtbs" ]; then
     cp "$dtbs"/bcm*rpi*.dtb "$firmware"/
 fi
 
+# mmdebstrap leaves its dpkg options in the image: the path filters stay, so upgrades on the node
+# keep leaving out what the base left out; force-unsafe-io goes, since it sped up this build but
+# on a card would let a power cut during an upgrade leave empty or truncated files behind dpkg.
+sed -i '/^force-unsafe-io$/d' "$root/etc/dpkg/dpkg.cfg.d/99mmdebstrap"
+
 systemctl --root="$root" enable systemd-networkd.service systemd-timesyncd.service
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_* "$root/etc/hostname"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log
