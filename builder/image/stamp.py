@@ -116,6 +116,9 @@ def remove_staged(images: Path) -> None:
 
 def stamp(base: BaseImage, plan: NodePlan, image: Path, epoch: int, runner: Runner) -> None:
     """Copy the base image to `image` and write the node's files into it."""
+    # cp makes a new file twice as fast as it fills an existing empty one (0.18 against 0.38 s
+    # for the base here), such as the build's reserved scratch name
+    image.unlink(missing_ok=True)
     runner.run(["cp", "--reflink=auto", "--sparse=always", str(base.image), str(image)])
     env = tool_env(epoch)
     # staged beside the image, not in /tmp: a control plane's files include the cluster's CA keys,
