@@ -1,4 +1,4 @@
-"""The real flanneld v0.10.0 on the flannel lab's three nodes (tests/integration/flannel_lab.py):
+"""The real flanneld v0.10.0 on the flannel lab's three nodes (tests/support/flannel_lab.py):
 seconds from flanneld's start to a lease, and to the first pod-to-pod ping across nodes.
 
 Run as root (network namespaces); the first run builds flanneld (about 2 minutes), later ones
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.image.context import default_cache
-from tests.integration.flannel_lab import flannel_lab
+from tests.support.flannel_lab import flannel_lab
 
 
 def main() -> None:

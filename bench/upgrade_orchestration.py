@@ -1,5 +1,5 @@
 """picluster upgrade's own time per node: everything but the node's programs, which are stood in
-(tests/integration/upgrade_lab.py: kubeadm, apt and systemctl answer at once, the API server is a
+(tests/support/upgrade_lab.py: kubeadm, apt and systemctl answer at once, the API server is a
 stand-in on a LAN of the bench's own). What is left is picluster's share of an upgrade: starting
 each node's agent (here locally, on a Pi over SSH as well), the drain's API calls and polling, the
 wait for Ready, and recording each step.
@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.progress import silent
-from tests.integration.api_standin import on_a_lan_of_its_own
-from tests.integration.upgrade_lab import upgrade_lab
+from tests.support.api_standin import on_a_lan_of_its_own
+from tests.support.upgrade_lab import upgrade_lab
 
 RESULTS = Path(__file__).with_suffix(".json")
 

@@ -1,6 +1,6 @@
 """How long a client of the control_plane_endpoint gets no answer when the control plane holding
 the virtual IP fails, with Debian's real keepalived and haproxy and the rendered configuration
-(tests/integration/virtual_ip_lab.py: three control planes in network namespaces).
+(tests/support/virtual_ip_lab.py: three control planes in network namespaces).
 
 Run as root (network namespaces), about a minute per round:
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.virtual_ip_lab import REQUEST_TIMEOUT_S, Lab, virtual_ip_lab
+from tests.support.virtual_ip_lab import REQUEST_TIMEOUT_S, Lab, virtual_ip_lab
 
 RESULTS = Path(__file__).with_suffix(".json")
 POLL_S = 0.1

@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         "verify",
         _verify,
         help="check the booted nodes over SSH (testinfra)",
-        description="Run the testinfra suite in tests/verify against every node in cluster.yaml, "
+        description="Run picluster's testinfra suite against every node in cluster.yaml, "
         "over SSH as access.user at the node's address, and print a check-by-node table. Nodes "
         "that do not answer ssh within seconds are named, with ssh's reason, and left out. Exits "
         "non-zero when a check fails or a node does not answer.",

@@ -1,8 +1,9 @@
 """Where picluster's own files are: the overlays, the firmware templates and the verify suite.
 
 They are found with importlib.resources, as package data of `builder`. An installed wheel carries
-them inside the package (pyproject.toml maps each top-level folder into it); a source checkout
-keeps them where the repository's layout has them, at its top.
+the overlays and firmware inside the package (pyproject.toml maps each top-level folder into it);
+a source checkout keeps them where the repository's layout has them, at its top. The verify suite
+is a package of its own, builder.cluster.verify_suite, in both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _shipped(name: str, in_checkout: str) -> Path:
 
 OVERLAYS_DIR = _shipped("overlays", "overlays")
 FIRMWARE_DIR = _shipped("firmware", "firmware")
-VERIFY_SUITE = _shipped("verify_suite", "tests/verify")
+VERIFY_SUITE = PACKAGE / "cluster" / "verify_suite"
 AGENT_DIR = OVERLAYS_DIR / "common/usr/lib/picluster/agent"
 
 

@@ -1,6 +1,6 @@
-"""`picluster verify`: reach every node over SSH, run the testinfra suite (tests/verify) against
-those that answer, counting its checks as they finish, and print one table, a row per check and a
-column per node, then what failed and how to fix it."""
+"""`picluster verify`: reach every node over SSH, run the testinfra suite (verify_suite/, beside
+this module) against those that answer, counting its checks as they finish, and print one table,
+a row per check and a column per node, then what failed and how to fix it."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ import os
 import pytest
 
 from builder.spec.model import ImageSource
-from tests.e2e.machines import Card, make_card
-from tests.integration.conftest import raspios_standin_source, require_tools
-from tests.integration.registry import registry
+from tests.support.host import require_tools
+from tests.support.machines import Card, make_card
+from tests.support.raspios_standin import raspios_standin_source
+from tests.support.registry import registry
 
 __all__ = ["raspios_standin_source"]
 
@@ -27,5 +28,5 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> Card:
 
 @pytest.fixture(scope="session")
 def raspios_card(tmp_path_factory: pytest.TempPathFactory, raspios_standin_source: ImageSource) -> Card:
-    """A Pi 5's card on the Raspberry Pi OS stand-in (tests/integration/raspios_standin.py)."""
+    """A Pi 5's card on the Raspberry Pi OS stand-in (tests/support/raspios_standin.py)."""
     return make_card(tmp_path_factory.mktemp("e2e-raspios"), "pi5", raspios_standin_source)

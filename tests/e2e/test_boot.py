@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from builder.image.layout import ROOT_OFFSET
-from tests.e2e.machines import (
+from tests.support.apt_repository import make_repository
+from tests.support.host import require_tools
+from tests.support.machines import (
     CARD_SIZE,
     Booted,
     Card,
@@ -23,8 +25,6 @@ from tests.e2e.machines import (
     picluster_verify,
     stamp_with_test_unit,
 )
-from tests.integration.apt_repository import make_repository
-from tests.integration.conftest import require_tools
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 
 from builder.image.base import ensure_base
 from builder.spec.load import load_cluster
-from tests.e2e.machines import Booted, Card, agent_state_when, boot, quiet_context
+from tests.support.machines import Booted, Card, agent_state_when, boot, quiet_context
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.e2e.machines import vm
+from tests.support.machines import vm
+from tests.support.project import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ def test_a_second_guest_is_refused_while_one_runs(tmp_path: Path) -> None:
 def test_a_guest_dies_with_a_pytest_killed_outright(tmp_path: Path) -> None:
     """Ctrl-C unwinds the fixtures; a SIGKILL does not, and the kernel stops the guest then."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tests.e2e.machines import vm\n"
+        [sys.executable, "-c", "import sys, time; from tests.support.machines import vm\n"
          "with vm(['sleep', '600'], None) as guest:\n    print(guest.pid, flush=True); time.sleep(600)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -12,8 +12,16 @@ import yaml
 
 from builder.image.layout import ROOT_OFFSET
 from builder.render.plan import FileEntry
-from tests.e2e.machines import EMERGENCY, Card, boot_files, card_cmdline, keep_log, stamp_with_test_unit, vm
-from tests.integration.conftest import require_tools
+from tests.support.host import require_tools
+from tests.support.machines import (
+    EMERGENCY,
+    Card,
+    boot_files,
+    card_cmdline,
+    keep_log,
+    stamp_with_test_unit,
+    vm,
+)
 
 pytestmark = pytest.mark.e2e
 

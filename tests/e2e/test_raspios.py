@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.machines import Booted, Card, agent_state_when, boot, on_a_4_gib_card, picluster_verify
+from tests.support.machines import Booted, Card, agent_state_when, boot, on_a_4_gib_card, picluster_verify
 
 pytestmark = pytest.mark.e2e
 

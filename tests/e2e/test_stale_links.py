@@ -7,7 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.machines import Booted, Card, agent_state_when, boot, picluster_verify, stamp_with_test_unit
+from tests.support.machines import (
+    Booted,
+    Card,
+    agent_state_when,
+    boot,
+    picluster_verify,
+    stamp_with_test_unit,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from agent.api import NotReady, wait_until_ready
 from agent.host import Backoff
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.agent_support import api_server_standin, make_ca, make_server_cert
+from tests.support.agent import api_server_standin, make_ca, make_server_cert
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """`picluster-agent certs`, the daily check that renews kubeadm's certificates on a control plane
-before they expire: kubeadm stood in (tests/standins.py: real certificates signed by the card's
+before they expire: kubeadm stood in (tests/support/standins.py: real certificates signed by the card's
 CAs, `certs check-expiration -o json` and `certs renew all` as upstream's do them), the clock moved
 by the real libfaketime."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.agent_support import (
+from tests.support.agent import (
     AGENT_LAUNCHER,
     agent_command,
     agent_env,

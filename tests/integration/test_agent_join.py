@@ -1,5 +1,5 @@
 """`picluster-agent join` and `run`, with kubeadm, kubelet and kubectl stood in by recording
-programs (tests/agent_support.py) and the API server by an HTTPS stand-in on 127.0.0.1."""
+programs (tests/support/agent.py) and the API server by an HTTPS stand-in on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from agent.host import Host
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from builder.secrets.pki import ca_cert_hash
-from tests.agent_support import (
+from tests.support.agent import (
     HA_CLUSTER,
     agent_command,
     agent_env,
@@ -38,8 +38,8 @@ from tests.agent_support import (
     run_until_phase,
     state,
 )
-from tests.conftest import fixed_secrets
-from tests.integration.conftest import serve_folder
+from tests.support.host import serve_folder
+from tests.support.project import fixed_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ def test_a_control_plane_join_retried_after_a_reset_still_has_the_cas(tmp_path: 
 
 def test_a_control_plane_joining_while_another_is_a_learner_tries_again_until_it_can(tmp_path: Path) -> None:
     """Two control-plane cards booted together: etcd holds one learner at a time, so the second
-    join fails at control-plane-join/etcd (tests/standins.py) and is reset and retried, and joins
+    join fails at control-plane-join/etcd (tests/support/standins.py) and is reset and retried, and joins
     once the first member is promoted."""
     ca = make_ca("cluster CA")
     with api_server_standin(*make_server_cert(ca), tmp_path) as port:
@@ -275,7 +275,7 @@ def test_a_worker_records_why_it_waits_for_the_api_server(tmp_path: Path) -> Non
 
 
 def test_a_replacement_card_records_why_kubeadm_refuses_and_the_fix(tmp_path: Path) -> None:
-    """The old card's Node is still Ready: kubeadm refuses the join (tests/standins.py), and the
+    """The old card's Node is still Ready: kubeadm refuses the join (tests/support/standins.py), and the
     agent keeps trying, recording kubeadm's words and what to run on the build machine."""
     ca = make_ca("cluster CA")
     with api_server_standin(*make_server_cert(ca), tmp_path) as port:

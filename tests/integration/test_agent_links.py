@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_support import agent_command, node_root, state
-from tests.conftest import AGENT_LIB
+from tests.support.agent import agent_command, node_root, state
+from tests.support.project import AGENT_LIB
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """picluster talking to an API server that misbehaves, and killed while it talks: a server that
 stalls or dribbles ends `status` and `token` at a deadline that names it, an odd answer is named
-without a traceback, and no admin key is ever left on disk (tests/integration/api_standin.py)."""
+without a traceback, and no admin key is ever left on disk (tests/support/api_standin.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from builder import cli
 from builder.cli import main
 from builder.cluster import api
 from builder.secrets.pki import make_secrets
-from tests.conftest import REPO, fixed_secrets
-from tests.integration.api_standin import APIStandin, api_standin
-from tests.integration.test_grow import node_item, project
+from tests.support.api_standin import APIStandin, api_standin
+from tests.support.built_project import node_item, project
+from tests.support.project import REPO, fixed_secrets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 

@@ -24,8 +24,8 @@ from builder.run import Runner
 from builder.spec.boards import boards
 from builder.spec.load import load_cluster
 from builder.spec.names import time_zones, wifi_countries
-from tests.conftest import BUNDLED
-from tests.integration.conftest import TOOLS, require_tools
+from tests.support.host import TOOLS, require_tools
+from tests.support.project import BUNDLED
 
 pytestmark = pytest.mark.integration
 
@@ -312,7 +312,7 @@ def test_a_node_card_on_the_real_base(real_base: BaseImage, tmp_path: Path) -> N
     """The whole path on the real base: the card's boot partition has what its model boots from."""
     from builder.image.build import build_images
     from builder.progress import silent
-    from tests.conftest import fixed_secrets
+    from tests.support.project import fixed_secrets
 
     cluster = load_cluster(BUNDLED)
     images = tmp_path / "images"
@@ -340,7 +340,7 @@ def test_a_folder_or_fifo_where_an_output_goes_stops_the_build_before_any_card(
     from builder.errors import UserError
     from builder.image.build import build_images
     from builder.progress import silent
-    from tests.conftest import fixed_secrets
+    from tests.support.project import fixed_secrets
 
     images = tmp_path / "images"
     (images / "w1.img").mkdir(parents=True)

@@ -23,7 +23,7 @@ from builder.render.images import node_images
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.agent_support import (
+from tests.support.agent import (
     calls,
     install_standins,
     kube_calls,
@@ -32,9 +32,9 @@ from tests.agent_support import (
     run_until_phase,
     state,
 )
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, publish_flannel_image, publish_tiny_base
-from tests.integration.registry import Registry, containerd, registry
+from tests.support.host import TINY_EPOCH, publish_flannel_image, publish_tiny_base
+from tests.support.project import BUNDLED, fixed_secrets
+from tests.support.registry import Registry, containerd, registry
 
 pytestmark = pytest.mark.integration
 

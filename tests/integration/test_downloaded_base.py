@@ -29,8 +29,8 @@ from builder.progress import Reporter, silent
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster, ImageSource
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.conftest import TOOLS, require_tools, serve_folder
+from tests.support.host import TOOLS, require_tools, serve_folder
+from tests.support.project import BUNDLED, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

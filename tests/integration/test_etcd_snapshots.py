@@ -2,13 +2,13 @@
 
 The programs are Debian trixie's etcd-server and etcd-client (etcd, etcdctl and etcdutl 3.5),
 what every card carries (builder/image/debian.py ETCD_TOOLS), fetched for this machine into the
-test cache (tests/integration/debian_packages.py). etcd runs as kubeadm runs it
-(tests/integration/etcd_lab.py: its flags and TLS layout, certificates from the state folder's
+test cache (tests/support/debian_packages.py). etcd runs as kubeadm runs it
+(tests/support/etcd_lab.py: its flags and TLS layout, certificates from the state folder's
 etcd CA) in a network namespace holding cp1's address, and the agent runs in the same namespace
 on a folder standing for cp1's card, so 127.0.0.1:2379 is that member, as on a card. The agent's
 commands are the card's: its snapshot (etcdctl save, etcdutl status), the `--send` picluster
 backup fetches, and its restore (etcdutl restore) before `kubeadm init`, which is the one
-STAND-IN here (tests/standins.py: its preflight refuses a non-empty /var/lib/etcd unless the
+STAND-IN here (tests/support/standins.py: its preflight refuses a non-empty /var/lib/etcd unless the
 check is ignored, as upstream's checks.go DirAvailableCheck does). The restored data is then
 served by a real etcd again and read back.
 """
@@ -38,10 +38,10 @@ from builder.render.tree import write_trees
 from builder.secrets import snapshot, store
 from builder.spec.load import load_cluster
 from builder.spec.model import Node
-from tests.agent_support import AGENT_LAUNCHER, FAST, calls, install_standins, state
-from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration import debian_packages
-from tests.integration.etcd_lab import etcd_flags, ns, write_pki
+from tests.support import debian_packages
+from tests.support.agent import AGENT_LAUNCHER, FAST, calls, install_standins, state
+from tests.support.etcd_lab import etcd_flags, ns, write_pki
+from tests.support.project import BUNDLED, REPO, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

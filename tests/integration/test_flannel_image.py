@@ -18,8 +18,8 @@ from builder.image import flannel_image
 from builder.image.flannel_image import FlannelImage, build_flannel_image
 from builder.progress import silent
 from builder.run import Runner
-from tests.integration.registry import containerd
-from tests.integration.upstream import SHARED
+from tests.support.registry import containerd
+from tests.support.upstream import SHARED
 
 pytestmark = pytest.mark.integration
 

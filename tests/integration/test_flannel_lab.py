@@ -1,5 +1,5 @@
 """The real flanneld v0.10.0, driven by exactly what picluster renders, in a lab of the bundled
-cluster (tests/integration/flannel_lab.py): each seed failure reproduced with the real program,
+cluster (tests/support/flannel_lab.py): each seed failure reproduced with the real program,
 and picluster's fix for it shown to cure it.
 
 - "pod cidr not assigned" (second seed): kubeadm not given the pod network; picluster's
@@ -28,10 +28,10 @@ import pytest
 
 from builder.errors import UserError
 from builder.image.context import default_cache
-from tests.agent_support import agent_command
-from tests.conftest import file_contents, fixed_secrets
-from tests.integration.api_standin import api_standin
-from tests.integration.flannel_lab import WIFI_NODE, WLAN0, Lab, LabError, Pod, flannel_lab
+from tests.support.agent import agent_command
+from tests.support.api_standin import api_standin
+from tests.support.flannel_lab import WIFI_NODE, WLAN0, Lab, LabError, Pod, flannel_lab
+from tests.support.project import file_contents, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

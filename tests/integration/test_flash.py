@@ -25,8 +25,8 @@ from builder.image.layout import BOOT_OFFSET, ROOT_OFFSET
 from builder.progress import silent
 from builder.run import Runner
 from builder.spec.model import Cluster
-from tests.conftest import fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, publish_tiny_base, require_tools
+from tests.support.host import TINY_EPOCH, publish_tiny_base, require_tools
+from tests.support.project import fixed_secrets
 
 pytestmark = pytest.mark.integration
 

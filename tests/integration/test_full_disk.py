@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from tests.conftest import BUNDLED, file_contents
-from tests.integration.conftest import mounted
+from tests.support.host import mounted
+from tests.support.project import BUNDLED, file_contents
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Growing the cluster: bootstrap tokens, the admin kubeconfig and `picluster status`, against
-a stand-in API server (tests/integration/api_standin.py) on a LAN of the test's own."""
+a stand-in API server (tests/support/api_standin.py) on a LAN of the test's own."""
 
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from cryptography import x509
 
 from builder.cli import main
 from builder.project import Project
-from builder.secrets import store
 from builder.secrets.tokens import TOKENS_FILE
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, FIXED_TOKEN, fixed_secrets
-from tests.integration.api_standin import BUILDER, APIStandin, api_standin
-from tests.integration.conftest import TINY_EPOCH, mounted, publish_tiny_base
+from tests.support.api_standin import BUILDER, APIStandin, api_standin
+from tests.support.built_project import OLD_TOKEN, node_item, project
+from tests.support.host import TINY_EPOCH, mounted, publish_tiny_base
+from tests.support.project import fixed_secrets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 
-OLD_TOKEN = FIXED_TOKEN
 OWN_TOKENS = {
     "cp1": "cp1aaa.0123456789abcdef",
     "w1": "w1aaaa.0123456789abcdef",
@@ -45,24 +44,6 @@ def api(tmp_path: Path, lan: ipaddress.IPv4Address) -> Iterator[APIStandin]:
 def nobody_listens() -> str:
     """An endpoint cluster.yaml accepts where nothing answers."""
     return f"{BUILDER}:9"
-
-
-def project(tmp_path: Path, endpoint: str, record: dict[str, Any] | None = None) -> Path:
-    """A cluster.yaml with three nodes already built, and its .picluster/ with `record` as its
-    tokens.json (by default one from before per-node tokens: every node on one shared token)."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    data = yaml.safe_load(BUNDLED.read_text())
-    data["cluster"]["control_plane_endpoint"] = endpoint
-    (folder / "cluster.yaml").write_text(yaml.safe_dump(data))
-    store.save(folder / ".picluster", fixed_secrets())
-    shared = {
-        "current": OLD_TOKEN,
-        "issued_at": (datetime.now(UTC) - timedelta(days=3)).isoformat(),
-        "nodes": dict.fromkeys(["cp1", "w1", "w2"], OLD_TOKEN),
-    }
-    (folder / ".picluster" / TOKENS_FILE).write_text(json.dumps(record or shared))
-    return folder / "cluster.yaml"
 
 
 def per_node_record() -> dict[str, Any]:
@@ -380,17 +361,6 @@ def test_kubeconfig_on_a_full_disk_leaves_the_previous_file(
         assert len(err.splitlines()) <= 3
         assert out.read_bytes() == before
         assert sorted(path.name for path in small_disk.iterdir()) == ["admin.conf", "filler"]
-
-
-def node_item(name: str, ready: str, ip: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "status": {
-            "conditions": [{"type": "Ready", "status": ready}],
-            "nodeInfo": {"kubeletVersion": "v1.34.2"},
-            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-        },
-    }
 
 
 def test_status_shows_images_and_the_clusters_view(

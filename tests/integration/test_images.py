@@ -29,14 +29,14 @@ from builder.run import Runner
 from builder.secrets import settings, store
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration.conftest import (
+from tests.support.host import (
     TINY_EPOCH,
     mounted,
     publish_flannel_image,
     publish_tiny_base,
     require_tools,
 )
+from tests.support.project import BUNDLED, REPO, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

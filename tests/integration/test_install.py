@@ -16,8 +16,8 @@ import pytest
 from builder.cli import main
 from builder.secrets import store
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration.conftest import TINY_EPOCH, publish_tiny_base
+from tests.support.host import TINY_EPOCH, publish_tiny_base
+from tests.support.project import BUNDLED, REPO, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

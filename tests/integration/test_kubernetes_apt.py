@@ -18,9 +18,9 @@ import yaml
 from builder.errors import UserError
 from builder.image import debian
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED
-from tests.integration.apt_repository import repository
-from tests.integration.conftest import require_tools
+from tests.support.apt_repository import repository
+from tests.support.host import require_tools
+from tests.support.project import BUNDLED
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from builder.render.node import render_node
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import ImageSource
-from tests.conftest import BUNDLED, fixed_secrets
+from tests.support.project import BUNDLED, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

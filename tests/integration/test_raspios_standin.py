@@ -14,7 +14,7 @@ from builder.image.layout import Layout
 from builder.image.raspios import fetch_image, read_layout
 from builder.run import Runner
 from builder.spec.model import ImageSource
-from tests.integration import raspios_standin
+from tests.support import raspios_standin
 
 pytestmark = pytest.mark.integration
 

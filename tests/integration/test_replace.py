@@ -3,7 +3,7 @@ control planes' etcd members, each in a network namespace of its own on one brid
 kubeadm's flags and TLS layout, certificates signed by the etcd CA of the cluster's state folder.
 One card dies; picluster, run from the build machine's namespace, removes its member through a
 survivor and deletes its Node from the API server (the one STAND-IN: kube-apiserver cannot run
-here, tests/integration/api_standin.py); a new member of the same name then joins as kubeadm
+here, tests/support/api_standin.py); a new member of the same name then joins as kubeadm
 joins one, and etcd has three healthy members again.
 """
 
@@ -32,10 +32,10 @@ from builder.render.node import render_cluster
 from builder.secrets import store, tokens
 from builder.secrets.store import TOKENS_FILE
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, REPO, fixed_secrets
-from tests.integration.api_standin import APIStandin, api_standin
-from tests.integration.etcd_lab import etcd_flags, ns, write_pki
-from tests.integration.test_grow import node_item
+from tests.support.api_standin import APIStandin, api_standin
+from tests.support.built_project import node_item
+from tests.support.etcd_lab import etcd_flags, ns, write_pki
+from tests.support.project import BUNDLED, REPO, fixed_secrets
 
 pytestmark = pytest.mark.integration
 

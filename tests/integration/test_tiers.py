@@ -1,5 +1,5 @@
 """`make test`'s verdict: a tier that cannot run fails the run, with the reason and the way out,
-unless it was left out by name (tests/tiers.py). Shown on a run of an integration test whose
+unless it was left out by name (tests/support/tiers.py). Shown on a run of an integration test whose
 tools are missing (a PATH without them), as on a machine `make test` has not set up; a run as
 a user other than root meets the same rule ("network namespaces need root")."""
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 pytestmark = pytest.mark.integration
 

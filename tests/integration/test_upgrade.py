@@ -1,7 +1,7 @@
 """`picluster upgrade` against a stand-in cluster: the API server stood in on a LAN of the test's
 own (drain, uncordon, Ready), each node a folder its real agent works on (`picluster-agent upgrade`,
 as picluster runs it over SSH) with kubeadm, apt-get, apt-mark and systemctl stood in
-(tests/standins.py: `kubeadm upgrade apply/node` do to the node's files what upstream's do, and
+(tests/support/standins.py: `kubeadm upgrade apply/node` do to the node's files what upstream's do, and
 apt refuses to move a held package, as apt does)."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from builder.cluster import upgrade
 from builder.errors import UserError
 from builder.secrets import release
 from builder.spec.releases import Release
-from tests.agent_support import agent_command, agent_env, calls, install_standins, node_root, state
-from tests.integration.apt_repository import repository
-from tests.integration.upgrade_lab import NODES, Lab, upgrade_lab
+from tests.support.agent import agent_command, agent_env, calls, install_standins, node_root, state
+from tests.support.apt_repository import repository
+from tests.support.upgrade_lab import NODES, Lab, upgrade_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lan")]
 

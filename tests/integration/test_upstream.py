@@ -22,8 +22,8 @@ import pytest
 from builder import upstream
 from builder.errors import UserError
 from builder.upstream import Source, fetch_source
-from tests.conftest import REPO
-from tests.integration.upstream import SHARED
+from tests.support.project import REPO
+from tests.support.upstream import SHARED
 
 pytestmark = pytest.mark.integration
 

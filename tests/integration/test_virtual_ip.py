@@ -1,6 +1,6 @@
 """Debian's real keepalived and haproxy, with the rendered configuration of three control planes,
 serve the control_plane_endpoint and move it when the control plane holding it fails
-(tests/integration/virtual_ip_lab.py). Waits are bounded; how long the client saw no answer is
+(tests/support/virtual_ip_lab.py). Waits are bounded; how long the client saw no answer is
 measured in bench/virtual_ip_failover.py, not asserted here."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.virtual_ip_lab import Lab, missing_requirements, virtual_ip_lab
+from tests.support.virtual_ip_lab import Lab, missing_requirements, virtual_ip_lab
 
 pytestmark = pytest.mark.integration
 

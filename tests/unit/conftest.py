@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from builder.cli import main
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 
 class UnexpectedSubprocess(AssertionError):

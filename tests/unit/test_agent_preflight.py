@@ -18,7 +18,7 @@ from agent.config import NodeConfig, load_config
 from agent.host import Host
 from agent.state import State
 
-from tests.agent_support import node_root
+from tests.support.agent import node_root
 
 SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 

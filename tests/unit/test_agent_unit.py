@@ -13,7 +13,7 @@ from builder.render.plan import NodePlan
 from builder.render.tree import write_trees
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 UNIT = "usr/lib/systemd/system/picluster-agent.service"
 

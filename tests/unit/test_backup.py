@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from builder.cli import main
-from tests.conftest import BUNDLED, file_contents
+from tests.support.project import BUNDLED, file_contents
 
 
 def files(folder: Path) -> dict[str, bytes]:

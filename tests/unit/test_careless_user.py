@@ -33,8 +33,8 @@ from builder.image.bmap import digest_image
 from builder.secrets import store, tokens
 from builder.secrets.pki import CA_VALIDITY, make_secrets
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, file_contents
-from tests.unit.test_kubeconfig import multi_cluster
+from tests.support.kubeconfigs import multi_cluster
+from tests.support.project import BUNDLED, file_contents
 
 
 def refused(capsys: pytest.CaptureFixture[str], *words: str) -> str:

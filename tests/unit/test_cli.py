@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from tests.conftest import BUNDLED, REPO
+from tests.support.project import BUNDLED, REPO
 
 
 @pytest.fixture

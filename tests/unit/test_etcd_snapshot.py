@@ -28,7 +28,7 @@ from builder.secrets import snapshot
 from builder.secrets.pki import ClusterSecrets
 from builder.spec.load import load_cluster
 from builder.spec.model import Node
-from tests.conftest import BUNDLED, fixed_secrets
+from tests.support.project import BUNDLED, fixed_secrets
 
 DATA = b"etcd snapshot bytes\n" * 100
 HA = Path(__file__).parent / "golden/ha-wifi/cluster.yaml"

@@ -20,7 +20,7 @@ from builder.render.node import render_cluster
 from builder.render.plan import FileEntry, NodePlan
 from builder.resources import OVERLAYS_DIR
 from builder.spec.load import load_cluster
-from tests.conftest import fixed_secrets
+from tests.support.project import fixed_secrets
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "cluster.yaml").exists())

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from builder.cli import main
 from builder.spec.load import MAX_DEPTH
-from tests.conftest import BUNDLED
-from tests.unit.test_validation import EVERY_FIELD, _set, string_fields, value_at
+from tests.support.config_edits import EVERY_FIELD, set_at, string_fields, value_at
+from tests.support.project import BUNDLED
 
 EXAMPLES = settings(max_examples=2000, deadline=timedelta(seconds=2))
 FOCUSED = settings(max_examples=500, deadline=timedelta(seconds=2))
@@ -105,7 +105,7 @@ def test_the_bundled_file_with_a_field_deleted_or_replaced(path: Path, data: st.
 def _replaced(where: str, value: Any) -> dict[str, Any]:
     """The bundled file with every setting given, and value at a dotted path ('nodes.1.name')."""
     document = copy.deepcopy(EVERY_FIELD)
-    _set(where, value)(document)
+    set_at(where, value)(document)
     return document
 
 

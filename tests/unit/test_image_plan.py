@@ -15,7 +15,7 @@ from builder.image.bmap import bmap_text
 from builder.image.layout import BOOT_OFFSET, MIB, ROOT_OFFSET, debugfs_errors, debugfs_script, layout_for
 from builder.render.plan import FileEntry, NodePlan
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, REPO
+from tests.support.project import BUNDLED, REPO
 
 EPOCH = 1_700_000_000
 

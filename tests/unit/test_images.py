@@ -15,7 +15,7 @@ from builder.render.images import node_images
 from builder.render.node import render_node
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import fixed_secrets
+from tests.support.project import fixed_secrets
 
 
 def cluster_at(version: str, data: dict[str, Any], tmp_path: Path) -> Cluster:

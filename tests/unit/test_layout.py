@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 STAGES = ("spec", "secrets", "render", "image", "card", "cluster")
 DOORS = ("run", "resources", "files", "errors", "download", "progress", "epoch", "upstream")
@@ -49,3 +49,30 @@ def test_every_module_is_in_a_stage_or_a_door() -> None:
     assert {path.name for path in BUILDER.iterdir() if path.is_dir() and path.name != "__pycache__"} == set(
         STAGES
     )
+
+
+TESTS = REPO / "tests"
+
+
+def test_tests_import_only_the_support_package_and_support_lives_in_one_place() -> None:
+    """A test imports what tests share from tests/support, never from another test module or a
+    conftest; and every module of tests/ that is neither a test, a conftest nor a package marker
+    is in tests/support (the golden cases' own files aside)."""
+    wrong = [
+        f"{module.relative_to(REPO)} imports {node.module}"
+        for module in sorted(TESTS.rglob("*.py"))
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.")
+        for last in [node.module.rsplit(".", 1)[-1]]
+        if last == "conftest" or last.startswith("test_") or not node.module.startswith("tests.support")
+    ]
+    assert wrong == []
+    strays = [
+        module.relative_to(REPO).as_posix()
+        for module in sorted(TESTS.rglob("*.py"))
+        if module.name not in ("conftest.py", "__init__.py")
+        and not module.name.startswith("test_")
+        and module.parent != TESTS / "support"
+        and "golden" not in module.parts
+    ]
+    assert strays == []

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 TEST_ONLY = {"qemu-system-arm", "gcc", "etcd-server", "docker-registry", "containerd", "faketime", "dpkg-dev"}
 BUILD = {"mmdebstrap", "qemu-user-static", "mtools", "e2fsprogs", "golang-go", "umoci", "skopeo"}

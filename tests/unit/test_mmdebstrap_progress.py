@@ -16,7 +16,7 @@ from pathlib import Path
 from builder.image import debian
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 RECORDED = Path(__file__).parent / "fixtures" / "mmdebstrap-remaining-packages.log"
 

@@ -12,7 +12,7 @@ import pytest
 
 from builder.cli import main
 from builder.spec.releases import Release, refuse_move
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from builder.secrets.pki import ClusterSecrets, make_secrets
 from builder.secrets.tokens import Tokens
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import BUNDLED, FIXED_TOKEN
-from tests.unit.kubeadm_api import ENCRYPTION_ALGORITHMS, FIELDS, unknown_fields
+from tests.support.kubeadm_api import ENCRYPTION_ALGORITHMS, FIELDS, unknown_fields
+from tests.support.project import BUNDLED, FIXED_TOKEN
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from builder.cli import main
 from builder.spec import reference
 from builder.spec.model import Cluster, json_schema
 from builder.spec.reference import REGENERATE, key_reference
-from tests.conftest import BUNDLED, REPO
-from tests.unit.test_validation import Edit, _set, problems_for
+from tests.support.config_edits import Edit, problems_for, set_at
+from tests.support.project import BUNDLED, REPO
 
 SCHEMA_FILE = REPO / "builder" / "spec" / "cluster.schema.json"
 MODELINE = "# yaml-language-server: $schema=builder/spec/cluster.schema.json"
@@ -61,11 +61,14 @@ def test_valid_cluster_files_fit_the_schema(path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "where"),
     [
-        (_set("clutser", {}), ""),
-        (_set("flannel.ifce", "eth0"), "flannel"),
-        (_set("nodes.0.ip", "192.168.50.10/24"), "nodes.0"),
-        (_set("network.wifi", {"ssid": "lab", "psk": "12345678", "country": "DE", "bnd": 5}), "network.wifi"),
-        (_set("nodes.0.role", "master"), "nodes.0.role"),
+        (set_at("clutser", {}), ""),
+        (set_at("flannel.ifce", "eth0"), "flannel"),
+        (set_at("nodes.0.ip", "192.168.50.10/24"), "nodes.0"),
+        (
+            set_at("network.wifi", {"ssid": "lab", "psk": "12345678", "country": "DE", "bnd": 5}),
+            "network.wifi",
+        ),
+        (set_at("nodes.0.role", "master"), "nodes.0.role"),
         (lambda data: data.pop("access"), ""),
         (lambda data: data["cluster"].pop("pod_subnet"), "cluster"),
     ],

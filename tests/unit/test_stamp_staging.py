@@ -18,7 +18,7 @@ from builder.image.layout import BaseImage, layout_for
 from builder.image.stamp import remove_staged, stamp
 from builder.render.node import render_node
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, fixed_secrets
+from tests.support.project import BUNDLED, fixed_secrets
 
 
 class Killed(Exception):

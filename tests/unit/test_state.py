@@ -23,7 +23,7 @@ from builder.errors import UserError
 from builder.secrets import store, tokens
 from builder.secrets.pki import make_admin_client, new_bootstrap_token
 from builder.secrets.store import TOKENS_FILE
-from tests.conftest import BUNDLED, file_contents, fixed_secrets
+from tests.support.project import BUNDLED, file_contents, fixed_secrets
 
 
 def mode(path: Path) -> int:

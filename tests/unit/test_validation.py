@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import copy
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,8 @@ from builder.errors import ConfigError, Problem
 from builder.render.node import render_node
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import BUNDLED, fixed_secrets
-
-Edit = Callable[[dict[str, Any]], None]
-
-
-def problems_for(data: dict[str, Any], tmp_path: Path) -> list[Problem]:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(ConfigError) as caught:
-        load_cluster(path)
-    return caught.value.problems
+from tests.support.config_edits import EVERY_FIELD, Edit, problems_for, set_at, string_fields, value_at
+from tests.support.project import BUNDLED, fixed_secrets
 
 
 def loaded(data: dict[str, Any], tmp_path: Path) -> Cluster:
@@ -42,19 +32,6 @@ def test_bundled_cluster_is_valid() -> None:
     cluster = load_cluster(BUNDLED)
     assert [node.name for node in cluster.nodes] == ["cp1", "w1", "w2"]
     assert cluster.api_endpoint == "192.168.50.10:6443"
-
-
-def _set(path: str, value: Any) -> Edit:
-    """An edit that sets a dotted path, e.g. 'cluster.pod_subnet' or 'nodes.2.address'."""
-
-    def edit(data: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        target: Any = data
-        for part in parents:
-            target = target[int(part)] if part.isdigit() else target[part]
-        target[int(last) if last.isdigit() else last] = value
-
-    return edit
 
 
 def _rename_key(section: str, old: str, new: str) -> Edit:
@@ -91,54 +68,54 @@ CASES: list[tuple[str, Edit, str, str]] = [
     # (case, edit, field path reported, text the message must contain)
     ("typo in a key", _rename_key("cluster", "pod_subnet", "pod_subnt"), "cluster.pod_subnt", "unknown key"),
     ("missing key", lambda d: d["cluster"].pop("pod_subnet"), "cluster.pod_subnet", "missing"),
-    ("duplicate node name", _set("nodes.1.name", "cp1"), "nodes[1].name", "already the name of nodes[0]"),
+    ("duplicate node name", set_at("nodes.1.name", "cp1"), "nodes[1].name", "already the name of nodes[0]"),
     (
         "duplicate address",
-        _set("nodes.2.address", "192.168.50.11/24"),
+        set_at("nodes.2.address", "192.168.50.11/24"),
         "nodes[2].address",
         "already the address of nodes[1]",
     ),
-    ("upper-case host name", _set("nodes.1.name", "Worker1"), "nodes[1].name", "RFC 1123"),
-    ("host name with underscore", _set("nodes.1.name", "w_1"), "nodes[1].name", "RFC 1123"),
+    ("upper-case host name", set_at("nodes.1.name", "Worker1"), "nodes[1].name", "RFC 1123"),
+    ("host name with underscore", set_at("nodes.1.name", "w_1"), "nodes[1].name", "RFC 1123"),
     (
         "address outside the gateway's subnet",
-        _set("nodes.2.address", "192.168.51.12/24"),
+        set_at("nodes.2.address", "192.168.51.12/24"),
         "nodes[2].address",
         "outside 192.168.50.0/24 (gateway 192.168.50.1)",
     ),
-    ("network address", _set("nodes.1.address", "192.168.50.0/24"), "nodes[1].address", "network address"),
+    ("network address", set_at("nodes.1.address", "192.168.50.0/24"), "nodes[1].address", "network address"),
     (
         "broadcast address",
-        _set("nodes.1.address", "192.168.50.255/24"),
+        set_at("nodes.1.address", "192.168.50.255/24"),
         "nodes[1].address",
         "broadcast address",
     ),
-    ("gateway address", _set("nodes.1.address", "192.168.50.1/24"), "nodes[1].address", "gateway"),
+    ("gateway address", set_at("nodes.1.address", "192.168.50.1/24"), "nodes[1].address", "gateway"),
     (
         "pod and service subnets overlap",
-        _set("cluster.service_subnet", "10.244.128.0/17"),
+        set_at("cluster.service_subnet", "10.244.128.0/17"),
         "cluster.service_subnet",
         "overlaps pod_subnet",
     ),
     (
         "pod subnet overlaps the LAN",
-        _set("cluster.pod_subnet", "192.168.0.0/16"),
+        set_at("cluster.pod_subnet", "192.168.0.0/16"),
         "cluster.pod_subnet",
         "overlaps the node LAN",
     ),
     (
         "service subnet overlaps the LAN",
-        _set("cluster.service_subnet", "192.168.48.0/20"),
+        set_at("cluster.service_subnet", "192.168.48.0/20"),
         "cluster.service_subnet",
         "overlaps the node LAN",
     ),
     (
         "pod subnet too small for a /24 per node",
-        _set("cluster.pod_subnet", "10.244.0.0/23"),
+        set_at("cluster.pod_subnet", "10.244.0.0/23"),
         "cluster.pod_subnet",
         "holds 2 node /24 ranges but the cluster has 3 nodes",
     ),
-    ("pod subnet with host bits", _set("cluster.pod_subnet", "10.244.0.1/16"), "cluster.pod_subnet", ""),
+    ("pod subnet with host bits", set_at("cluster.pod_subnet", "10.244.0.1/16"), "cluster.pod_subnet", ""),
     ("no control plane", _all_workers, "nodes", "no node has role control-plane"),
     (
         "several control planes without endpoint",
@@ -154,45 +131,45 @@ CASES: list[tuple[str, Edit, str, str]] = [
     ),
     (
         "a virtual IP that is a node's address",
-        _set("cluster.control_plane_endpoint", "192.168.50.11:8443"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.11:8443"),
         "cluster.control_plane_endpoint",
         "the address of w1",
     ),
     (
         "a virtual IP that is the gateway's",
-        _set("cluster.control_plane_endpoint", "192.168.50.1:8443"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.1:8443"),
         "cluster.control_plane_endpoint",
         "the gateway's address",
     ),
     (
         "a virtual IP on the API server's port",
-        _set("cluster.control_plane_endpoint", "192.168.50.9:6443"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.9:6443"),
         "cluster.control_plane_endpoint",
         "port 6443",
     ),
     (
         "a virtual IP on the kubelet's port",
-        _set("cluster.control_plane_endpoint", "192.168.50.9:10250"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.9:10250"),
         "cluster.control_plane_endpoint",
         "each control plane's kubelet listens there",
     ),
-    ("flannel other than v0.10.0", _set("flannel.version", "v0.11.0"), "flannel.version", "pins v0.10.0"),
+    ("flannel other than v0.10.0", set_at("flannel.version", "v0.11.0"), "flannel.version", "pins v0.10.0"),
     (
         "Kubernetes too old",
-        _set("cluster.kubernetes", "1.30.4"),
+        set_at("cluster.kubernetes", "1.30.4"),
         "cluster.kubernetes",
         "supported range 1.31 to 1.37",
     ),
     (
         "Kubernetes too new for trixie's containerd 1.7",
-        _set("cluster.kubernetes", "1.38.0"),
+        set_at("cluster.kubernetes", "1.38.0"),
         "cluster.kubernetes",
         "supported range 1.31 to 1.37: from 1.38 kubelet needs the CRI RuntimeConfig call",
     ),
-    ("Kubernetes not a version", _set("cluster.kubernetes", "latest"), "cluster.kubernetes", "release"),
+    ("Kubernetes not a version", set_at("cluster.kubernetes", "latest"), "cluster.kubernetes", "release"),
     (
         "32-bit ARM, which Kubernetes no longer builds",
-        _set("base.arch", "armhf"),
+        set_at("base.arch", "armhf"),
         "base.arch",
         "no 32-bit ARM kubeadm or kubelet packages or control-plane images since 1.27",
     ),
@@ -204,97 +181,97 @@ CASES: list[tuple[str, Edit, str, str]] = [
     ),
     (
         "flannel's UDP backend, built for amd64 only",
-        _set("flannel.backend", "udp"),
+        set_at("flannel.backend", "udp"),
         "flannel.backend",
         "UDP backend is not supported on this architecture",
     ),
-    ("unknown model", _set("nodes.1.model", "pi9"), "nodes[1].model", "not a supported model"),
-    ("no SSH keys", _set("access.ssh_authorized_keys", []), "access.ssh_authorized_keys", "at least 1"),
+    ("unknown model", set_at("nodes.1.model", "pi9"), "nodes[1].model", "not a supported model"),
+    ("no SSH keys", set_at("access.ssh_authorized_keys", []), "access.ssh_authorized_keys", "at least 1"),
     (
         "a key that is not a public key",
-        _set("access.ssh_authorized_keys", ["-----BEGIN OPENSSH PRIVATE KEY-----"]),
+        set_at("access.ssh_authorized_keys", ["-----BEGIN OPENSSH PRIVATE KEY-----"]),
         "access.ssh_authorized_keys[0]",
         "not an SSH public key",
     ),
-    ("wlan0 as cluster interface", _set("flannel.iface", "wlan0"), "flannel.iface", "cannot carry"),
-    ("unknown time zone", _set("timezone", "Mars/Olympus"), "timezone", "not a time zone on the card"),
+    ("wlan0 as cluster interface", set_at("flannel.iface", "wlan0"), "flannel.iface", "cannot carry"),
+    ("unknown time zone", set_at("timezone", "Mars/Olympus"), "timezone", "not a time zone on the card"),
     (
         "wifi passphrase too short",
-        _set("network.wifi", {"ssid": "lab", "psk": "short", "country": "DE"}),
+        set_at("network.wifi", {"ssid": "lab", "psk": "short", "country": "DE"}),
         "network.wifi.psk",
         "8 to 63",
     ),
-    ("root as login user", _set("access.user", "root"), "access.user", "refuses root logins"),
-    ("login user not a Unix name", _set("access.user", "Root!"), "access.user", "Unix user name"),
+    ("root as login user", set_at("access.user", "root"), "access.user", "refuses root logins"),
+    ("login user not a Unix name", set_at("access.user", "Root!"), "access.user", "Unix user name"),
     (
         "endpoint port above 65535",
-        _set("cluster.control_plane_endpoint", "192.168.50.9:99999"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.9:99999"),
         "cluster.control_plane_endpoint",
         "port 99999 is outside 1 to 65535",
     ),
     (
         "endpoint port 0",
-        _set("cluster.control_plane_endpoint", "kube.lab:0"),
+        set_at("cluster.control_plane_endpoint", "kube.lab:0"),
         "cluster.control_plane_endpoint",
         "port 0 is outside 1 to 65535",
     ),
     (
         "endpoint host a dotted number that is no address",
-        _set("cluster.control_plane_endpoint", "192.168.50.999:6443"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.999:6443"),
         "cluster.control_plane_endpoint",
         "not an IPv4 address",
     ),
     (
         "service subnet of one address: CoreDNS takes the 10th",
-        _set("cluster.service_subnet", "10.96.0.0/32"),
+        set_at("cluster.service_subnet", "10.96.0.0/32"),
         "cluster.service_subnet",
         "holds 1 address; kubeadm gives CoreDNS the 10th after 10.96.0.0",
     ),
     (
         "service subnet of 8 addresses",
-        _set("cluster.service_subnet", "10.96.0.0/29"),
+        set_at("cluster.service_subnet", "10.96.0.0/29"),
         "cluster.service_subnet",
         "holds 8 addresses",
     ),
     (
         "service subnet larger than kubeadm takes",
-        _set("cluster.service_subnet", "100.64.0.0/10"),
+        set_at("cluster.service_subnet", "100.64.0.0/10"),
         "cluster.service_subnet",
         "kubeadm refuses a service subnet larger than /12",
     ),
     (
         "an SSID of 32 characters but 64 bytes",
-        _set("network.wifi", {"ssid": "ä" * 32, "psk": "correct horse", "country": "DE"}),
+        set_at("network.wifi", {"ssid": "ä" * 32, "psk": "correct horse", "country": "DE"}),
         "network.wifi.ssid",
         "64 bytes in UTF-8; an SSID has at most 32",
     ),
     (
         "a country the regulatory database does not know",
-        _set("network.wifi", {"ssid": "lab", "psk": "correct horse", "country": "ZZ"}),
+        set_at("network.wifi", {"ssid": "lab", "psk": "correct horse", "country": "ZZ"}),
         "network.wifi.country",
         "'ZZ' is not a country the Wi-Fi regulatory database on the card knows",
     ),
     (
         "a WPA passphrase with a character other than printable ASCII",
-        _set("network.wifi", {"ssid": "lab", "psk": "correct horse\tbattery", "country": "DE"}),
+        set_at("network.wifi", {"ssid": "lab", "psk": "correct horse\tbattery", "country": "DE"}),
         "network.wifi.psk",
         "printable ASCII",
     ),
     (
         "a bootstrap token lifetime of true, which pydantic would read as 1",
-        _set("cluster.token_ttl_hours", True),
+        set_at("cluster.token_ttl_hours", True),
         "cluster.token_ttl_hours",
         "valid integer",
     ),
     (
         "a join window of true, which pydantic would read as 1",
-        _set("cluster.join_window_days", True),
+        set_at("cluster.join_window_days", True),
         "cluster.join_window_days",
         "valid integer",
     ),
     (
         "a join window longer than a year",
-        _set("cluster.join_window_days", 400),
+        set_at("cluster.join_window_days", 400),
         "cluster.join_window_days",
         "less than or equal to 365",
     ),
@@ -306,52 +283,52 @@ CASES: list[tuple[str, Edit, str, str]] = [
     ),
     (
         "an image mirror while the nodes pull their images themselves",
-        _set("cluster.image_mirror", "http://192.168.50.2:5000"),
+        set_at("cluster.image_mirror", "http://192.168.50.2:5000"),
         "cluster.image_mirror",
         "with images: pull the nodes pull from the registries themselves",
     ),
     (
         "an image mirror that is not a URL",
-        _set("cluster.image_mirror", "192.168.50.2:5000"),
+        set_at("cluster.image_mirror", "192.168.50.2:5000"),
         "cluster.image_mirror",
         "http(s) URL",
     ),
     (
         "images neither pulled nor on the card",
-        _set("cluster.images", "usb"),
+        set_at("cluster.images", "usb"),
         "cluster.images",
         "'pull' or 'card'",
     ),
-    ("a multicast gateway", _set("network.gateway", "224.0.0.1"), "network.gateway", "multicast"),
-    ("a loopback DNS server", _set("network.dns", ["127.0.0.53"]), "network.dns[0]", "loopback"),
-    ("DNS server 0.0.0.0", _set("network.dns", ["0.0.0.0"]), "network.dns[0]", "never a destination"),
-    ("a broadcast DNS server", _set("network.dns", ["255.255.255.255"]), "network.dns[0]", "broadcast"),
+    ("a multicast gateway", set_at("network.gateway", "224.0.0.1"), "network.gateway", "multicast"),
+    ("a loopback DNS server", set_at("network.dns", ["127.0.0.53"]), "network.dns[0]", "loopback"),
+    ("DNS server 0.0.0.0", set_at("network.dns", ["0.0.0.0"]), "network.dns[0]", "never a destination"),
+    ("a broadcast DNS server", set_at("network.dns", ["255.255.255.255"]), "network.dns[0]", "broadcast"),
     (
         "the LAN's broadcast address as DNS server",
-        _set("network.dns", ["9.9.9.9", "192.168.50.255"]),
+        set_at("network.dns", ["9.9.9.9", "192.168.50.255"]),
         "network.dns[1]",
         "192.168.50.255 is the broadcast address of 192.168.50.0/24",
     ),
     (
         "the LAN's network address as gateway",
-        _set("network.gateway", "192.168.50.0"),
+        set_at("network.gateway", "192.168.50.0"),
         "network.gateway",
         "192.168.50.0 is the network address of 192.168.50.0/24",
     ),
-    ("a reserved NTP server", _set("network.ntp", ["240.0.0.1"]), "network.ntp[0]", "reserved"),
+    ("a reserved NTP server", set_at("network.ntp", ["240.0.0.1"]), "network.ntp[0]", "reserved"),
     (
         "an endpoint on the LAN's broadcast address",
-        _set("cluster.control_plane_endpoint", "192.168.50.255:6443"),
+        set_at("cluster.control_plane_endpoint", "192.168.50.255:6443"),
         "cluster.control_plane_endpoint",
         "192.168.50.255 is the broadcast address of 192.168.50.0/24",
     ),
     (
         "a multicast endpoint",
-        _set("cluster.control_plane_endpoint", "239.1.1.1:6443"),
+        set_at("cluster.control_plane_endpoint", "239.1.1.1:6443"),
         "cluster.control_plane_endpoint",
         "multicast",
     ),
-    ("a loopback node address", _set("nodes.1.address", "127.0.0.11/24"), "nodes[1].address", "loopback"),
+    ("a loopback node address", set_at("nodes.1.address", "127.0.0.11/24"), "nodes[1].address", "loopback"),
 ]
 
 
@@ -369,39 +346,9 @@ def test_each_mistake_is_named(
     assert matching[0].line is not None, "every problem points at a line of cluster.yaml"
 
 
-def every_field(data: dict[str, Any]) -> dict[str, Any]:
-    """The bundled file with every optional setting given, so that each string field is present."""
-    data["cluster"]["control_plane_endpoint"] = "kube.lab:6443"
-    data["cluster"]["kubernetes_repository"] = "https://mirror.lab/k8s/"
-    data["network"]["wifi"] = {"ssid": "lab", "psk": "correct horse", "country": "DE"}
-    data["base"]["packages"] = ["htop"]
-    data["base"]["image"] = {"url": "https://example.org/os.img.xz", "sha256": "0" * 64}
-    return data
-
-
-def string_fields(value: Any, path: str = "") -> list[str]:
-    """The dotted path of every string in value, e.g. 'nodes.1.name'."""
-    if isinstance(value, dict):
-        return [found for key, item in value.items() for found in string_fields(item, f"{path}{key}.")]
-    if isinstance(value, list):
-        return [found for i, item in enumerate(value) for found in string_fields(item, f"{path}{i}.")]
-    return [path.rstrip(".")] if isinstance(value, str) else []
-
-
-def value_at(data: dict[str, Any], dotted: str) -> Any:
-    """The value at a dotted path, e.g. 'nodes.1.name'."""
-    value: Any = data
-    for part in dotted.split("."):
-        value = value[int(part)] if part.isdigit() else value[part]
-    return value
-
-
 def _reported(dotted: str) -> str:
     """The path a problem reports for a dotted path: 'nodes.1.name' is 'nodes[1].name'."""
     return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in dotted.split(".")).lstrip(".")
-
-
-EVERY_FIELD = every_field(yaml.safe_load(BUNDLED.read_text()))
 
 
 def test_the_file_with_every_setting_given_is_valid(tmp_path: Path) -> None:
@@ -413,7 +360,7 @@ def test_the_file_with_every_setting_given_is_valid(tmp_path: Path) -> None:
 def test_a_control_character_after_any_text_is_refused(tmp_path: Path, where: str, ending: str) -> None:
     """A regular expression's `$` matches before a final newline: "pi" and a newline passed as a user."""
     data = copy.deepcopy(EVERY_FIELD)
-    _set(where, value_at(data, where) + ending)(data)
+    set_at(where, value_at(data, where) + ending)(data)
     assert _reported(where) in {p.path for p in problems_for(data, tmp_path)}
 
 
@@ -431,7 +378,7 @@ NOT_PLAIN_NUMBERS = {
 def test_numbers_in_text_are_plain_ascii_digits(
     bundled_data: dict[str, Any], tmp_path: Path, where: str, value: str
 ) -> None:
-    _set(where, value)(bundled_data)
+    set_at(where, value)(bundled_data)
     (problem,) = problems_for(bundled_data, tmp_path)
     assert problem.path == where
 
@@ -545,7 +492,7 @@ def test_the_suggested_prefix_is_that_of_the_gateways_network(
 def test_a_number_is_not_read_as_an_address(
     bundled_data: dict[str, Any], tmp_path: Path, where: str, value: Any, path: str
 ) -> None:
-    _set(where, value)(bundled_data)
+    set_at(where, value)(bundled_data)
     (problem,) = problems_for(bundled_data, tmp_path)
     assert problem.path == path
     assert "YAML read it as" in problem.message

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from builder.cluster.verify_suite import conftest, test_node
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.conftest import BUNDLED
-from tests.verify import conftest, test_node
+from tests.support.project import BUNDLED
 
 UDP_WITHOUT_VXLAN = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"

@@ -22,7 +22,7 @@ from builder.errors import UserError
 from builder.progress import Reporter
 from builder.run import Output, Runner
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 
 def closed_port() -> int:

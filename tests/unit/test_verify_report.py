@@ -7,7 +7,7 @@ import pytest
 
 from builder.cli import main
 from builder.cluster.verify import Progress, format_report
-from tests.conftest import BUNDLED
+from tests.support.project import BUNDLED
 
 RESULTS = [
     {"node": "cp1", "check": "hostname", "outcome": "passed", "message": ""},

@@ -168,7 +168,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         node = params.get("node")
         label = (item.function.__doc__ or item.name).strip().splitlines()[0]
         extra = [str(v) for k, v in params.items() if k != "node" and v is not None]
-        item.user_properties += [("node", node.name if node else ""), ("check", " ".join([label, *extra]))]
+        item.user_properties += [
+            ("node", node.name if isinstance(node, Node) else ""),
+            ("check", " ".join([label, *extra])),
+        ]
 
 
 class JsonLinesReport:

@@ -1,5 +1,5 @@
 """STAND-INS for kubeadm, kubectl, kubelet, crictl, apt-get and apt-mark: the real programs
-cannot run on these machines (no cluster, no Pi, no container runtime). tests/agent_support.py
+cannot run on these machines (no cluster, no Pi, no container runtime). tests/support/agent.py
 puts a small launcher for each on PATH that runs this file.
 
 Every call is recorded (one JSON line in calls.jsonl beside the launchers). kubeadm does to the

@@ -24,7 +24,7 @@ import pytest
 
 TIERS = ("unit", "integration", "e2e")
 OPT_OUT = "PICLUSTER_SKIP"
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ON_REQUEST = "skipped on request"
 
 

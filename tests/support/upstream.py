@@ -2,7 +2,7 @@
 (builder.upstream) for this machine's architecture, as flannel's Makefile builds amd64: with cgo.
 
 The tests take the archives from shared/upstream/ beside the clone when PICLUSTER_UPSTREAM is not
-set (tests/integration/conftest.py). A build is cached under the project's cache folder by its
+set (tests/conftest.py). A build is cached under the project's cache folder by its
 tree's hash, and published by renaming a finished temporary folder, so an interrupted build never
 leaves a half-written binary behind.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from builder.image.flannel_image import FLANNELD
 from builder.run import Runner
 from builder.upstream import GoProgram, fetch_source, go_build, local_folder, sources
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 SHARED = REPO.parent / "shared/upstream"
 """In CI a copy of shared/ may sit beside the clone, as it does beside the worktrees here."""

@@ -5,7 +5,7 @@ Each node of cluster.yaml is a network namespace whose eth0 (a veth) sits on one
 wlan0 that holds its default route. Every node runs the real flanneld with the arguments of the
 rendered DaemonSet and the rendered net-conf.json; pods are added with the real libcni (cnitool)
 through the rendered conflist, the real `flannel` CNI plugin and Debian's bridge, host-local and
-portmap. The one STAND-IN is the Kubernetes API server (tests/integration/api_standin.py), served
+portmap. The one STAND-IN is the Kubernetes API server (tests/support/api_standin.py), served
 at the rendered endpoint from cp1's namespace: kube-apiserver cannot run here.
 
 Each node's flanneld and cnitool run in a mount namespace of their own in which the node's
@@ -34,10 +34,10 @@ import yaml
 from builder.cluster.kubeconfig import admin_kubeconfig
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
-from tests.agent_support import node_root
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration import upstream
-from tests.integration.api_standin import APIStandin, api_standin
+from tests.support import upstream
+from tests.support.agent import node_root
+from tests.support.api_standin import APIStandin, api_standin
+from tests.support.project import BUNDLED, fixed_secrets
 
 REQUIRED = {
     "ip": "iproute2", "unshare": "util-linux", "setpriv": "util-linux", "mount": "mount",

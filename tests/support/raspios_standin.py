@@ -45,16 +45,23 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from builder.files import exclusive, remove_tree
 from builder.image import debian
+from builder.image.context import default_cache
 from builder.image.layout import MIB, SECTOR, Layout, tool_env
 from builder.image.mmdebstrap_progress import MmdebstrapProgress
 from builder.image.stamp import pin_mtimes, tree_size
 from builder.progress import Reporter
 from builder.run import Runner
+from builder.spec.model import ImageSource
+from tests.support.host import TOOLS, require_tools, serve_folder
 
 NAME = "raspios-standin-lite-arm64.img.xz"
 SUITE = "trixie"
@@ -270,3 +277,17 @@ def lay_out(root: Path, boot: Path, image: Path, runner: Runner) -> Layout:
     runner.run(["mke2fs", "-q", "-t", "ext4", "-L", "rootfs", "-E", f"offset={ROOT_OFFSET},root_owner=0:0",
                 "-d", str(root), str(image), f"{root_size // 1024}k"], env=env)  # fmt: skip
     return layout
+
+
+@pytest.fixture(scope="session")
+def raspios_standin_source() -> Iterator[ImageSource]:
+    """The Raspberry Pi OS stand-in (tests/support/raspios_standin.py) served on 127.0.0.1, as
+    base.image names it. The first run on a machine builds it (minutes, as root); later runs reuse
+    the cached one."""
+    if os.geteuid() != 0:
+        pytest.skip("building the Raspberry Pi OS stand-in needs root (mmdebstrap)")
+    require_tools(*TOOLS, "mmdebstrap", "xz")
+    image = ensure_standin(default_cache(), Reporter())
+    sha256 = (image.parent / f"{image.name}.sha256").read_text().split()[0]
+    with serve_folder(image.parent) as url:
+        yield ImageSource(url=f"{url}/{image.name}", sha256=sha256)

@@ -17,7 +17,7 @@ system:public-info-viewer role, plugin/pkg/auth/authorizer/rbac/bootstrappolicy/
 kube-apiserver, which kubeadm starts without --bind-address, it listens on every address of its
 node (BindAddress 0.0.0.0, staging/src/k8s.io/apiserver/pkg/server/options/serving.go), so the
 check script reaches it on 127.0.0.1. Run it alone with
-`python3 -m tests.integration.virtual_ip_lab CERT KEY`.
+`python3 -m tests.support.virtual_ip_lab CERT KEY`.
 
 Everything stays inside the lab's namespaces: no address is added outside them.
 """
@@ -47,9 +47,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from builder.render.node import render_cluster
 from builder.spec.load import load_cluster
 from builder.spec.model import API_SERVER_PORT, Cluster
-from tests.agent_support import make_server_cert
-from tests.conftest import fixed_secrets
-from tests.integration.api_standin import in_netns
+from tests.support.agent import make_server_cert
+from tests.support.api_standin import in_netns
+from tests.support.project import fixed_secrets
 
 CLUSTER_YAML = Path(__file__).resolve().parent.parent / "unit" / "golden" / "ha-virtual-ip" / "cluster.yaml"
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ class Lab:
                     "-p", str(folder / "keepalived.pid"), "-r", str(folder / "vrrp.pid")]  # fmt: skip
         if program == "haproxy":
             return ["haproxy", "-db", "-f", str(folder / "haproxy.cfg")]
-        return [sys.executable, "-m", "tests.integration.virtual_ip_lab",
+        return [sys.executable, "-m", "tests.support.virtual_ip_lab",
                 str(folder / "apiserver.crt"), str(folder / "apiserver.key")]  # fmt: skip
 
     def kill(self, name: str, *programs: str) -> None:

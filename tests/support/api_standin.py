@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from builder.secrets.pki import ClusterSecrets
-from tests.agent_support import LOCALHOST, make_server_cert
+from tests.support.agent import LOCALHOST, make_server_cert
 
 SECRETS_PATH = "/api/v1/namespaces/kube-system/secrets"
 NODES_PATH = "/api/v1/nodes"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import require_tools, serve_folder
+from tests.support.host import require_tools, serve_folder
 
 RELEASES = {"kubeadm": ["1.34.1-1.1", "1.34.2-1.1"], "kubelet": ["1.34.1-1.1", "1.34.2-1.1"],
             "kubectl": ["1.34.1-1.1", "1.34.2-1.1"], "cri-tools": ["1.34.0-1.1"]}  # fmt: skip

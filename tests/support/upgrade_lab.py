@@ -1,7 +1,7 @@
 """A cluster for `picluster upgrade` to move: the API server stood in on a LAN of the test's own
 (drain, uncordon, Ready), each node a folder its real agent works on (`picluster-agent upgrade`,
 run as picluster runs it over SSH) with kubeadm, apt-get, apt-mark and systemctl stood in
-(tests/standins.py). Used by tests/integration/test_upgrade.py and bench/upgrade_orchestration.py."""
+(tests/support/standins.py). Used by tests/integration/test_upgrade.py and bench/upgrade_orchestration.py."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from builder.secrets import release, store
 from builder.spec.load import load_cluster
 from builder.spec.model import Node
 from builder.spec.releases import Release
-from tests.agent_support import agent_command, agent_env, install_standins, node_root, run_agent
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.api_standin import APIStandin, api_standin
-from tests.integration.conftest import serve_folder
+from tests.support.agent import agent_command, agent_env, install_standins, node_root, run_agent
+from tests.support.api_standin import APIStandin, api_standin
+from tests.support.host import serve_folder
+from tests.support.project import BUNDLED, fixed_secrets
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ0stand+in\n-----END PGP PUBLIC KEY BLOCK-----\n"
 NODES = ("cp1", "w1", "w2")

@@ -1,6 +1,6 @@
 """Running the first-boot agent in tests: a node root in a folder, and stand-ins on PATH.
 
-kubeadm, kubelet and kubectl cannot be installed on these machines: tests/standins.py stands in
+kubeadm, kubelet and kubectl cannot be installed on these machines: tests/support/standins.py stands in
 for them, doing to the node root what the real programs do, and records every call.
 """
 
@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from builder.render.node import render_node
 from builder.render.tree import write_trees
 from builder.spec.load import load_cluster
-from tests.conftest import BUNDLED, REPO, fixed_secrets
+from tests.support.project import BUNDLED, REPO, fixed_secrets
 
 AGENT_LAUNCHER = REPO / "overlays/common/usr/sbin/picluster-agent"
 FAST = {"retry_initial": 0.05, "retry_max": 0.2, "clock_timeout": 0.2, "address_timeout": 0.2,
@@ -59,14 +59,14 @@ def node_root(tmp_path: Path, node: str = "cp1", source: Path = BUNDLED, **chang
 
 
 def install_standins(folder: Path, *tools: str) -> Path:
-    """A launcher named after each tool that runs its STAND-IN in tests/standins.py; crictl's
+    """A launcher named after each tool that runs its STAND-IN in tests/support/standins.py; crictl's
     always (the packages bring it, and the agent pulls images with it before kubeadm)."""
     folder.mkdir(parents=True, exist_ok=True)
     for tool in {*tools, "crictl"}:
         path = folder / tool
         path.write_text(
             f"#!/bin/sh\n# STAND-IN for {tool}, not the real program\n"
-            f'exec {sys.executable} {REPO / "tests/standins.py"} {tool} {folder} "$@"\n'
+            f'exec {sys.executable} {REPO / "tests/support/standins.py"} {tool} {folder} "$@"\n'
         )
         path.chmod(0o755)
     return folder

@@ -46,9 +46,9 @@ from builder.render.plan import FileEntry, NodePlan
 from builder.run import Runner
 from builder.spec.load import load_cluster
 from builder.spec.model import ImageSource
-from tests.conftest import BUNDLED, fixed_secrets
-from tests.integration.conftest import TOOLS, require_tools
-from tests.integration.registry import Registry
+from tests.support.host import TOOLS, require_tools
+from tests.support.project import BUNDLED, fixed_secrets
+from tests.support.registry import Registry
 
 MAX_VMS = 1
 """How many QEMU guests may run at once in the whole suite."""

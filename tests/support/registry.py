@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import require_tools
+from tests.support.host import require_tools
 
 
 @dataclass(frozen=True)
