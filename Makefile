@@ -52,7 +52,7 @@ verify: setup
 	$(PICLUSTER) verify -f $(CLUSTER)
 
 # Every tier: unit, integration (root) and e2e (QEMU). A tier that cannot run fails the run
-# (tests/tiers.py) unless left out by name: PICLUSTER_SKIP=e2e make test. pytest's exit status 5
+# (tests/support/tiers.py) unless left out by name: PICLUSTER_SKIP=e2e make test. pytest's exit status 5
 # means it found no tests at all, which must never pass as success.
 test: test-setup lint
 	@$(BIN)/pytest; status=$$?; \
