@@ -86,8 +86,11 @@ TRIMMED = (
     *(f"path-exclude={MODULES}/sound/{name}/*" for name in ("pci", "usb", "firewire")),
     f"path-exclude={MODULES}/sound/soc/*/*",
     f"path-include={MODULES}/sound/soc/bcm/*",
-    # udev's hardware database sources (device names, keyboard maps of laptops): 9 MiB
-    "path-exclude=/usr/lib/udev/hwdb.d/*",
+    # udev's databases of vendor and model names (PCI, USB, ACPI, Bluetooth, MAC prefixes): 9 MiB;
+    # the rest of hwdb.d (network names, autosuspend, input quirks) stays and the first boot
+    # builds it into /etc/udev/hwdb.bin
+    *(f"path-exclude=/usr/lib/udev/hwdb.d/20-{name}.hwdb" for name in
+      ("pci-vendor-model", "usb-vendor-model", "OUI", "acpi-vendor", "bluetooth-vendor-product")),
     # glibc's converters between character sets other than UTF-8 and Latin-1 (built in): 8 MiB
     "path-exclude=/usr/lib/*/gconv/*",
 )  # fmt: skip

@@ -213,6 +213,9 @@ def test_a_trimmed_base_keeps_what_nodes_load_and_drops_what_no_pi_has(real_base
     )
     assert "usr/sbin/ebtables" in real_base.others, "iptables brings ebtables-nft"
     assert not [path for path in real_base.others if path.startswith("usr/lib/firmware/brcm/brcmfmac4366")]
+    hwdb = {path.rsplit("/", 1)[1] for path in real_base.others if path.startswith("usr/lib/udev/hwdb.d/")}
+    assert {"20-net-ifname.hwdb", "82-net-auto-link-local.hwdb", "60-autosuspend.hwdb"} <= hwdb
+    assert "20-OUI.hwdb" not in hwdb and "20-pci-vendor-model.hwdb" not in hwdb
 
 
 def test_dpkg_on_the_card_keeps_the_bases_filters_and_syncs_what_it_writes(real_base: BaseImage) -> None:
