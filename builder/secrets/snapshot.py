@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from builder.files import read_json_record, write_atomic
 
 SNAPSHOT_FILE = "etcd-snapshot.db"
 RECORD_FILE = "etcd-snapshot.json"
+PENDING_FILE = "etcd-snapshot.db.pending"
+"""A snapshot being saved: written whole under this name, then its record, then it takes its own
+name, so a save killed anywhere leaves a pair that matches (load finishes or drops it)."""
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,21 @@ class Snapshot:
 
 
 def save(state_dir: Path, taken: Snapshot, data: bytes) -> None:
-    """The snapshot, then its record (which names its SHA-256, so a kill in between is seen)."""
-    write_atomic(state_dir / SNAPSHOT_FILE, data, 0o600)
+    """The snapshot under its pending name, its record, then the snapshot under its own name."""
+    write_atomic(state_dir / PENDING_FILE, data, 0o600)
     _write_record(state_dir, taken)
+    os.replace(state_dir / PENDING_FILE, state_dir / SNAPSHOT_FILE)
 
 
 def load(state_dir: Path) -> Snapshot | None:
-    """The record; None when no snapshot was ever fetched. A damaged record is refused."""
+    """The record; None when no snapshot was ever fetched. A damaged record is refused. A save
+    that was killed is finished first when its record was written, else dropped."""
     path = state_dir / RECORD_FILE
+    pending = state_dir / PENDING_FILE
     try:
         raw = read_json_record(path)
     except FileNotFoundError:
+        pending.unlink(missing_ok=True)
         return None
     try:
         taken = Snapshot(**raw) if isinstance(raw, dict) else None
@@ -61,6 +69,11 @@ def load(state_dir: Path) -> Snapshot | None:
     )  # fmt: skip
     if taken is None or not typed:
         raise _damaged(path)
+    if pending.exists():
+        if hashlib.sha256(pending.read_bytes()).hexdigest() == taken.sha256:
+            os.replace(pending, state_dir / SNAPSHOT_FILE)  # killed after its record
+        else:
+            pending.unlink()  # killed before its record: the previous pair stands
     return taken
 
 

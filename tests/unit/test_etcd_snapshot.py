@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -119,6 +120,42 @@ def test_a_damaged_snapshot_in_the_state_folder_is_no_backup(
     assert main(argv) == 2
     assert "etcd-snapshot.db is damaged" in capsys.readouterr().err
     assert not (tmp_path / "b.tgz").exists()
+
+
+@pytest.mark.parametrize("killed_at", ["record", "rename"])
+def test_a_save_killed_midway_leaves_a_pair_that_matches(
+    site: Path, monkeypatch: pytest.MonkeyPatch, killed_at: str
+) -> None:
+    """A kill between the snapshot and its record (or before the snapshot takes its name) leaves
+    the previous pair, or the new one finished by the next load: never a mismatch that every
+    command refuses, and the restore mark goes with the record it is in."""
+    state = site / ".picluster"
+    old = snapshot.Snapshot(
+        "cp1", "2026-12-02T00:00:00Z", 1, 2, hashlib.sha256(DATA).hexdigest(), restore=True
+    )
+    snapshot.save(state, old, DATA)
+    newer = DATA + b"newer\n"
+    taken = snapshot.Snapshot(
+        "cp1", "2026-12-03T00:00:00Z", 3, 4, hashlib.sha256(newer).hexdigest(), restore=True
+    )
+
+    real_replace = os.replace
+    killed_before = snapshot.RECORD_FILE if killed_at == "record" else snapshot.SNAPSHOT_FILE
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        if Path(target).name == killed_before:
+            raise KeyboardInterrupt  # the kill, as the save renames that file into place
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot.save(state, taken, newer)
+    monkeypatch.undo()
+    loaded = snapshot.load(state)
+    assert loaded == (old if killed_at == "record" else taken)
+    assert snapshot.data(state, loaded) == (DATA if killed_at == "record" else newer)
+    assert loaded.restore
+    assert not (state / snapshot.PENDING_FILE).exists()
 
 
 @contextmanager
