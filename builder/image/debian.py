@@ -69,9 +69,9 @@ TRIMMED = (
     *(f"path-include=/usr/lib/firmware/cypress/cyfmac{chip}-sdio.*" for chip in PI_WIFI),
     # kernel modules for hardware no Pi has, or a cluster node does not drive: cameras and TV
     # tuners (but CEC, which the Pi's HDMI driver vc4 needs), other vendors' GPUs, Wi-Fi and
-    # Ethernet chips (the Pi's own and every USB adapter stay), sensors, InfiniBand, and sound
-    # cards but the Pi's: 38 MiB. Netfilter, overlay, vxlan, bridge, NFS, iSCSI, rbd, device
-    # mapper and USB storage are all kept.
+    # Ethernet chips (the Pi's own and every USB Ethernet adapter stay; USB Wi-Fi dongles go),
+    # sensors, InfiniBand, and sound cards but the Pi's: 38 MiB. Netfilter, overlay, vxlan,
+    # bridge, NFS, iSCSI, rbd, device mapper and USB storage are all kept.
     f"path-exclude={MODULES}/drivers/media/*",
     f"path-include={MODULES}/drivers/media/cec/*",
     f"path-exclude={MODULES}/drivers/gpu/drm/*/*",

@@ -157,11 +157,15 @@ def test_the_wifi_countries_validate_accepts_are_those_of_the_base(real_base: Ba
     assert known & countries == wifi_countries()
 
 
+def modules_folder(base: BaseImage) -> str:
+    """The base's one kernel's module folder, usr/lib/modules/<version>."""
+    (modules,) = [path for path in base.dirs if path.startswith("usr/lib/modules/") and path.count("/") == 3]
+    return modules
+
+
 def test_module_index_is_made_for_the_kernel(real_base: BaseImage) -> None:
     """depmod runs natively at the end of the build; the index must be the one modprobe reads."""
-    (modules,) = [
-        path for path in real_base.dirs if path.startswith("usr/lib/modules/") and path.count("/") == 3
-    ]
+    modules = modules_folder(real_base)
     dependencies = read_root(real_base, f"/{modules}/modules.dep").decode()
     assert (
         "kernel/drivers/mmc/host/sdhci-iproc.ko.xz: kernel/drivers/mmc/host/sdhci-pltfm.ko.xz" in dependencies
@@ -191,9 +195,7 @@ TRIMMED_MODULES = ("drivers/gpu/drm/amd/", "drivers/media/usb/", "drivers/net/wi
 def test_a_trimmed_base_keeps_what_nodes_load_and_drops_what_no_pi_has(real_base: BaseImage) -> None:
     """base.trim's dpkg filters, read off the image: every module a node or its storage needs is
     there with what it depends on (depmod's index), and the hardware of other boards is not."""
-    (modules,) = [
-        path for path in real_base.dirs if path.startswith("usr/lib/modules/") and path.count("/") == 3
-    ]
+    modules = modules_folder(real_base)
     index = read_root(real_base, f"/{modules}/modules.dep").decode()
     dependencies = {
         line.split(":")[0].removeprefix("kernel/").removesuffix(".ko.xz"): line.split(":")[1].split()
@@ -206,8 +208,9 @@ def test_a_trimmed_base_keeps_what_nodes_load_and_drops_what_no_pi_has(real_base
             assert f"{modules}/{needed}" in files, f"{name} needs {needed}, which the base left out"
     assert "kernel/drivers/media/cec/core/cec.ko.xz" in dependencies["drivers/gpu/drm/vc4/vc4"]
     assert not [name for name in dependencies if name.startswith(TRIMMED_MODULES)]
-    assert {"start.elf", "fixup.dat", "start4.elf", "fixup4.dat"} <= boot_files(real_base)
-    assert not {"start_x.elf", "start4db.elf", "start_cd.elf"} & boot_files(real_base)
+    boot = boot_files(real_base)
+    assert {"start.elf", "fixup.dat", "start4.elf", "fixup4.dat"} <= boot
+    assert not {"start_x.elf", "start4db.elf", "start_cd.elf"} & boot
     assert not [path for path in real_base.others if path.startswith("usr/share/perl/")], (
         "perl beyond perl-base: only Debian's legacy ebtables pulled it in"
     )

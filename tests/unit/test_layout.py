@@ -54,6 +54,15 @@ def test_every_module_is_in_a_stage_or_a_door() -> None:
 TESTS = REPO / "tests"
 
 
+def _shared(module: str) -> bool:
+    """Whether a test may import `module`: anything but tests' own modules, and of those only
+    tests/support's, never a test module or a conftest."""
+    if not module.startswith("tests."):
+        return True
+    last = module.rsplit(".", 1)[-1]
+    return module.startswith("tests.support") and last != "conftest" and not last.startswith("test_")
+
+
 def test_tests_import_only_the_support_package_and_support_lives_in_one_place() -> None:
     """A test imports what tests share from tests/support, never from another test module or a
     conftest; and every module of tests/ that is neither a test, a conftest nor a package marker
@@ -62,9 +71,7 @@ def test_tests_import_only_the_support_package_and_support_lives_in_one_place() 
         f"{module.relative_to(REPO)} imports {node.module}"
         for module in sorted(TESTS.rglob("*.py"))
         for node in ast.walk(ast.parse(module.read_text()))
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.")
-        for last in [node.module.rsplit(".", 1)[-1]]
-        if last == "conftest" or last.startswith("test_") or not node.module.startswith("tests.support")
+        if isinstance(node, ast.ImportFrom) and node.module and not _shared(node.module)
     ]
     assert wrong == []
     strays = [
