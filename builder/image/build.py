@@ -51,9 +51,11 @@ def build_images(cluster: Cluster, secrets: ClusterSecrets, tokens: Tokens, cont
     """Build every node whose card changed; return the names of the nodes built. `tokens`: the
     bootstrap token each node's card carries (builder.secrets.tokens); `etcd_snapshot`: what the
     first control plane's card restores (builder.secrets.snapshot)."""
+    # the base first: a downloaded image picluster refuses is refused in seconds, not after the
+    # minutes flannel's image takes to build on an empty cache
+    base = ensure_base(cluster, context)
     flannel, carried = carried_images(cluster, context)
     plans = render_cluster(cluster, secrets, tokens, flannel.digest, etcd_snapshot)
-    base = ensure_base(cluster, context)
     images = context.images
     with exclusive(images / LOCK, f"images into {images}", context.reporter.say):
         epoch = clock_epoch(base)

@@ -156,6 +156,7 @@ def test_an_image_that_is_not_raspberry_pi_os_is_refused(serve: tuple[Path, str]
             {},
             BuildContext(tmp_path / "images", tmp_path / "cache", silent(), Runner()),
         )
+    assert not (tmp_path / "cache" / "flannel-image").exists(), "refused before flannel's image is built"
 
 
 def test_a_card_on_the_raspberry_pi_os_stand_in_follows_its_conventions(
@@ -205,3 +206,4 @@ def test_a_32_bit_raspberry_pi_os_is_refused(serve: tuple[Path, str], tmp_path: 
     with pytest.raises(UserError, match="is built for armhf, not arm64") as refused:
         build_images(cluster_on(packed, url, tmp_path), fixed_secrets(), {}, context)
     assert "Raspberry Pi OS Lite (64-bit)" in refused.value.hint
+    assert not (tmp_path / "cache" / "flannel-image").exists(), "refused before flannel's image is built"
