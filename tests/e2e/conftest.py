@@ -8,12 +8,13 @@ import os
 import pytest
 
 from builder.spec.model import ImageSource
+from tests.support.cold_builds import cold_builds
 from tests.support.host import require_tools
 from tests.support.machines import Card, make_card
 from tests.support.raspios_standin import raspios_standin_source
 from tests.support.registry import registry
 
-__all__ = ["raspios_standin_source"]
+__all__ = ["cold_builds", "raspios_standin_source"]
 
 
 @pytest.fixture(scope="session")

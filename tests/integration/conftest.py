@@ -12,6 +12,7 @@ from builder.image.flannel_image import FlannelImage
 from builder.spec.load import load_cluster
 from builder.spec.model import Cluster
 from tests.support.api_standin import on_a_lan_of_its_own
+from tests.support.cold_builds import cold_builds  # noqa: F401  a fixture of this tier
 from tests.support.host import publish_flannel_image
 from tests.support.project import BUNDLED
 from tests.support.raspios_standin import raspios_standin_source  # noqa: F401  a fixture of this tier

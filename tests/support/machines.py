@@ -113,16 +113,9 @@ def make_card(
     require_tools(*TOOLS, "qemu-system-aarch64", "ssh", "ssh-keygen")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    data = yaml.safe_load(BUNDLED.read_text())
-    data["network"].update(gateway="10.0.2.2", dns=["10.0.2.3"], ntp=[])
-    data["nodes"] = [{"name": "cp1", "role": "control-plane", "model": model, "address": "10.0.2.15/24"}]
-    data["access"]["ssh_authorized_keys"] = [(work / "id_ed25519.pub").read_text().strip()]
-    if image is not None:
-        data["base"]["image"] = image.model_dump()
-    if mirror is not None:
-        data["cluster"].update(images="card", image_mirror=mirror.url)
+    public_key = (work / "id_ed25519.pub").read_text().strip()
     cluster_file = work / "cluster.yaml"
-    cluster_file.write_text(yaml.safe_dump(data))
+    cluster_file.write_text(yaml.safe_dump(card_data(model, public_key, image, mirror and mirror.url)))
     cluster = load_cluster(cluster_file)
     ensure_base(cluster, BuildContext(work / "images", default_cache(), Reporter(), Runner()))
     context = BuildContext(work / "images", default_cache(), silent(), Runner())
@@ -135,6 +128,22 @@ def make_card(
         work, cluster_file, key, work / "images" / "cp1.img", flannel.digest,
         {image.reference: image.digest for image in images}, card_files(images),
     )  # fmt: skip
+
+
+def card_data(model: str, public_key: str | None, image: ImageSource | None = None,
+              mirror: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The cluster.yaml of make_card's one-node cluster; without `public_key`, the bundled one's
+    SSH key (for its base alone: no key is in a base)."""
+    data: dict[str, Any] = yaml.safe_load(BUNDLED.read_text())
+    data["network"].update(gateway="10.0.2.2", dns=["10.0.2.3"], ntp=[])
+    data["nodes"] = [{"name": "cp1", "role": "control-plane", "model": model, "address": "10.0.2.15/24"}]
+    if public_key is not None:
+        data["access"]["ssh_authorized_keys"] = [public_key]
+    if image is not None:
+        data["base"]["image"] = image.model_dump()
+    if mirror is not None:
+        data["cluster"].update(images="card", image_mirror=mirror)
+    return data
 
 
 def on_a_4_gib_card(card: Card, name: str) -> Path:

@@ -48,6 +48,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -287,7 +288,13 @@ def raspios_standin_source() -> Iterator[ImageSource]:
     if os.geteuid() != 0:
         pytest.skip("building the Raspberry Pi OS stand-in needs root (mmdebstrap)")
     require_tools(*TOOLS, "mmdebstrap", "xz")
-    image = ensure_standin(default_cache(), Reporter())
+    with served(ensure_standin(default_cache(), Reporter())) as source:
+        yield source
+
+
+@contextmanager
+def served(image: Path) -> Iterator[ImageSource]:
+    """The stand-in's image served on 127.0.0.1, as base.image names it."""
     sha256 = (image.parent / f"{image.name}.sha256").read_text().split()[0]
     with serve_folder(image.parent) as url:
         yield ImageSource(url=f"{url}/{image.name}", sha256=sha256)
