@@ -53,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_skipped_tiers] = opted_out()
 
 
+@pytest.hookimpl(trylast=True)  # after -k and --deselect have taken out what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
