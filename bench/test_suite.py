@@ -1,8 +1,9 @@
 """How long the README's `make test` takes in a fresh clone: cold (an empty picluster cache, so the
-Debian base, the Raspberry Pi OS stand-in and the Go builds of the upstream sources are made
-first) and then warm (the same cache, as every later run finds it), one after the other.
+Debian bases, the Raspberry Pi OS stand-in, flannel's image and the Go builds of the upstream
+sources are made first) and then warm (the same cache, as every later run finds it), one after
+the other.
 
-Run as root, on a quiet machine (about an hour and a half on 2 cores):
+Run as root, on a quiet machine (about 80 minutes on 2 cores):
 
     sudo .venv/bin/python bench/test_suite.py [FOLDER]
 
