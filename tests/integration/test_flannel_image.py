@@ -15,11 +15,12 @@ import pytest
 
 from builder.errors import UserError
 from builder.image import flannel_image
-from builder.image.flannel_image import FlannelImage, build_flannel_image
+from builder.image.context import default_cache
+from builder.image.flannel_image import SOURCE, FlannelImage, build_flannel_image
 from builder.progress import silent
 from builder.run import Runner
+from builder.upstream import fetch_source, local_folder, sources
 from tests.support.registry import containerd
-from tests.support.upstream import SHARED
 
 pytestmark = pytest.mark.integration
 
@@ -110,10 +111,10 @@ def test_the_layer_holds_a_static_arm64_flanneld_and_the_tools_it_runs(
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert (version.stdout + version.stderr).strip() == "v0.10.0"
     assert entries["opt/bin/mk-docker-opts.sh"][0].mode & 0o111
-    script = subprocess.run(["tar", "-xJOf", SHARED / "flannel-v0.10.0.tar.xz",
-                             "flannel-0.10.0/dist/mk-docker-opts.sh"], capture_output=True)  # fmt: skip
-    if script.returncode == 0:
-        assert entries["opt/bin/mk-docker-opts.sh"][1] == script.stdout
+    archive = fetch_source(sources()[SOURCE], local_folder(), default_cache())
+    with tarfile.open(archive) as source:
+        (script,) = (member for member in source if member.name.endswith("/dist/mk-docker-opts.sh"))
+        assert entries["opt/bin/mk-docker-opts.sh"][1] == source.extractfile(script).read()  # type: ignore[union-attr]
     assert resolve(entries, "usr/sbin/iptables") == "usr/sbin/xtables-nft-multi"
     for program in ("ip", "cp", "update-ca-certificates", "ifconfig"):
         assert any(f"{folder}/{program}".lstrip("/") in entries for folder in ("/usr/bin", "/usr/sbin")), (

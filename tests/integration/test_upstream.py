@@ -23,7 +23,6 @@ from builder import upstream
 from builder.errors import UserError
 from builder.upstream import Source, fetch_source
 from tests.support.project import REPO
-from tests.support.upstream import SHARED
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +31,21 @@ NAME = "cni-v1.1.2"
 SOURCE = upstream.sources()[NAME]
 
 
+def local_archives() -> Path:
+    """The folder the suite takes the upstream archives from: ../shared/upstream beside the clone,
+    or the one PICLUSTER_UPSTREAM names (tests/conftest.py)."""
+    folder = upstream.local_folder()
+    if folder is None:
+        pytest.skip(f"no upstream archives here: put shared/ beside the clone or set {upstream.LOCAL}")
+    return folder
+
+
 def repack(changed: str = "") -> bytes:
     """The local archive as upstream's download packs it: gzip, another top folder, other times
     and owners; with changed, that file's contents altered."""
     packed = io.BytesIO()
     with (
-        tarfile.open(SHARED / f"{NAME}.tar.xz") as original,
+        tarfile.open(local_archives() / f"{NAME}.tar.xz") as original,
         tarfile.open(fileobj=packed, mode="w:gz") as copy,
     ):
         for member in original:
@@ -88,9 +96,10 @@ def served(server: Server) -> Source:
 
 
 def test_every_local_archive_passes_the_manifest() -> None:
+    local = local_archives()
     for source in upstream.sources().values():
-        archive = fetch_source(source, SHARED, Path("/nonexistent"))
-        assert archive == SHARED / f"{source.name}.tar.xz"
+        archive = fetch_source(source, local, Path("/nonexistent"))
+        assert archive == local / f"{source.name}.tar.xz"
 
 
 def test_a_download_is_checked_by_its_tree_cached_and_used_again(server: Server, tmp_path: Path) -> None:
