@@ -123,8 +123,9 @@ def build_all(builds: list[Build], scratch: Path, say: Callable[[str], None]) ->
         except Exception as error:  # its fixture builds it again and reports it
             say(f"cold builds: {build.name}: failed after {time.monotonic() - start:.0f} s ({error})")
             return
-        if time.monotonic() - start >= CACHED_S:
-            say(f"cold builds: {build.name}: {time.monotonic() - start:.0f} s")
+        took = time.monotonic() - start
+        if took >= CACHED_S:
+            say(f"cold builds: {build.name}: {took:.0f} s")
 
     start = time.monotonic()
     try:
@@ -134,8 +135,9 @@ def build_all(builds: list[Build], scratch: Path, say: Callable[[str], None]) ->
         return
     with ThreadPoolExecutor(max_workers=LANES) as pool:
         list(pool.map(timed, builds))
-    if time.monotonic() - start >= CACHED_S:
-        say(f"cold builds: done in {time.monotonic() - start:.0f} s, {LANES} at a time")
+    took = time.monotonic() - start
+    if took >= CACHED_S:
+        say(f"cold builds: done in {took:.0f} s, {LANES} at a time")
 
 
 _done = pytest.StashKey[bool]()
